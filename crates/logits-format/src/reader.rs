@@ -1,0 +1,466 @@
+//! Reading a dataset: opening it (checking version and paths), and streaming its rows with
+//! column projection, seeded shuffling and background prefetch, in memory bounded by the
+//! options, never by the size of the dataset.
+//!
+//! Shuffling has two levels, as in tf.data and WebDataset: the order of shards and of row
+//! groups within them is permuted by the seed, and rows then pass through a bounded shuffle
+//! buffer from which each output row is drawn at random.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::UInt64Type;
+use arrow_array::{BooleanArray, RecordBatch};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::codec;
+use crate::error::{FormatError, Result};
+use crate::manifest::{MANIFEST_FILE, Manifest, ShardEntry};
+use crate::rows::RowBatch;
+use crate::schema;
+use crate::writer::{self, BUILD_DIR, KV_DATASET, KV_VERSION};
+
+/// An opened dataset: its directory and manifest.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    root: PathBuf,
+    manifest: Manifest,
+    complete: bool,
+}
+
+impl Dataset {
+    /// Opens a committed dataset. An unfinished build is refused with a message saying how
+    /// much of it is complete.
+    pub fn open(root: &Path) -> Result<Dataset> {
+        let mpath = root.join(MANIFEST_FILE);
+        if !mpath.exists() && root.join(BUILD_DIR).exists() {
+            let done = writer::read_records(root).map(|r| r.len()).unwrap_or(0);
+            return Err(FormatError::OutputConflict {
+                path: root.to_path_buf(),
+                message: format!(
+                    "the build of this dataset is not complete ({done} shards done, no manifest.json); resume the build, or read the completed part explicitly (--partial)"
+                ),
+            });
+        }
+        if !root.is_dir() {
+            return Err(FormatError::io(
+                root,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "dataset directory not found"),
+            ));
+        }
+        let manifest = Manifest::load(root)?;
+        Ok(Dataset {
+            root: root.to_path_buf(),
+            manifest,
+            complete: true,
+        })
+    }
+
+    /// Opens a dataset, or the completed shards of an unfinished build of one.
+    pub fn open_partial(root: &Path) -> Result<Dataset> {
+        if root.join(MANIFEST_FILE).exists() {
+            return Dataset::open(root);
+        }
+        let draft = writer::read_draft(root)?;
+        let records = writer::read_records(root)?;
+        Ok(Dataset {
+            root: root.to_path_buf(),
+            manifest: writer::assemble(draft, &records),
+            complete: false,
+        })
+    }
+
+    /// The dataset directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The manifest (for a partial dataset: the draft with the completed shards).
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// False when this is the completed part of an unfinished build.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// The file of a shard, refusing one that resolves outside the dataset (symlinks included).
+    pub fn shard_file(&self, shard: &ShardEntry) -> Result<PathBuf> {
+        let mpath = self.root.join(MANIFEST_FILE);
+        crate::manifest::check_relative_path(&mpath, &shard.path)?;
+        let path = self.root.join(&shard.path);
+        let real = path.canonicalize().map_err(|e| FormatError::io(&path, e))?;
+        let base = self
+            .root
+            .canonicalize()
+            .map_err(|e| FormatError::io(&self.root, e))?;
+        if !real.starts_with(&base) {
+            return Err(FormatError::UnsafePath {
+                path: mpath,
+                shard: shard.path.clone(),
+                why: "it resolves (through a symlink) outside the dataset directory",
+            });
+        }
+        Ok(path)
+    }
+
+    /// Every column name of the dataset's shards.
+    pub fn columns(&self) -> Vec<String> {
+        schema::shard_schema(&self.manifest)
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    /// Starts streaming rows as `options` say.
+    pub fn stream(&self, options: &ReadOptions) -> Result<BatchStream> {
+        BatchStream::start(self, options)
+    }
+}
+
+/// How to stream a dataset.
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    /// Columns to read (`row_id` is always read); `None` reads all.
+    pub columns: Option<Vec<String>>,
+    /// Rows per output batch.
+    pub batch_size: usize,
+    /// Seed for shuffling; `None` keeps row-id order.
+    pub shuffle: Option<u64>,
+    /// Rows held in the shuffle buffer (ignored without shuffling).
+    pub shuffle_buffer: usize,
+    /// Chunks read ahead by the background thread.
+    pub prefetch: usize,
+    /// Keep only rows whose id falls in this range (a held-out split, a worker's part).
+    pub row_range: Option<Range<u64>>,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            columns: None,
+            batch_size: 256,
+            shuffle: None,
+            shuffle_buffer: 8192,
+            prefetch: 4,
+            row_range: None,
+        }
+    }
+}
+
+type Chunk = Result<RecordBatch>;
+
+/// A stream of record batches of `batch_size` rows (the last may be smaller).
+pub struct BatchStream {
+    rx: Option<Receiver<Chunk>>,
+    thread: Option<JoinHandle<()>>,
+    manifest: Manifest,
+    batch_size: usize,
+    buffer: usize,
+    rng: Option<ChaCha8Rng>,
+    chunks: Vec<Option<(RecordBatch, usize)>>,
+    rows: VecDeque<(usize, usize)>,
+    free: Vec<usize>,
+    exhausted: bool,
+}
+
+impl std::fmt::Debug for BatchStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchStream").field("buffered_rows", &self.rows.len()).finish()
+    }
+}
+
+impl BatchStream {
+    fn start(ds: &Dataset, o: &ReadOptions) -> Result<BatchStream> {
+        let all = ds.columns();
+        let wanted: Vec<String> = match &o.columns {
+            None => all.clone(),
+            Some(cols) => {
+                let mut w = vec![schema::ROW_ID.to_string()];
+                for c in cols {
+                    if !all.contains(c) {
+                        return Err(FormatError::MissingColumn {
+                            path: ds.root.clone(),
+                            column: c.clone(),
+                            why: format!("it was asked for; the dataset has {}", all.join(", ")),
+                        });
+                    }
+                    if !w.contains(c) {
+                        w.push(c.clone());
+                    }
+                }
+                w
+            }
+        };
+        let mut shards: Vec<(PathBuf, ShardEntry)> = Vec::new();
+        for s in &ds.manifest.shards {
+            if s.rows == 0 {
+                continue;
+            }
+            if let Some(r) = &o.row_range
+                && (s.last_row_id < r.start || s.first_row_id >= r.end)
+            {
+                continue;
+            }
+            shards.push((ds.shard_file(s)?, s.clone()));
+        }
+        let mut rng = o.shuffle.map(ChaCha8Rng::seed_from_u64);
+        if let Some(r) = rng.as_mut() {
+            shards.shuffle(r);
+        }
+        let order_seed = rng.as_mut().map(|r| r.random::<u64>());
+        let (tx, rx) = sync_channel(o.prefetch.max(1));
+        let job = ReadJob {
+            shards,
+            columns: wanted,
+            expected: schema::shard_schema(&ds.manifest),
+            dataset_id: ds.manifest.dataset_id.clone(),
+            chunk_rows: o.batch_size.clamp(1, 4096),
+            order_seed,
+            row_range: o.row_range.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("logits-prefetch".into())
+            .spawn(move || job.run(tx))
+            .map_err(|e| FormatError::Reader(e.to_string()))?;
+        Ok(BatchStream {
+            rx: Some(rx),
+            thread: Some(thread),
+            manifest: ds.manifest.clone(),
+            batch_size: o.batch_size.max(1),
+            buffer: if o.shuffle.is_some() { o.shuffle_buffer.max(o.batch_size.max(1)) } else { o.batch_size.max(1) },
+            rng,
+            chunks: Vec::new(),
+            rows: VecDeque::new(),
+            free: Vec::new(),
+            exhausted: false,
+        })
+    }
+
+    /// The next batch decoded into a [`RowBatch`] (values in their spec meaning).
+    pub fn next_rows(&mut self) -> Option<Result<RowBatch>> {
+        let b = self.next()?;
+        Some(b.and_then(|b| codec::decode(&self.manifest, &b)))
+    }
+
+    fn add_chunk(&mut self, b: RecordBatch) {
+        let n = b.num_rows();
+        if n == 0 {
+            return;
+        }
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.chunks[s] = Some((b, n));
+                s
+            }
+            None => {
+                self.chunks.push(Some((b, n)));
+                self.chunks.len() - 1
+            }
+        };
+        self.rows.extend((0..n).map(|r| (slot, r)));
+    }
+
+    fn emit(&mut self) -> Result<RecordBatch> {
+        let n = self.batch_size.min(self.rows.len());
+        let mut picks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let pick = match self.rng.as_mut() {
+                Some(rng) => {
+                    let i = rng.random_range(0..self.rows.len());
+                    self.rows.swap_remove_back(i)
+                }
+                None => self.rows.pop_front(),
+            };
+            if let Some(p) = pick {
+                picks.push(p);
+            }
+        }
+        // Map slots to a dense list of the chunks this batch uses.
+        let mut used: Vec<usize> = picks.iter().map(|p| p.0).collect();
+        used.sort_unstable();
+        used.dedup();
+        let batches: Vec<&RecordBatch> = used
+            .iter()
+            .filter_map(|&s| self.chunks[s].as_ref().map(|c| &c.0))
+            .collect();
+        let idx: Vec<(usize, usize)> = picks
+            .iter()
+            .map(|&(s, r)| (used.binary_search(&s).unwrap_or(0), r))
+            .collect();
+        let out = arrow_select::interleave::interleave_record_batch(&batches, &idx)
+            .map_err(|e| FormatError::Reader(e.to_string()))?;
+        for (s, _) in picks {
+            if let Some((_, left)) = self.chunks[s].as_mut() {
+                *left -= 1;
+                if *left == 0 {
+                    self.chunks[s] = None;
+                    self.free.push(s);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Iterator for BatchStream {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Result<RecordBatch>> {
+        while !self.exhausted && self.rows.len() < self.buffer {
+            match self.rx.as_ref().map(|rx| rx.recv()) {
+                Some(Ok(Ok(b))) => self.add_chunk(b),
+                Some(Ok(Err(e))) => {
+                    self.exhausted = true;
+                    return Some(Err(e));
+                }
+                Some(Err(_)) | None => {
+                    self.exhausted = true;
+                    if let Some(t) = self.thread.take()
+                        && t.join().is_err()
+                    {
+                        return Some(Err(FormatError::Reader("prefetch thread panicked".into())));
+                    }
+                }
+            }
+        }
+        if self.rows.is_empty() {
+            return None;
+        }
+        Some(self.emit())
+    }
+}
+
+impl Drop for BatchStream {
+    fn drop(&mut self) {
+        // Dropping the receiver makes the thread's next send fail, so it stops promptly.
+        self.rx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct ReadJob {
+    shards: Vec<(PathBuf, ShardEntry)>,
+    columns: Vec<String>,
+    expected: arrow_schema::SchemaRef,
+    dataset_id: String,
+    chunk_rows: usize,
+    order_seed: Option<u64>,
+    row_range: Option<Range<u64>>,
+}
+
+impl ReadJob {
+    fn run(self, tx: SyncSender<Chunk>) {
+        let mut rng = self.order_seed.map(ChaCha8Rng::seed_from_u64);
+        for (path, _) in &self.shards {
+            if let Err(e) = self.read_shard(path, rng.as_mut(), &tx) {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        }
+    }
+
+    fn read_shard(&self, path: &Path, rng: Option<&mut ChaCha8Rng>, tx: &SyncSender<Chunk>) -> Result<()> {
+        let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| FormatError::parquet(path, e))?;
+        check_shard_metadata(path, builder.metadata(), &self.dataset_id)?;
+        let arrow = builder.schema().clone();
+        let mut roots = Vec::new();
+        for c in &self.columns {
+            let i = arrow.index_of(c).map_err(|_| FormatError::ShardMismatch {
+                path: path.to_path_buf(),
+                message: format!("column {c:?} is missing from the shard"),
+            })?;
+            let want = self.expected.field_with_name(c).ok();
+            if want.map(|w| w.data_type()) != Some(arrow.field(i).data_type()) {
+                return Err(FormatError::ShardMismatch {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "column {c:?} is {} in the shard but the manifest implies {}",
+                        arrow.field(i).data_type(),
+                        want.map(|w| w.data_type().to_string()).unwrap_or_default()
+                    ),
+                });
+            }
+            roots.push(i);
+        }
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        let mut groups: Vec<usize> = (0..builder.metadata().num_row_groups()).collect();
+        if let Some(r) = rng {
+            groups.shuffle(r);
+        }
+        let reader = builder
+            .with_projection(mask)
+            .with_row_groups(groups)
+            .with_batch_size(self.chunk_rows)
+            .build()
+            .map_err(|e| FormatError::parquet(path, e))?;
+        for b in reader {
+            let b = b.map_err(|e| FormatError::parquet(path, e))?;
+            let b = match &self.row_range {
+                Some(r) => filter_range(path, &b, r)?,
+                None => b,
+            };
+            if tx.send(Ok(b)).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a shard's key/value metadata: known format version, this dataset's id.
+pub fn check_shard_metadata(
+    path: &Path,
+    meta: &parquet::file::metadata::ParquetMetaData,
+    dataset_id: &str,
+) -> Result<()> {
+    let kv = meta.file_metadata().key_value_metadata();
+    let get = |k: &str| {
+        kv.and_then(|kv| kv.iter().find(|e| e.key == k))
+            .and_then(|e| e.value.clone())
+    };
+    let version = get(KV_VERSION).ok_or_else(|| FormatError::ShardMismatch {
+        path: path.to_path_buf(),
+        message: format!("not a logits shard: no {KV_VERSION} metadata"),
+    })?;
+    crate::manifest::check_version(path, &version)?;
+    match get(KV_DATASET) {
+        Some(id) if id == dataset_id => Ok(()),
+        other => Err(FormatError::ShardMismatch {
+            path: path.to_path_buf(),
+            message: format!(
+                "shard belongs to dataset {}, the manifest is for {dataset_id}",
+                other.unwrap_or_else(|| "<none>".into())
+            ),
+        }),
+    }
+}
+
+fn filter_range(path: &Path, b: &RecordBatch, r: &Range<u64>) -> Result<RecordBatch> {
+    let ids = b
+        .column_by_name(schema::ROW_ID)
+        .and_then(|c| c.as_primitive_opt::<UInt64Type>())
+        .ok_or_else(|| FormatError::ShardMismatch {
+            path: path.to_path_buf(),
+            message: "row_id column missing or not uint64".into(),
+        })?;
+    let keep: BooleanArray = ids.iter().map(|v| v.map(|v| r.contains(&v))).collect();
+    if keep.true_count() == ids.len() {
+        return Ok(b.clone());
+    }
+    arrow_select::filter::filter_record_batch(b, &keep).map_err(|e| FormatError::parquet(path, e))
+}

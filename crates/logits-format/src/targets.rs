@@ -1,0 +1,166 @@
+//! Computing stored targets from one full row of teacher logits, exactly as the contract
+//! defines them: top-k ids by descending logit with ties to the lower id, logZ as the
+//! log-sum-exp over the whole axis (accumulated in f64), adaptive k by cumulative mass, and
+//! sampled ids with counts. The builder calls these per position; tests and benchmarks use
+//! them to make data.
+
+use rand::RngExt;
+
+/// One position's targets.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PositionTargets {
+    /// Kept ids, by descending logit, ties to the lower id.
+    pub ids: Vec<u32>,
+    /// Their raw logits.
+    pub logits: Vec<f32>,
+    /// logZ at T=1.
+    pub logz: f32,
+    /// logZ at each extra temperature.
+    pub logz_temps: Vec<f32>,
+}
+
+/// log Σ exp(z_i / t), accumulated in f64 around the maximum.
+pub fn logsumexp(z: &[f32], t: f64) -> f64 {
+    let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    if !m.is_finite() {
+        return m;
+    }
+    let s: f64 = z.iter().map(|&x| ((x as f64 - m) / t).exp()).sum();
+    m / t + s.ln()
+}
+
+/// The `n` largest entries of `z` as (id, logit), by descending logit, ties to the lower id.
+/// NaN must have been excluded by the caller.
+pub fn top_n(z: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let n = n.min(z.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let before = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    // A bounded candidate buffer: cheaper than sorting the whole axis when n << len.
+    let mut buf: Vec<(u32, f32)> = Vec::with_capacity(2 * n + 1);
+    let mut threshold = f32::NEG_INFINITY;
+    for (i, &x) in z.iter().enumerate() {
+        if buf.len() >= n && x < threshold {
+            continue;
+        }
+        buf.push((i as u32, x));
+        if buf.len() == 2 * n + 1 {
+            buf.select_nth_unstable_by(n - 1, before);
+            buf.truncate(n);
+            threshold = buf.iter().fold(f32::INFINITY, |a, e| a.min(e.1));
+        }
+    }
+    buf.sort_unstable_by(before);
+    buf.truncate(n);
+    buf
+}
+
+/// Targets of one position: `k` entries (or, with `adaptive = Some((min_k, mass))`, the
+/// fewest entries from `min_k` up to `k` whose T=1 probability reaches `mass`), logZ at T=1 and
+/// at `temps`. Returns `None` if any logit is not finite.
+pub fn position_targets(
+    z: &[f32],
+    k: usize,
+    adaptive: Option<(usize, f64)>,
+    temps: &[f64],
+) -> Option<PositionTargets> {
+    if z.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
+    let logz = logsumexp(z, 1.0);
+    let mut top = top_n(z, k);
+    if let Some((min_k, mass)) = adaptive {
+        let mut cum = 0.0f64;
+        let mut keep = top.len();
+        for (i, &(_, x)) in top.iter().enumerate() {
+            cum += (x as f64 - logz).exp();
+            if i + 1 >= min_k && cum >= mass {
+                keep = i + 1;
+                break;
+            }
+        }
+        top.truncate(keep);
+    }
+    Some(PositionTargets {
+        ids: top.iter().map(|e| e.0).collect(),
+        logits: top.iter().map(|e| e.1).collect(),
+        logz: logz as f32,
+        logz_temps: temps.iter().map(|&t| logsumexp(z, t) as f32).collect(),
+    })
+}
+
+/// Draws `draws` ids from softmax(z / t) and returns the distinct ids ascending with counts.
+/// The caller seeds `rng` per row (and position) so results do not depend on batching.
+pub fn sample_counts<R: rand::Rng>(z: &[f32], t: f64, draws: u32, rng: &mut R) -> (Vec<u32>, Vec<u32>) {
+    let lz = logsumexp(z, t);
+    let mut u: Vec<f64> = (0..draws).map(|_| rng.random::<f64>()).collect();
+    u.sort_unstable_by(f64::total_cmp);
+    let (mut ids, mut counts) = (Vec::new(), Vec::new());
+    let mut cum = 0.0f64;
+    let mut j = 0;
+    for (i, &x) in z.iter().enumerate() {
+        cum += ((x as f64) / t - lz).exp();
+        let mut c = 0;
+        while j < u.len() && (u[j] < cum || i + 1 == z.len()) {
+            c += 1;
+            j += 1;
+        }
+        if c > 0 {
+            ids.push(i as u32);
+            counts.push(c);
+        }
+        if j == u.len() {
+            break;
+        }
+    }
+    (ids, counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn top_n_matches_full_sort_with_ties() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        for len in [1usize, 5, 100, 3000] {
+            // Few distinct values: many ties.
+            let z: Vec<f32> = (0..len).map(|_| (rng.random_range(0..20) as f32) * 0.5).collect();
+            for n in [1usize, 3, 32, 200] {
+                let mut all: Vec<(u32, f32)> = z.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
+                all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                all.truncate(n.min(len));
+                assert_eq!(top_n(&z, n), all, "len {len} n {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn logz_and_adaptive_k() {
+        let z = [2.0f32, 1.0, 0.0, -1.0];
+        let lz = (2f64.exp() + 1f64.exp() + 1.0 + (-1f64).exp()).ln();
+        let t = position_targets(&z, 4, None, &[2.0]).unwrap();
+        assert!((t.logz as f64 - lz).abs() < 1e-6);
+        let lz2 = (1f64.exp() + 0.5f64.exp() + 1.0 + (-0.5f64).exp()).ln();
+        assert!((t.logz_temps[0] as f64 - lz2).abs() < 1e-6);
+        // p = 0.64, 0.24, 0.09, 0.03: mass 0.8 needs two entries, min_k 3 forces three.
+        assert_eq!(position_targets(&z, 4, Some((1, 0.8)), &[]).unwrap().ids, vec![0, 1]);
+        assert_eq!(position_targets(&z, 4, Some((3, 0.8)), &[]).unwrap().ids, vec![0, 1, 2]);
+        assert!(position_targets(&[1.0, f32::NAN], 1, None, &[]).is_none());
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution() {
+        let z = [3.0f32, 2.0, 0.0, -5.0];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let (ids, counts) = sample_counts(&z, 1.0, 100_000, &mut rng);
+        assert_eq!(counts.iter().sum::<u32>(), 100_000);
+        let lz = logsumexp(&z, 1.0);
+        for (i, c) in ids.iter().zip(&counts) {
+            let p = (z[*i as usize] as f64 - lz).exp();
+            assert!((*c as f64 / 1e5 - p).abs() < 0.01, "id {i}");
+        }
+    }
+}

@@ -1,0 +1,632 @@
+//! Writing a dataset: shards and the commit protocol.
+//!
+//! A dataset directory is built like this (see `schemas/FORMAT.md`, "Commit protocol"):
+//! 1. `_build/draft.json` holds the manifest without shards; it identifies the dataset being
+//!    built, so a second builder (a resumed run, another job-array worker) can check it is
+//!    building the same thing.
+//! 2. Each shard is written to a temporary name beside its final name, fsynced, renamed, and
+//!    its directory fsynced; then `_build/done/<shard>.json` records it as complete.
+//! 3. `manifest.json` is written last the same way, from the completion records. It is the
+//!    commit point: a shard it does not list is not part of the dataset.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use arrow_schema::SchemaRef;
+use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::codec;
+use crate::error::{FormatError, Result};
+use crate::manifest::{MANIFEST_FILE, Manifest, ShardEntry, Totals, Version};
+use crate::rows::RowBatch;
+use crate::schema;
+
+/// Directory of build records inside a dataset.
+pub const BUILD_DIR: &str = "_build";
+/// The draft manifest inside [`BUILD_DIR`].
+pub const DRAFT_FILE: &str = "draft.json";
+/// Directory of shard completion records inside [`BUILD_DIR`].
+pub const DONE_DIR: &str = "done";
+/// Directory of shard files.
+pub const SHARD_DIR: &str = "shards";
+/// Shard-level key/value metadata key holding the format version.
+pub const KV_VERSION: &str = "logits.format_version";
+/// Shard-level key/value metadata key holding the dataset id.
+pub const KV_DATASET: &str = "logits.dataset_id";
+/// Shard-level key/value metadata key holding the shard's relative path.
+pub const KV_SHARD: &str = "logits.shard";
+
+/// Options for shard files.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// zstd level (1..=22).
+    pub zstd_level: i32,
+    /// Rows per Parquet row group: the unit of shuffling and of range reads.
+    pub row_group_rows: usize,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            zstd_level: 3,
+            row_group_rows: 1024,
+        }
+    }
+}
+
+/// What to do when the output directory already holds something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateMode {
+    /// Refuse a directory holding a dataset or a build.
+    New,
+    /// Continue a build of the same dataset: completed shards are kept.
+    Resume,
+    /// Join a build of the same dataset if one is there, else start it (job-array workers).
+    Join,
+    /// Remove whatever dataset or build is there and start afresh.
+    Overwrite,
+}
+
+/// The completion record of one shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    /// Shard index in the build's plan.
+    pub index: u32,
+    /// The manifest entry of the shard.
+    pub entry: ShardEntry,
+    /// Row ids of the shard's range skipped on purpose.
+    #[serde(default)]
+    pub skipped_row_ids: Vec<u64>,
+}
+
+/// Relative path of shard `index`.
+pub fn shard_path(index: u32) -> String {
+    format!("{SHARD_DIR}/part-{index:05}.parquet")
+}
+
+/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, directory fsync.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = temp_name(path);
+    let mut f = File::create(&tmp).map_err(|e| FormatError::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| FormatError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| FormatError::io(&tmp, e))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| FormatError::io(path, e))?;
+    sync_dir(dir)
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    // Directory fsync makes the rename durable; not every platform allows opening a directory.
+    if let Ok(d) = File::open(dir) {
+        d.sync_all().map_err(|e| FormatError::io(dir, e))?;
+    }
+    Ok(())
+}
+
+/// The part of a manifest that identifies what is being built: everything but the creation
+/// time, the tool, the shards and the totals. Two drafts with equal identity build one dataset.
+pub fn identity(m: &Manifest) -> serde_json::Value {
+    let mut v = serde_json::to_value(m).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        for k in ["created", "tool", "shards", "totals", "dataset_id"] {
+            o.remove(k);
+        }
+    }
+    v
+}
+
+/// The dataset id of a draft: derived from its identity, so every worker of a job array
+/// computes the same one without talking to the others.
+pub fn dataset_id(m: &Manifest) -> String {
+    let text = serde_json::to_string(&identity(m)).unwrap_or_default();
+    hex(&Sha256::digest(text.as_bytes())[..16])
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Current time as RFC 3339 UTC.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+/// Writes the shards of one dataset and commits its manifest.
+#[derive(Debug)]
+pub struct DatasetWriter {
+    root: PathBuf,
+    draft: Manifest,
+    schema: SchemaRef,
+    options: WriteOptions,
+    completed: BTreeMap<u32, ShardRecord>,
+}
+
+impl DatasetWriter {
+    /// Prepares `root` for building the dataset `draft` describes (its shards and totals are
+    /// ignored), honouring `mode` when the directory already holds something.
+    pub fn create(
+        root: &Path,
+        mut draft: Manifest,
+        options: WriteOptions,
+        mode: CreateMode,
+    ) -> Result<DatasetWriter> {
+        draft.format = crate::manifest::FORMAT_NAME.into();
+        draft.format_version = Version::current().to_string();
+        draft.shards.clear();
+        draft.totals = Totals::default();
+        draft
+            .check_spec()
+            .map_err(FormatError::InvalidSpec)?;
+        draft.dataset_id = dataset_id(&draft);
+        let conflict = |message: String| FormatError::OutputConflict {
+            path: root.to_path_buf(),
+            message,
+        };
+        let manifest_path = root.join(MANIFEST_FILE);
+        let build = root.join(BUILD_DIR);
+        if mode == CreateMode::Overwrite {
+            for p in [&manifest_path] {
+                if p.exists() {
+                    fs::remove_file(p).map_err(|e| FormatError::io(p, e))?;
+                }
+            }
+            for d in [build.clone(), root.join(SHARD_DIR)] {
+                if d.exists() {
+                    fs::remove_dir_all(&d).map_err(|e| FormatError::io(&d, e))?;
+                }
+            }
+        }
+        if manifest_path.exists() {
+            let same = Manifest::load(root)
+                .map(|m| m.dataset_id == draft.dataset_id)
+                .unwrap_or(false);
+            return Err(conflict(if same {
+                "this dataset is already complete here; pass --overwrite to rebuild it".into()
+            } else {
+                "the directory holds a different dataset; choose another output or pass --overwrite"
+                    .into()
+            }));
+        }
+        if root.exists() && mode == CreateMode::New {
+            let mut entries = fs::read_dir(root).map_err(|e| FormatError::io(root, e))?;
+            if entries.next().is_some() {
+                return Err(conflict(if build.join(DRAFT_FILE).exists() {
+                    "an interrupted build is here; pass --resume to continue it or --overwrite to start again".into()
+                } else {
+                    "the directory is not empty; choose an empty or new directory, or pass --overwrite".into()
+                }));
+            }
+        }
+        let draft_path = build.join(DRAFT_FILE);
+        fs::create_dir_all(build.join(DONE_DIR)).map_err(|e| FormatError::io(&build, e))?;
+        fs::create_dir_all(root.join(SHARD_DIR)).map_err(|e| FormatError::io(root, e))?;
+        if draft_path.exists() {
+            let text = fs::read_to_string(&draft_path).map_err(|e| FormatError::io(&draft_path, e))?;
+            let existing: Manifest = serde_json::from_str(&text).map_err(|e| {
+                FormatError::MalformedManifest {
+                    path: draft_path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            if identity(&existing) != identity(&draft) {
+                return Err(conflict(
+                    "an unfinished build of a different dataset is here (teacher, corpus or options differ); pass --overwrite to replace it".into(),
+                ));
+            }
+            if mode == CreateMode::New {
+                return Err(conflict(
+                    "an interrupted build is here; pass --resume to continue it".into(),
+                ));
+            }
+            draft.created = existing.created;
+        } else {
+            if mode == CreateMode::Resume {
+                return Err(conflict("there is no interrupted build here to resume".into()));
+            }
+            write_atomic(&draft_path, draft.to_json().as_bytes())?;
+        }
+        let completed = read_records(root)?;
+        remove_stale_temporaries(&root.join(SHARD_DIR))?;
+        let schema = schema::shard_schema(&draft);
+        Ok(DatasetWriter {
+            root: root.to_path_buf(),
+            draft,
+            schema,
+            options,
+            completed,
+        })
+    }
+
+    /// The dataset directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The draft manifest (no shards yet).
+    pub fn draft(&self) -> &Manifest {
+        &self.draft
+    }
+
+    /// The Arrow schema every shard gets.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Shards already complete (by plan index), from this run or an earlier one.
+    pub fn completed(&self) -> &BTreeMap<u32, ShardRecord> {
+        &self.completed
+    }
+
+    /// Starts shard `index` of the plan. Any previous partial file for it is replaced.
+    pub fn shard(&self, index: u32) -> Result<ShardWriter> {
+        ShardWriter::create(&self.root, &self.draft, &self.schema, &self.options, index)
+    }
+
+    /// Records a finished shard as complete (called with what [`ShardWriter::finish`] gave).
+    pub fn record(&mut self, record: ShardRecord) -> Result<()> {
+        let path = self
+            .root
+            .join(BUILD_DIR)
+            .join(DONE_DIR)
+            .join(format!("part-{:05}.json", record.index));
+        let text = serde_json::to_string_pretty(&record).unwrap_or_default();
+        write_atomic(&path, text.as_bytes())?;
+        self.completed.insert(record.index, record);
+        Ok(())
+    }
+
+    /// Writes the manifest from the completion records and removes the build records.
+    /// `plan_shards` is the number of shards the build's plan has: a missing one is an error,
+    /// so a dataset is never marked complete while part of it is missing.
+    pub fn commit(self, plan_shards: u32) -> Result<Manifest> {
+        commit(&self.root, Some(plan_shards))
+    }
+}
+
+/// Reads the completion records of a build in `root`.
+pub fn read_records(root: &Path) -> Result<BTreeMap<u32, ShardRecord>> {
+    let done = root.join(BUILD_DIR).join(DONE_DIR);
+    let mut out = BTreeMap::new();
+    let entries = match fs::read_dir(&done) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(FormatError::io(&done, e)),
+    };
+    for e in entries {
+        let e = e.map_err(|e| FormatError::io(&done, e))?;
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let text = fs::read_to_string(&p).map_err(|err| FormatError::io(&p, err))?;
+        let rec: ShardRecord =
+            serde_json::from_str(&text).map_err(|err| FormatError::MalformedManifest {
+                path: p.clone(),
+                message: err.to_string(),
+            })?;
+        crate::manifest::check_relative_path(&p, &rec.entry.path)?;
+        out.insert(rec.index, rec);
+    }
+    Ok(out)
+}
+
+fn remove_stale_temporaries(dir: &Path) -> Result<()> {
+    let entries = fs::read_dir(dir).map_err(|e| FormatError::io(dir, e))?;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            // Another live worker's temporary file would carry its pid; ours are stale.
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// Loads the draft manifest of an unfinished build.
+pub fn read_draft(root: &Path) -> Result<Manifest> {
+    let path = root.join(BUILD_DIR).join(DRAFT_FILE);
+    let text = fs::read_to_string(&path).map_err(|e| FormatError::io(&path, e))?;
+    Manifest::from_json(&path, &text)
+}
+
+/// Assembles a manifest from a draft and completion records (shards sorted by first row id).
+pub fn assemble(mut draft: Manifest, records: &BTreeMap<u32, ShardRecord>) -> Manifest {
+    let mut shards: Vec<ShardEntry> = records.values().map(|r| r.entry.clone()).collect();
+    shards.sort_by_key(|s| (s.first_row_id, s.path.clone()));
+    let mut skipped: Vec<u64> = records
+        .values()
+        .flat_map(|r| r.skipped_row_ids.iter().copied())
+        .collect();
+    skipped.sort_unstable();
+    draft.totals = Totals {
+        rows: shards.iter().map(|s| s.rows).sum(),
+        bytes: shards.iter().map(|s| s.bytes).sum(),
+        shards: shards.len() as u64,
+        positions: shards.iter().map(|s| s.positions).sum(),
+        entries: shards.iter().map(|s| s.entries).sum(),
+        skipped_row_ids: skipped,
+    };
+    draft.shards = shards;
+    draft
+}
+
+/// The merge step: checks every recorded shard file (size and sha256), that the plan is
+/// complete when its size is known, writes `manifest.json` last and removes the build records.
+pub fn commit(root: &Path, plan_shards: Option<u32>) -> Result<Manifest> {
+    let draft = read_draft(root)?;
+    let records = read_records(root)?;
+    if let Some(n) = plan_shards {
+        let missing: Vec<u32> = (0..n).filter(|i| !records.contains_key(i)).collect();
+        if !missing.is_empty() {
+            let shown: Vec<String> = missing.iter().take(10).map(|i| shard_path(*i)).collect();
+            return Err(FormatError::OutputConflict {
+                path: root.to_path_buf(),
+                message: format!(
+                    "{} of {n} shards are not complete ({}{}); run the missing workers (or --resume) before merging",
+                    missing.len(),
+                    shown.join(", "),
+                    if missing.len() > 10 { ", ..." } else { "" }
+                ),
+            });
+        }
+    }
+    for rec in records.values() {
+        let path = root.join(&rec.entry.path);
+        let (bytes, sha) = file_sha256(&path)?;
+        if bytes != rec.entry.bytes || sha != rec.entry.sha256 {
+            return Err(FormatError::ShardMismatch {
+                path,
+                message: format!(
+                    "file is {bytes} bytes with sha256 {sha}, its completion record says {} bytes with {}; rebuild it with --resume",
+                    rec.entry.bytes, rec.entry.sha256
+                ),
+            });
+        }
+    }
+    let manifest = assemble(draft, &records);
+    let path = root.join(MANIFEST_FILE);
+    write_atomic(&path, manifest.to_json().as_bytes())?;
+    let build = root.join(BUILD_DIR);
+    fs::remove_dir_all(&build).map_err(|e| FormatError::io(&build, e))?;
+    Ok(manifest)
+}
+
+/// Size and sha256 (lowercase hex) of a file, streamed.
+pub fn file_sha256(path: &Path) -> Result<(u64, String)> {
+    let mut f = File::open(path).map_err(|e| FormatError::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let got = std::io::Read::read(&mut f, &mut buf).map_err(|e| FormatError::io(path, e))?;
+        if got == 0 {
+            break;
+        }
+        h.update(&buf[..got]);
+        n += got as u64;
+    }
+    Ok((n, hex(&h.finalize())))
+}
+
+/// A `Write` that hashes and counts what passes through it.
+struct HashingFile {
+    file: File,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Parquet writer properties for a shard of `manifest`: zstd, byte-stream-split floats, no
+/// dictionaries on numeric leaves (ids and values are near-random, dictionaries only cost).
+pub fn writer_properties(
+    manifest: &Manifest,
+    arrow: &SchemaRef,
+    options: &WriteOptions,
+    shard: &str,
+) -> Result<WriterProperties> {
+    let level = ZstdLevel::try_new(options.zstd_level)
+        .map_err(|e| FormatError::InvalidSpec(format!("zstd level: {e}")))?;
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
+        .set_dictionary_enabled(false)
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new(KV_VERSION.into(), manifest.format_version.clone()),
+            KeyValue::new(KV_DATASET.into(), manifest.dataset_id.clone()),
+            KeyValue::new(KV_SHARD.into(), shard.to_string()),
+        ]));
+    let descr = ArrowSchemaConverter::new()
+        .convert(arrow)
+        .map_err(|e| FormatError::InvalidSpec(e.to_string()))?;
+    for col in descr.columns() {
+        use parquet::basic::Type as P;
+        let top = col.path().parts().first().cloned().unwrap_or_default();
+        match col.physical_type() {
+            P::FLOAT | P::DOUBLE => {
+                b = b.set_column_encoding(col.path().clone(), Encoding::BYTE_STREAM_SPLIT);
+            }
+            P::FIXED_LEN_BYTE_ARRAY if top != schema::INPUT_HASH => {
+                b = b.set_column_encoding(col.path().clone(), Encoding::BYTE_STREAM_SPLIT);
+            }
+            P::INT32 if top == schema::TOPK_VALUES => {
+                // int8 codes rise within each position: deltas are small.
+                b = b.set_column_encoding(col.path().clone(), Encoding::DELTA_BINARY_PACKED);
+            }
+            P::INT64 if top == schema::ROW_ID => {
+                b = b.set_column_encoding(col.path().clone(), Encoding::DELTA_BINARY_PACKED);
+            }
+            P::BYTE_ARRAY if top == schema::USER_ID => {
+                b = b.set_column_dictionary_enabled(col.path().clone(), true);
+            }
+            _ => {}
+        }
+    }
+    Ok(b.build())
+}
+
+/// Writes one shard: row batches in, a [`ShardRecord`] out.
+pub struct ShardWriter {
+    writer: Option<ArrowWriter<HashingFile>>,
+    manifest_targets: bool,
+    manifest: Manifest,
+    schema: SchemaRef,
+    index: u32,
+    rel: String,
+    tmp: PathBuf,
+    dest: PathBuf,
+    rows: u64,
+    first: Option<u64>,
+    last: Option<u64>,
+    positions: u64,
+    entries: u64,
+    skipped: Vec<u64>,
+}
+
+impl std::fmt::Debug for ShardWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardWriter").field("shard", &self.rel).field("rows", &self.rows).finish()
+    }
+}
+
+impl ShardWriter {
+    fn create(
+        root: &Path,
+        manifest: &Manifest,
+        schema: &SchemaRef,
+        options: &WriteOptions,
+        index: u32,
+    ) -> Result<ShardWriter> {
+        let rel = shard_path(index);
+        let dest = root.join(&rel);
+        let tmp = temp_name(&dest);
+        let file = File::create(&tmp).map_err(|e| FormatError::io(&tmp, e))?;
+        let props = writer_properties(manifest, schema, options, &rel)?;
+        let sink = HashingFile {
+            file,
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        let writer = ArrowWriter::try_new(sink, schema.clone(), Some(props))
+            .map_err(|e| FormatError::parquet(&tmp, e))?;
+        Ok(ShardWriter {
+            writer: Some(writer),
+            manifest_targets: manifest.targets.is_some(),
+            manifest: manifest.clone(),
+            schema: schema.clone(),
+            index,
+            rel,
+            tmp,
+            dest,
+            rows: 0,
+            first: None,
+            last: None,
+            positions: 0,
+            entries: 0,
+            skipped: Vec::new(),
+        })
+    }
+
+    /// Appends rows. Row ids must keep increasing across calls.
+    pub fn write(&mut self, batch: &RowBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let (Some(last), Some(&first)) = (self.last, batch.row_ids.first())
+            && first <= last
+        {
+            return Err(FormatError::InvalidRow {
+                row_id: first,
+                column: schema::ROW_ID.into(),
+                message: format!("row ids must increase within a shard (after {last})"),
+            });
+        }
+        let rb = codec::encode(&self.manifest, &self.schema, batch)?;
+        let w = self.writer.as_mut().ok_or_else(|| FormatError::parquet(&self.tmp, "writer already closed"))?;
+        w.write(&rb).map_err(|e| FormatError::parquet(&self.tmp, e))?;
+        self.rows += batch.len() as u64;
+        self.first = self.first.or(batch.row_ids.first().copied());
+        self.last = batch.row_ids.last().copied();
+        if self.manifest_targets
+            && let Some(t) = &batch.targets
+        {
+            self.positions += t.positions() as u64;
+            self.entries += t.topk.as_ref().map_or(0, |k| k.ids.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Notes row ids of this shard's range that were skipped on purpose.
+    pub fn skip(&mut self, row_ids: &[u64]) {
+        self.skipped.extend_from_slice(row_ids);
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Closes the file, makes it durable under its final name and returns its record (which
+    /// the caller passes to [`DatasetWriter::record`]).
+    pub fn finish(mut self) -> Result<ShardRecord> {
+        let w = self.writer.take().ok_or_else(|| FormatError::parquet(&self.tmp, "writer already closed"))?;
+        let sink = w.into_inner().map_err(|e| FormatError::parquet(&self.tmp, e))?;
+        sink.file.sync_all().map_err(|e| FormatError::io(&self.tmp, e))?;
+        let sha = hex(&sink.hasher.finalize());
+        drop(sink.file);
+        fs::rename(&self.tmp, &self.dest).map_err(|e| FormatError::io(&self.dest, e))?;
+        if let Some(dir) = self.dest.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(ShardRecord {
+            index: self.index,
+            entry: ShardEntry {
+                path: self.rel.clone(),
+                rows: self.rows,
+                bytes: sink.bytes,
+                sha256: sha,
+                first_row_id: self.first.unwrap_or(0),
+                last_row_id: self.last.unwrap_or(0),
+                positions: self.positions,
+                entries: self.entries,
+            },
+            skipped_row_ids: std::mem::take(&mut self.skipped),
+        })
+    }
+}
+
+impl Drop for ShardWriter {
+    fn drop(&mut self) {
+        // An unfinished shard leaves no file behind under any name a reader would take.
+        if self.writer.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
