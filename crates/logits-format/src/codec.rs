@@ -65,12 +65,20 @@ fn list_array(column: &str, child: ArrayRef, offsets: &[usize]) -> Result<ArrayR
     }
     let last = *offsets.last().unwrap_or(&0);
     if last > i32::MAX as usize {
-        return Err(bad_batch(column, "more than 2^31 values in one batch; write smaller batches"));
+        return Err(bad_batch(
+            column,
+            "more than 2^31 values in one batch; write smaller batches",
+        ));
     }
     let offs: Vec<i32> = offsets.iter().map(|&o| o as i32).collect();
     let field = child_field(child.data_type());
-    let arr = ListArray::try_new(field, OffsetBuffer::new(ScalarBuffer::from(offs)), child, None)
-        .map_err(|e| bad_batch(column, e.to_string()))?;
+    let arr = ListArray::try_new(
+        field,
+        OffsetBuffer::new(ScalarBuffer::from(offs)),
+        child,
+        None,
+    )
+    .map_err(|e| bad_batch(column, e.to_string()))?;
     Ok(Arc::new(arr))
 }
 
@@ -85,7 +93,10 @@ fn per_row(
         Granularity::Position => list_array(column, arr, row_positions),
         Granularity::Example => {
             if row_positions.iter().enumerate().any(|(i, &p)| p != i) {
-                return Err(bad_batch(column, "per-example data must have exactly one position per row"));
+                return Err(bad_batch(
+                    column,
+                    "per-example data must have exactly one position per row",
+                ));
             }
             Ok(arr)
         }
@@ -100,7 +111,10 @@ fn check_offsets(column: &str, offsets: &[usize], parts: usize, total: usize) ->
     {
         return Err(bad_batch(
             column,
-            format!("expected {} non-decreasing offsets from 0 to {total}", parts + 1),
+            format!(
+                "expected {} non-decreasing offsets from 0 to {total}",
+                parts + 1
+            ),
         ));
     }
     Ok(())
@@ -118,8 +132,16 @@ pub fn encode(manifest: &Manifest, schema: &SchemaRef, b: &RowBatch) -> Result<R
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     columns.push(Arc::new(UInt64Array::from(b.row_ids.clone())));
     if b.row_ids.windows(2).any(|w| w[0] >= w[1]) {
-        let w = b.row_ids.windows(2).find(|w| w[0] >= w[1]).unwrap_or(&[0, 0]);
-        return Err(bad_row(w[1], schema::ROW_ID, format!("row ids must increase (after {})", w[0])));
+        let w = b
+            .row_ids
+            .windows(2)
+            .find(|w| w[0] >= w[1])
+            .unwrap_or(&[0, 0]);
+        return Err(bad_row(
+            w[1],
+            schema::ROW_ID,
+            format!("row ids must increase (after {})", w[0]),
+        ));
     }
     if manifest.row_keys.user_id {
         let ids = b
@@ -127,7 +149,10 @@ pub fn encode(manifest: &Manifest, schema: &SchemaRef, b: &RowBatch) -> Result<R
             .as_ref()
             .ok_or_else(|| bad_batch(schema::USER_ID, "the manifest declares user ids"))?;
         if ids.len() != rows {
-            return Err(bad_batch(schema::USER_ID, format!("{} values for {rows} rows", ids.len())));
+            return Err(bad_batch(
+                schema::USER_ID,
+                format!("{} values for {rows} rows", ids.len()),
+            ));
         }
         columns.push(Arc::new(StringArray::from(ids.clone())));
     }
@@ -137,7 +162,10 @@ pub fn encode(manifest: &Manifest, schema: &SchemaRef, b: &RowBatch) -> Result<R
             .as_ref()
             .ok_or_else(|| bad_batch(schema::INPUT_HASH, "the manifest declares input hashes"))?;
         if hashes.len() != rows {
-            return Err(bad_batch(schema::INPUT_HASH, format!("{} values for {rows} rows", hashes.len())));
+            return Err(bad_batch(
+                schema::INPUT_HASH,
+                format!("{} values for {rows} rows", hashes.len()),
+            ));
         }
         let arr = FixedSizeBinaryArray::try_from_iter(hashes.iter())
             .map_err(|e| bad_batch(schema::INPUT_HASH, e.to_string()))?;
@@ -156,7 +184,10 @@ pub fn encode(manifest: &Manifest, schema: &SchemaRef, b: &RowBatch) -> Result<R
             .as_ref()
             .ok_or_else(|| bad_batch(schema::LABEL, "the manifest declares labels"))?;
         if labels.len() != rows {
-            return Err(bad_batch(schema::LABEL, format!("{} labels for {rows} rows", labels.len())));
+            return Err(bad_batch(
+                schema::LABEL,
+                format!("{} labels for {rows} rows", labels.len()),
+            ));
         }
         for (i, lab) in labels.iter().enumerate() {
             if let Some(c) = lab
@@ -179,10 +210,9 @@ pub fn encode(manifest: &Manifest, schema: &SchemaRef, b: &RowBatch) -> Result<R
         columns.extend(encode_targets(spec, t, &b.row_ids)?);
     }
     for spec in &manifest.features {
-        let f = b
-            .features
-            .get(&spec.name)
-            .ok_or_else(|| bad_batch(&spec.column, format!("feature {:?} is missing", spec.name)))?;
+        let f = b.features.get(&spec.name).ok_or_else(|| {
+            bad_batch(&spec.column, format!("feature {:?} is missing", spec.name))
+        })?;
         columns.extend(encode_feature(spec, f, &b.row_ids)?);
     }
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| bad_batch("batch", e.to_string()))
@@ -194,7 +224,11 @@ fn encode_input(spec: &InputSpec, v: &InputValues, row_ids: &[u64]) -> Result<Ar
     if v.values.dtype() != spec.stored {
         return Err(bad_batch(
             col,
-            format!("values are {} but the manifest stores {}", v.values.dtype().name(), spec.stored.name()),
+            format!(
+                "values are {} but the manifest stores {}",
+                v.values.dtype().name(),
+                spec.stored.name()
+            ),
         ));
     }
     let fixed: u64 = spec
@@ -208,13 +242,20 @@ fn encode_input(spec: &InputSpec, v: &InputValues, row_ids: &[u64]) -> Result<Ar
     let variable = spec.shape.iter().any(|d| matches!(d, Dim::Named(_)));
     for (r, w) in v.offsets.windows(2).enumerate() {
         let n = (w[1] - w[0]) as u64;
-        let ok = if variable { fixed > 0 && n % fixed == 0 } else { n == fixed };
+        let ok = if variable {
+            fixed > 0 && n.is_multiple_of(fixed)
+        } else {
+            n == fixed
+        };
         if !ok {
             let shape: Vec<String> = spec.shape.iter().map(|d| d.to_string()).collect();
             return Err(bad_row(
                 row_ids[r],
                 &spec.name,
-                format!("{n} values do not fit the declared shape [{}]", shape.join(", ")),
+                format!(
+                    "{n} values do not fit the declared shape [{}]",
+                    shape.join(", ")
+                ),
             ));
         }
     }
@@ -243,32 +284,51 @@ fn ids_array(enc: IdEncoding, ids: &[u32]) -> ArrayRef {
 ///
 /// `exact` asks for strict order with ties to the lower id; decoded lossy values may tie
 /// after rounding in any id order, so validation of stored data passes `false` for them.
-pub(crate) fn check_targets(spec: &TargetSpec, t: &Targets, row_ids: &[u64], exact: bool) -> Result<()> {
+pub(crate) fn check_targets(
+    spec: &TargetSpec,
+    t: &Targets,
+    row_ids: &[u64],
+    exact: bool,
+) -> Result<()> {
     let positions = t.logz.len();
     check_offsets("targets", &t.row_positions, row_ids.len(), positions)?;
     let nt = spec.temperatures.len();
     if t.logz_temps.len() != positions * nt {
         return Err(bad_batch(
             schema::LOGZ_TEMPS,
-            format!("{} values for {positions} positions × {nt} temperatures", t.logz_temps.len()),
+            format!(
+                "{} values for {positions} positions × {nt} temperatures",
+                t.logz_temps.len()
+            ),
         ));
     }
     let row = |p: usize| row_of(&t.row_positions, row_ids, p);
     for (p, &z) in t.logz.iter().enumerate() {
         if !z.is_finite() {
-            return Err(bad_row(row(p), schema::LOGZ, format!("position {p}: logZ is {z}")));
+            return Err(bad_row(
+                row(p),
+                schema::LOGZ,
+                format!("position {p}: logZ is {z}"),
+            ));
         }
     }
     for (i, &z) in t.logz_temps.iter().enumerate() {
         if !z.is_finite() {
-            return Err(bad_row(row(i / nt.max(1)), schema::LOGZ_TEMPS, format!("logZ at T={} is {z}", spec.temperatures[i % nt])));
+            return Err(bad_row(
+                row(i / nt.max(1)),
+                schema::LOGZ_TEMPS,
+                format!("logZ at T={} is {z}", spec.temperatures[i % nt]),
+            ));
         }
     }
     match (&spec.topk, &t.topk) {
         (Some(rule), Some(k)) => {
             check_offsets(schema::TOPK_IDS, &k.offsets, positions, k.ids.len())?;
             if k.logits.len() != k.ids.len() {
-                return Err(bad_batch(schema::TOPK_VALUES, "ids and logits differ in length"));
+                return Err(bad_batch(
+                    schema::TOPK_VALUES,
+                    "ids and logits differ in length",
+                ));
             }
             for p in 0..positions {
                 let (a, e) = (k.offsets[p], k.offsets[p + 1]);
@@ -284,64 +344,135 @@ pub(crate) fn check_targets(spec: &TargetSpec, t: &Targets, row_ids: &[u64], exa
                     ),
                 };
                 if n < lo || n > hi {
-                    return Err(bad_row(row(p), schema::TOPK_IDS, format!("position {p}: {n} entries, the rule allows {lo}..={hi}")));
+                    return Err(bad_row(
+                        row(p),
+                        schema::TOPK_IDS,
+                        format!("position {p}: {n} entries, the rule allows {lo}..={hi}"),
+                    ));
                 }
                 let tol = 1e-4 * t.logz[p].abs().max(1.0);
                 for i in a..e {
                     let (id, z) = (k.ids[i], k.logits[i]);
                     if id as u64 >= spec.axis_size {
-                        return Err(bad_row(row(p), schema::TOPK_IDS, format!("position {p}: id {id} outside 0..{}", spec.axis_size)));
+                        return Err(bad_row(
+                            row(p),
+                            schema::TOPK_IDS,
+                            format!("position {p}: id {id} outside 0..{}", spec.axis_size),
+                        ));
                     }
                     if !z.is_finite() {
-                        return Err(bad_row(row(p), schema::TOPK_VALUES, format!("position {p}: logit of id {id} is {z}")));
+                        return Err(bad_row(
+                            row(p),
+                            schema::TOPK_VALUES,
+                            format!("position {p}: logit of id {id} is {z}"),
+                        ));
                     }
                     if z > t.logz[p] + tol {
-                        return Err(bad_row(row(p), schema::LOGZ, format!("position {p}: logit {z} of id {id} exceeds logZ {}", t.logz[p])));
+                        return Err(bad_row(
+                            row(p),
+                            schema::LOGZ,
+                            format!(
+                                "position {p}: logit {z} of id {id} exceeds logZ {}",
+                                t.logz[p]
+                            ),
+                        ));
                     }
                     if i > a {
                         let (pid, pz) = (k.ids[i - 1], k.logits[i - 1]);
                         if pz < z || (exact && pz == z && pid >= id) {
-                            return Err(bad_row(row(p), schema::TOPK_IDS, format!("position {p}: entries must be sorted by descending logit, ties to the lower id ({pid}:{pz} before {id}:{z})")));
+                            return Err(bad_row(
+                                row(p),
+                                schema::TOPK_IDS,
+                                format!(
+                                    "position {p}: entries must be sorted by descending logit, ties to the lower id ({pid}:{pz} before {id}:{z})"
+                                ),
+                            ));
                         }
                     }
                 }
             }
         }
         (None, None) => {}
-        (Some(_), None) => return Err(bad_batch(schema::TOPK_IDS, "the manifest declares top-k targets")),
-        (None, Some(_)) => return Err(bad_batch(schema::TOPK_IDS, "the manifest declares no top-k targets")),
+        (Some(_), None) => {
+            return Err(bad_batch(
+                schema::TOPK_IDS,
+                "the manifest declares top-k targets",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(bad_batch(
+                schema::TOPK_IDS,
+                "the manifest declares no top-k targets",
+            ));
+        }
     }
     match (&spec.sampled, &t.sampled) {
         (Some(rule), Some(s)) => {
             check_offsets(schema::SAMPLE_IDS, &s.offsets, positions, s.ids.len())?;
             if s.counts.len() != s.ids.len() {
-                return Err(bad_batch(schema::SAMPLE_COUNTS, "ids and counts differ in length"));
+                return Err(bad_batch(
+                    schema::SAMPLE_COUNTS,
+                    "ids and counts differ in length",
+                ));
             }
             for p in 0..positions {
                 let (a, e) = (s.offsets[p], s.offsets[p + 1]);
                 let sum: u64 = s.counts[a..e].iter().map(|&c| c as u64).sum();
                 if sum != rule.draws as u64 || s.counts[a..e].contains(&0) {
-                    return Err(bad_row(row(p), schema::SAMPLE_COUNTS, format!("position {p}: counts sum to {sum}, expected {} positive counts", rule.draws)));
+                    return Err(bad_row(
+                        row(p),
+                        schema::SAMPLE_COUNTS,
+                        format!(
+                            "position {p}: counts sum to {sum}, expected {} positive counts",
+                            rule.draws
+                        ),
+                    ));
                 }
-                if s.ids[a..e].windows(2).any(|w| w[0] >= w[1]) || s.ids[a..e].iter().any(|&i| i as u64 >= spec.axis_size) {
-                    return Err(bad_row(row(p), schema::SAMPLE_IDS, format!("position {p}: sampled ids must be distinct, ascending and below {}", spec.axis_size)));
+                if s.ids[a..e].windows(2).any(|w| w[0] >= w[1])
+                    || s.ids[a..e].iter().any(|&i| i as u64 >= spec.axis_size)
+                {
+                    return Err(bad_row(
+                        row(p),
+                        schema::SAMPLE_IDS,
+                        format!(
+                            "position {p}: sampled ids must be distinct, ascending and below {}",
+                            spec.axis_size
+                        ),
+                    ));
                 }
             }
         }
         (None, None) => {}
-        (Some(_), None) => return Err(bad_batch(schema::SAMPLE_IDS, "the manifest declares sampled targets")),
-        (None, Some(_)) => return Err(bad_batch(schema::SAMPLE_IDS, "the manifest declares no sampled targets")),
+        (Some(_), None) => {
+            return Err(bad_batch(
+                schema::SAMPLE_IDS,
+                "the manifest declares sampled targets",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(bad_batch(
+                schema::SAMPLE_IDS,
+                "the manifest declares no sampled targets",
+            ));
+        }
     }
     Ok(())
 }
 
 /// Quantises one position's log-probs to 8-bit codes; returns the scale.
 fn int8_codes(logits: &[f32], logz: f32, out: &mut Vec<u8>) -> f32 {
-    let deepest = logits.iter().map(|&z| (logz - z).max(0.0)).fold(0.0f32, f32::max);
+    let deepest = logits
+        .iter()
+        .map(|&z| (logz - z).max(0.0))
+        .fold(0.0f32, f32::max);
     let scale = deepest / 255.0;
     for &z in logits {
         let gap = (logz - z).max(0.0);
-        let c = if scale > 0.0 { (gap / scale).round().min(255.0) } else { 0.0 };
+        let c = if scale > 0.0 {
+            (gap / scale).round().min(255.0)
+        } else {
+            0.0
+        };
         out.push(c as u8);
     }
     scale
@@ -367,20 +498,30 @@ fn encode_targets(spec: &TargetSpec, t: &Targets, row_ids: &[u64]) -> Result<Vec
             ValueEncoding::F16 => {
                 let mut p = 0;
                 Arc::new(Float16Array::from_iter_values(
-                    k.logits.iter().enumerate().map(|(i, &z)| f16::from_f32(z - pos_logz(i, &mut p))),
+                    k.logits
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &z)| f16::from_f32(z - pos_logz(i, &mut p))),
                 ))
             }
             ValueEncoding::Bf16 => {
                 let mut p = 0;
                 Arc::new(UInt16Array::from_iter_values(
-                    k.logits.iter().enumerate().map(|(i, &z)| bf16::from_f32(z - pos_logz(i, &mut p)).to_bits()),
+                    k.logits
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &z)| bf16::from_f32(z - pos_logz(i, &mut p)).to_bits()),
                 ))
             }
             ValueEncoding::Int8 => {
                 let mut codes = Vec::with_capacity(k.logits.len());
                 let mut scales = Vec::with_capacity(t.logz.len());
                 for p in 0..t.logz.len() {
-                    let s = int8_codes(&k.logits[k.offsets[p]..k.offsets[p + 1]], t.logz[p], &mut codes);
+                    let s = int8_codes(
+                        &k.logits[k.offsets[p]..k.offsets[p + 1]],
+                        t.logz[p],
+                        &mut codes,
+                    );
                     scales.push(s);
                 }
                 scale = Some(Arc::new(Float32Array::from(scales)) as ArrayRef);
@@ -393,7 +534,12 @@ fn encode_targets(spec: &TargetSpec, t: &Targets, row_ids: &[u64]) -> Result<Vec
             out.push(per_row(schema::TOPK_SCALE, g, s, rp)?);
         }
     }
-    out.push(per_row(schema::LOGZ, g, Arc::new(Float32Array::from(t.logz.clone())), rp)?);
+    out.push(per_row(
+        schema::LOGZ,
+        g,
+        Arc::new(Float32Array::from(t.logz.clone())),
+        rp,
+    )?);
     if !spec.temperatures.is_empty() {
         let n = spec.temperatures.len() as i32;
         let vals = Arc::new(Float32Array::from(t.logz_temps.clone()));
@@ -405,9 +551,14 @@ fn encode_targets(spec: &TargetSpec, t: &Targets, row_ids: &[u64]) -> Result<Vec
         let ids = list_array(schema::SAMPLE_IDS, ids_array(spec.ids, &s.ids), &s.offsets)?;
         out.push(per_row(schema::SAMPLE_IDS, g, ids, rp)?);
         if let Some(&c) = s.counts.iter().find(|&&c| c > u16::MAX as u32) {
-            return Err(bad_batch(schema::SAMPLE_COUNTS, format!("count {c} exceeds 65,535")));
+            return Err(bad_batch(
+                schema::SAMPLE_COUNTS,
+                format!("count {c} exceeds 65,535"),
+            ));
         }
-        let counts = Arc::new(UInt16Array::from_iter_values(s.counts.iter().map(|&c| c as u16)));
+        let counts = Arc::new(UInt16Array::from_iter_values(
+            s.counts.iter().map(|&c| c as u16),
+        ));
         let counts = list_array(schema::SAMPLE_COUNTS, counts, &s.offsets)?;
         out.push(per_row(schema::SAMPLE_COUNTS, g, counts, rp)?);
     }
@@ -420,11 +571,21 @@ fn encode_feature(spec: &FeatureSpec, f: &FeatureValues, row_ids: &[u64]) -> Res
     let positions = *f.row_positions.last().unwrap_or(&0);
     check_offsets(col, &f.row_positions, row_ids.len(), positions)?;
     if f.values.len() != positions * width {
-        return Err(bad_batch(col, format!("{} values for {positions} positions of width {width}", f.values.len())));
+        return Err(bad_batch(
+            col,
+            format!(
+                "{} values for {positions} positions of width {width}",
+                f.values.len()
+            ),
+        ));
     }
     if let Some(i) = f.values.iter().position(|x| !x.is_finite()) {
         let row = row_of(&f.row_positions, row_ids, i / width);
-        return Err(bad_row(row, &spec.name, format!("feature value {} is not finite", f.values[i])));
+        return Err(bad_row(
+            row,
+            &spec.name,
+            format!("feature value {} is not finite", f.values[i]),
+        ));
     }
     let offsets: Vec<usize> = (0..=positions).map(|p| p * width).collect();
     let g = spec.granularity;
@@ -432,7 +593,9 @@ fn encode_feature(spec: &FeatureSpec, f: &FeatureValues, row_ids: &[u64]) -> Res
     let mut scale = None;
     let child: ArrayRef = match spec.encoding {
         FeatureEncoding::F32 => Arc::new(Float32Array::from(f.values.clone())),
-        FeatureEncoding::F16 => Arc::new(Float16Array::from_iter_values(f.values.iter().map(|&x| f16::from_f32(x)))),
+        FeatureEncoding::F16 => Arc::new(Float16Array::from_iter_values(
+            f.values.iter().map(|&x| f16::from_f32(x)),
+        )),
         FeatureEncoding::Int8 => {
             let mut codes = Vec::with_capacity(f.values.len());
             let mut scales = Vec::with_capacity(positions);
@@ -440,15 +603,31 @@ fn encode_feature(spec: &FeatureSpec, f: &FeatureValues, row_ids: &[u64]) -> Res
                 let m = chunk.iter().fold(0.0f32, |m, x| m.max(x.abs()));
                 let s = m / 127.0;
                 scales.push(s);
-                codes.extend(chunk.iter().map(|&x| if s > 0.0 { (x / s).round().clamp(-127.0, 127.0) as i8 } else { 0 }));
+                codes.extend(chunk.iter().map(|&x| {
+                    if s > 0.0 {
+                        (x / s).round().clamp(-127.0, 127.0) as i8
+                    } else {
+                        0
+                    }
+                }));
             }
             scale = Some(Arc::new(Float32Array::from(scales)) as ArrayRef);
             Arc::new(Int8Array::from(codes))
         }
     };
-    out.push(per_row(col, g, list_array(col, child, &offsets)?, &f.row_positions)?);
+    out.push(per_row(
+        col,
+        g,
+        list_array(col, child, &offsets)?,
+        &f.row_positions,
+    )?);
     if let Some(s) = scale {
-        out.push(per_row(&schema::scale_column(spec), g, s, &f.row_positions)?);
+        out.push(per_row(
+            &schema::scale_column(spec),
+            g,
+            s,
+            &f.row_positions,
+        )?);
     }
     Ok(out)
 }
@@ -466,7 +645,9 @@ fn wrong_type(column: &str, arr: &dyn Array) -> FormatError {
 
 /// Splits a list array into 0-based offsets and its (sliced) child.
 fn unlist(column: &str, arr: &dyn Array) -> Result<(Vec<usize>, ArrayRef)> {
-    let l = arr.as_list_opt::<i32>().ok_or_else(|| wrong_type(column, arr))?;
+    let l = arr
+        .as_list_opt::<i32>()
+        .ok_or_else(|| wrong_type(column, arr))?;
     if l.null_count() > 0 {
         return Err(bad_batch(column, "null lists are not allowed"));
     }
@@ -485,8 +666,13 @@ fn unrow(column: &str, g: Granularity, arr: &ArrayRef) -> Result<(Vec<usize>, Ar
     }
 }
 
-fn prim<T: arrow_array::ArrowPrimitiveType>(column: &str, arr: &dyn Array) -> Result<PrimitiveArray<T>> {
-    let p = arr.as_primitive_opt::<T>().ok_or_else(|| wrong_type(column, arr))?;
+fn prim<T: arrow_array::ArrowPrimitiveType>(
+    column: &str,
+    arr: &dyn Array,
+) -> Result<PrimitiveArray<T>> {
+    let p = arr
+        .as_primitive_opt::<T>()
+        .ok_or_else(|| wrong_type(column, arr))?;
     if p.null_count() > 0 {
         return Err(bad_batch(column, "null values are not allowed"));
     }
@@ -495,7 +681,11 @@ fn prim<T: arrow_array::ArrowPrimitiveType>(column: &str, arr: &dyn Array) -> Re
 
 fn ids_vec(column: &str, arr: &dyn Array) -> Result<Vec<u32>> {
     match arr.data_type() {
-        DataType::UInt16 => Ok(prim::<UInt16Type>(column, arr)?.values().iter().map(|&i| i as u32).collect()),
+        DataType::UInt16 => Ok(prim::<UInt16Type>(column, arr)?
+            .values()
+            .iter()
+            .map(|&i| i as u32)
+            .collect()),
         DataType::UInt32 => Ok(prim::<UInt32Type>(column, arr)?.values().to_vec()),
         _ => Err(wrong_type(column, arr)),
     }
@@ -510,17 +700,26 @@ fn f32_vec(column: &str, arr: &dyn Array) -> Result<Vec<f32>> {
 pub fn decode(manifest: &Manifest, b: &RecordBatch) -> Result<RowBatch> {
     let mut out = RowBatch::default();
     let ids = column(b, schema::ROW_ID).ok_or_else(|| bad_batch(schema::ROW_ID, "missing"))?;
-    out.row_ids = prim::<UInt64Type>(schema::ROW_ID, ids.as_ref())?.values().to_vec();
+    out.row_ids = prim::<UInt64Type>(schema::ROW_ID, ids.as_ref())?
+        .values()
+        .to_vec();
     if let Some(c) = column(b, schema::USER_ID) {
-        let s = c.as_string_opt::<i32>().ok_or_else(|| wrong_type(schema::USER_ID, c.as_ref()))?;
+        let s = c
+            .as_string_opt::<i32>()
+            .ok_or_else(|| wrong_type(schema::USER_ID, c.as_ref()))?;
         out.user_ids = Some(s.iter().map(|v| v.map(str::to_string)).collect());
     }
     if let Some(c) = column(b, schema::INPUT_HASH) {
-        let s = c.as_fixed_size_binary_opt().ok_or_else(|| wrong_type(schema::INPUT_HASH, c.as_ref()))?;
+        let s = c
+            .as_fixed_size_binary_opt()
+            .ok_or_else(|| wrong_type(schema::INPUT_HASH, c.as_ref()))?;
         let mut hashes = Vec::with_capacity(s.len());
         for v in s.iter() {
             let v = v.ok_or_else(|| bad_batch(schema::INPUT_HASH, "null hash"))?;
-            hashes.push(<[u8; 32]>::try_from(v).map_err(|_| bad_batch(schema::INPUT_HASH, "hash is not 32 bytes"))?);
+            hashes.push(
+                <[u8; 32]>::try_from(v)
+                    .map_err(|_| bad_batch(schema::INPUT_HASH, "hash is not 32 bytes"))?,
+            );
         }
         out.input_hashes = Some(hashes);
     }
@@ -529,21 +728,40 @@ pub fn decode(manifest: &Manifest, b: &RecordBatch) -> Result<RowBatch> {
             let (offsets, child) = unlist(&spec.column, c.as_ref())?;
             let col = spec.column.as_str();
             let values = match child.data_type() {
-                DataType::Float32 => TensorValues::F32(prim::<Float32Type>(col, &child)?.values().to_vec()),
-                DataType::Float64 => TensorValues::F64(prim::<Float64Type>(col, &child)?.values().to_vec()),
-                DataType::Int64 => TensorValues::I64(prim::<Int64Type>(col, &child)?.values().to_vec()),
-                DataType::Int32 => TensorValues::I32(prim::<Int32Type>(col, &child)?.values().to_vec()),
-                DataType::UInt32 => TensorValues::U32(prim::<UInt32Type>(col, &child)?.values().to_vec()),
-                DataType::UInt16 => TensorValues::U16(prim::<UInt16Type>(col, &child)?.values().to_vec()),
-                DataType::Int8 => TensorValues::I8(prim::<Int8Type>(col, &child)?.values().to_vec()),
-                DataType::UInt8 => TensorValues::U8(prim::<UInt8Type>(col, &child)?.values().to_vec()),
+                DataType::Float32 => {
+                    TensorValues::F32(prim::<Float32Type>(col, &child)?.values().to_vec())
+                }
+                DataType::Float64 => {
+                    TensorValues::F64(prim::<Float64Type>(col, &child)?.values().to_vec())
+                }
+                DataType::Int64 => {
+                    TensorValues::I64(prim::<Int64Type>(col, &child)?.values().to_vec())
+                }
+                DataType::Int32 => {
+                    TensorValues::I32(prim::<Int32Type>(col, &child)?.values().to_vec())
+                }
+                DataType::UInt32 => {
+                    TensorValues::U32(prim::<UInt32Type>(col, &child)?.values().to_vec())
+                }
+                DataType::UInt16 => {
+                    TensorValues::U16(prim::<UInt16Type>(col, &child)?.values().to_vec())
+                }
+                DataType::Int8 => {
+                    TensorValues::I8(prim::<Int8Type>(col, &child)?.values().to_vec())
+                }
+                DataType::UInt8 => {
+                    TensorValues::U8(prim::<UInt8Type>(col, &child)?.values().to_vec())
+                }
                 _ => return Err(wrong_type(col, &child)),
             };
-            out.inputs.insert(spec.name.clone(), InputValues { offsets, values });
+            out.inputs
+                .insert(spec.name.clone(), InputValues { offsets, values });
         }
     }
     if let Some(c) = column(b, schema::LABEL) {
-        let l = c.as_primitive_opt::<Int64Type>().ok_or_else(|| wrong_type(schema::LABEL, c.as_ref()))?;
+        let l = c
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| wrong_type(schema::LABEL, c.as_ref()))?;
         out.labels = Some(l.iter().collect());
     }
     if let Some(spec) = &manifest.targets
@@ -553,7 +771,8 @@ pub fn decode(manifest: &Manifest, b: &RecordBatch) -> Result<RowBatch> {
     }
     for spec in &manifest.features {
         if let Some(c) = column(b, &spec.column) {
-            out.features.insert(spec.name.clone(), decode_feature(spec, c, b)?);
+            out.features
+                .insert(spec.name.clone(), decode_feature(spec, c, b)?);
         }
     }
     Ok(out)
@@ -561,19 +780,30 @@ pub fn decode(manifest: &Manifest, b: &RecordBatch) -> Result<RowBatch> {
 
 fn decode_targets(spec: &TargetSpec, b: &RecordBatch) -> Result<Targets> {
     let g = spec.granularity;
-    let need = |name: &str| column(b, name).ok_or_else(|| bad_batch(name, "column not read (add it to the projection)"));
+    let need = |name: &str| {
+        column(b, name).ok_or_else(|| bad_batch(name, "column not read (add it to the projection)"))
+    };
     let (row_positions, logz) = unrow(schema::LOGZ, g, need(schema::LOGZ)?)?;
     let logz = f32_vec(schema::LOGZ, &logz)?;
     let positions = logz.len();
-    let mut t = Targets { row_positions, logz, ..Default::default() };
+    let mut t = Targets {
+        row_positions,
+        logz,
+        ..Default::default()
+    };
     if !spec.temperatures.is_empty()
         && let Some(c) = column(b, schema::LOGZ_TEMPS)
     {
         let (_, fsl) = unrow(schema::LOGZ_TEMPS, g, c)?;
-        let f = fsl.as_fixed_size_list_opt().ok_or_else(|| wrong_type(schema::LOGZ_TEMPS, &fsl))?;
+        let f = fsl
+            .as_fixed_size_list_opt()
+            .ok_or_else(|| wrong_type(schema::LOGZ_TEMPS, &fsl))?;
         let n = spec.temperatures.len();
         if f.value_length() as usize != n || f.len() != positions {
-            return Err(bad_batch(schema::LOGZ_TEMPS, format!("expected {n} values per position")));
+            return Err(bad_batch(
+                schema::LOGZ_TEMPS,
+                format!("expected {n} values per position"),
+            ));
         }
         let vals = f.values().slice(f.offset() * n, positions * n);
         t.logz_temps = f32_vec(schema::LOGZ_TEMPS, &vals)?;
@@ -587,7 +817,10 @@ fn decode_targets(spec: &TargetSpec, b: &RecordBatch) -> Result<Targets> {
         let (_, vinner) = unrow(schema::TOPK_VALUES, g, need(schema::TOPK_VALUES)?)?;
         let (voffsets, vals) = unlist(schema::TOPK_VALUES, &vinner)?;
         if voffsets != offsets || offsets.len() != positions + 1 {
-            return Err(bad_batch(schema::TOPK_VALUES, "ids and values disagree in shape"));
+            return Err(bad_batch(
+                schema::TOPK_VALUES,
+                "ids and values disagree in shape",
+            ));
         }
         let mut logits = Vec::with_capacity(ids.len());
         match spec.values {
@@ -595,13 +828,21 @@ fn decode_targets(spec: &TargetSpec, b: &RecordBatch) -> Result<Targets> {
             ValueEncoding::F16 => {
                 let v = prim::<Float16Type>(schema::TOPK_VALUES, &vals)?;
                 for p in 0..positions {
-                    logits.extend(v.values()[offsets[p]..offsets[p + 1]].iter().map(|x| t.logz[p] + x.to_f32()));
+                    logits.extend(
+                        v.values()[offsets[p]..offsets[p + 1]]
+                            .iter()
+                            .map(|x| t.logz[p] + x.to_f32()),
+                    );
                 }
             }
             ValueEncoding::Bf16 => {
                 let v = prim::<UInt16Type>(schema::TOPK_VALUES, &vals)?;
                 for p in 0..positions {
-                    logits.extend(v.values()[offsets[p]..offsets[p + 1]].iter().map(|&x| t.logz[p] + bf16::from_bits(x).to_f32()));
+                    logits.extend(
+                        v.values()[offsets[p]..offsets[p + 1]]
+                            .iter()
+                            .map(|&x| t.logz[p] + bf16::from_bits(x).to_f32()),
+                    );
                 }
             }
             ValueEncoding::Int8 => {
@@ -609,14 +850,25 @@ fn decode_targets(spec: &TargetSpec, b: &RecordBatch) -> Result<Targets> {
                 let (_, s) = unrow(schema::TOPK_SCALE, g, need(schema::TOPK_SCALE)?)?;
                 let s = f32_vec(schema::TOPK_SCALE, &s)?;
                 if s.len() != positions {
-                    return Err(bad_batch(schema::TOPK_SCALE, "one scale per position expected"));
+                    return Err(bad_batch(
+                        schema::TOPK_SCALE,
+                        "one scale per position expected",
+                    ));
                 }
                 for p in 0..positions {
-                    logits.extend(v.values()[offsets[p]..offsets[p + 1]].iter().map(|&c| t.logz[p] - c as f32 * s[p]));
+                    logits.extend(
+                        v.values()[offsets[p]..offsets[p + 1]]
+                            .iter()
+                            .map(|&c| t.logz[p] - c as f32 * s[p]),
+                    );
                 }
             }
         }
-        t.topk = Some(TopKEntries { offsets, ids, logits });
+        t.topk = Some(TopKEntries {
+            offsets,
+            ids,
+            logits,
+        });
     }
     if spec.sampled.is_some()
         && let Some(c) = column(b, schema::SAMPLE_IDS)
@@ -627,10 +879,21 @@ fn decode_targets(spec: &TargetSpec, b: &RecordBatch) -> Result<Targets> {
         let (_, cinner) = unrow(schema::SAMPLE_COUNTS, g, need(schema::SAMPLE_COUNTS)?)?;
         let (coffsets, counts) = unlist(schema::SAMPLE_COUNTS, &cinner)?;
         if coffsets != offsets {
-            return Err(bad_batch(schema::SAMPLE_COUNTS, "ids and counts disagree in shape"));
+            return Err(bad_batch(
+                schema::SAMPLE_COUNTS,
+                "ids and counts disagree in shape",
+            ));
         }
-        let counts = prim::<UInt16Type>(schema::SAMPLE_COUNTS, &counts)?.values().iter().map(|&c| c as u32).collect();
-        t.sampled = Some(SampledEntries { offsets, ids, counts });
+        let counts = prim::<UInt16Type>(schema::SAMPLE_COUNTS, &counts)?
+            .values()
+            .iter()
+            .map(|&c| c as u32)
+            .collect();
+        t.sampled = Some(SampledEntries {
+            offsets,
+            ids,
+            counts,
+        });
     }
     Ok(t)
 }
@@ -642,22 +905,37 @@ fn decode_feature(spec: &FeatureSpec, c: &ArrayRef, b: &RecordBatch) -> Result<F
     let (offsets, vals) = unlist(col, &inner)?;
     let positions = offsets.len() - 1;
     if offsets.iter().enumerate().any(|(p, &o)| o != p * width) {
-        return Err(bad_batch(col, format!("every value must hold {width} scalars")));
+        return Err(bad_batch(
+            col,
+            format!("every value must hold {width} scalars"),
+        ));
     }
     let values = match spec.encoding {
         FeatureEncoding::F32 => f32_vec(col, &vals)?,
-        FeatureEncoding::F16 => prim::<Float16Type>(col, &vals)?.values().iter().map(|x| x.to_f32()).collect(),
+        FeatureEncoding::F16 => prim::<Float16Type>(col, &vals)?
+            .values()
+            .iter()
+            .map(|x| x.to_f32())
+            .collect(),
         FeatureEncoding::Int8 => {
             let sc = schema::scale_column(spec);
-            let scol = column(b, &sc).ok_or_else(|| bad_batch(&sc, "column not read (add it to the projection)"))?;
+            let scol = column(b, &sc)
+                .ok_or_else(|| bad_batch(&sc, "column not read (add it to the projection)"))?;
             let (_, s) = unrow(&sc, spec.granularity, scol)?;
             let s = f32_vec(&sc, &s)?;
             if s.len() != positions {
                 return Err(bad_batch(&sc, "one scale per value expected"));
             }
             let q = prim::<Int8Type>(col, &vals)?;
-            q.values().iter().enumerate().map(|(i, &x)| x as f32 * s[i / width.max(1)]).collect()
+            q.values()
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| x as f32 * s[i / width.max(1)])
+                .collect()
         }
     };
-    Ok(FeatureValues { row_positions, values })
+    Ok(FeatureValues {
+        row_positions,
+        values,
+    })
 }

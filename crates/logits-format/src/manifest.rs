@@ -252,7 +252,9 @@ impl std::str::FromStr for ValueEncoding {
         Self::ALL
             .into_iter()
             .find(|e| e.name() == s)
-            .ok_or_else(|| format!("unknown value encoding {s:?} (expected f32, f16, bf16 or int8)"))
+            .ok_or_else(|| {
+                format!("unknown value encoding {s:?} (expected f32, f16, bf16 or int8)")
+            })
     }
 }
 
@@ -282,10 +284,14 @@ impl FeatureEncoding {
 impl std::str::FromStr for FeatureEncoding {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        [FeatureEncoding::F32, FeatureEncoding::F16, FeatureEncoding::Int8]
-            .into_iter()
-            .find(|e| e.name() == s)
-            .ok_or_else(|| format!("unknown feature encoding {s:?} (expected f32, f16 or int8)"))
+        [
+            FeatureEncoding::F32,
+            FeatureEncoding::F16,
+            FeatureEncoding::Int8,
+        ]
+        .into_iter()
+        .find(|e| e.name() == s)
+        .ok_or_else(|| format!("unknown feature encoding {s:?} (expected f32, f16 or int8)"))
     }
 }
 
@@ -653,7 +659,9 @@ impl Manifest {
         }
         let mut claim = |c: &str, what: &str| -> std::result::Result<(), String> {
             if !is_safe_column(c) {
-                return Err(format!("{what} column {c:?} must match [A-Za-z0-9_-]+ (no dots)"));
+                return Err(format!(
+                    "{what} column {c:?} must match [A-Za-z0-9_-]+ (no dots)"
+                ));
             }
             if !columns.insert(c.to_string()) {
                 return Err(format!("{what} column {c:?} is used twice"));
@@ -668,13 +676,17 @@ impl Manifest {
         }
         for i in &self.inputs {
             claim(&i.column, "input")?;
-            crate::schema::stored_input_type(i.stored)
-                .ok_or_else(|| format!("input {:?}: cannot store dtype {}", i.name, i.stored.name()))?;
+            crate::schema::stored_input_type(i.stored).ok_or_else(|| {
+                format!("input {:?}: cannot store dtype {}", i.name, i.stored.name())
+            })?;
         }
         if let Some(l) = &self.labels
             && l.column != "label"
         {
-            return Err(format!("label column must be \"label\", not {:?}", l.column));
+            return Err(format!(
+                "label column must be \"label\", not {:?}",
+                l.column
+            ));
         }
         if let Some(t) = &self.targets {
             if t.topk.is_none() && t.sampled.is_none() {
@@ -684,7 +696,10 @@ impl Manifest {
                 return Err("targets.axis_size is 0".into());
             }
             if t.ids == IdEncoding::U16 && t.axis_size > 65_536 {
-                return Err(format!("u16 ids cannot address an axis of {} entries", t.axis_size));
+                return Err(format!(
+                    "u16 ids cannot address an axis of {} entries",
+                    t.axis_size
+                ));
             }
             if let Some(k) = &t.topk {
                 match k {
@@ -719,8 +734,7 @@ impl Manifest {
 /// True when `c` is a safe Arrow column name (dots would be split by Parquet projections).
 pub fn is_safe_column(c: &str) -> bool {
     !c.is_empty()
-        && c
-            .chars()
+        && c.chars()
             .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
 }
 
@@ -785,7 +799,14 @@ mod tests {
     fn shard_paths_must_stay_inside() {
         let m = Path::new("manifest.json");
         assert!(check_relative_path(m, "shards/part-00000.parquet").is_ok());
-        for bad in ["/etc/passwd", "../x.parquet", "shards/../../x", "./a", "", "a\\b"] {
+        for bad in [
+            "/etc/passwd",
+            "../x.parquet",
+            "shards/../../x",
+            "./a",
+            "",
+            "a\\b",
+        ] {
             assert!(check_relative_path(m, bad).is_err(), "{bad}");
         }
     }

@@ -177,7 +177,9 @@ pub struct BatchStream {
 
 impl std::fmt::Debug for BatchStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BatchStream").field("buffered_rows", &self.rows.len()).finish()
+        f.debug_struct("BatchStream")
+            .field("buffered_rows", &self.rows.len())
+            .finish()
     }
 }
 
@@ -239,7 +241,11 @@ impl BatchStream {
             thread: Some(thread),
             manifest: ds.manifest.clone(),
             batch_size: o.batch_size.max(1),
-            buffer: if o.shuffle.is_some() { o.shuffle_buffer.max(o.batch_size.max(1)) } else { o.batch_size.max(1) },
+            buffer: if o.shuffle.is_some() {
+                o.shuffle_buffer.max(o.batch_size.max(1))
+            } else {
+                o.batch_size.max(1)
+            },
             rng,
             chunks: Vec::new(),
             rows: VecDeque::new(),
@@ -373,9 +379,15 @@ impl ReadJob {
         }
     }
 
-    fn read_shard(&self, path: &Path, rng: Option<&mut ChaCha8Rng>, tx: &SyncSender<Chunk>) -> Result<()> {
+    fn read_shard(
+        &self,
+        path: &Path,
+        rng: Option<&mut ChaCha8Rng>,
+        tx: &SyncSender<Chunk>,
+    ) -> Result<()> {
         let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| FormatError::parquet(path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| FormatError::parquet(path, e))?;
         check_shard_metadata(path, builder.metadata(), &self.dataset_id)?;
         let arrow = builder.schema().clone();
         let mut roots = Vec::new();

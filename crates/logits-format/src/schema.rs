@@ -132,14 +132,16 @@ pub fn target_fields(t: &TargetSpec) -> Vec<Field> {
     fields.push(Field::new(LOGZ, per(g, DataType::Float32), false));
     if !t.temperatures.is_empty() {
         let n = t.temperatures.len() as i32;
-        let fsl = DataType::FixedSizeList(
-            Arc::new(Field::new_list_field(DataType::Float32, false)),
-            n,
-        );
+        let fsl =
+            DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float32, false)), n);
         fields.push(Field::new(LOGZ_TEMPS, per(g, fsl), false));
     }
     if t.sampled.is_some() {
-        fields.push(Field::new(SAMPLE_IDS, per(g, list_of(id_type(t.ids))), false));
+        fields.push(Field::new(
+            SAMPLE_IDS,
+            per(g, list_of(id_type(t.ids))),
+            false,
+        ));
         fields.push(Field::new(
             SAMPLE_COUNTS,
             per(g, list_of(DataType::UInt16)),
@@ -158,7 +160,11 @@ pub fn feature_fields(f: &FeatureSpec) -> Vec<Field> {
         false,
     )];
     if f.encoding == FeatureEncoding::Int8 {
-        fields.push(Field::new(scale_column(f), per(g, DataType::Float32), false));
+        fields.push(Field::new(
+            scale_column(f),
+            per(g, DataType::Float32),
+            false,
+        ));
     }
     fields
 }

@@ -102,3 +102,26 @@ pub fn target_stats(ds: &Dataset, max_positions: Option<u64>) -> Result<Option<T
     }
     Ok(Some(st))
 }
+
+/// Compressed bytes per top-level column over all shards, read from Parquet footers only,
+/// plus `(footer and headers)` for the rest of each file: where a dataset's bytes go.
+pub fn column_bytes(ds: &Dataset) -> Result<std::collections::BTreeMap<String, u64>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut out = std::collections::BTreeMap::new();
+    for s in &ds.manifest().shards {
+        let path = ds.shard_file(s)?;
+        let f = std::fs::File::open(&path).map_err(|e| crate::FormatError::io(&path, e))?;
+        let r = SerializedFileReader::new(f).map_err(|e| crate::FormatError::parquet(&path, e))?;
+        let mut counted = 0u64;
+        for rg in r.metadata().row_groups() {
+            for c in rg.columns() {
+                let top = c.column_path().parts().first().cloned().unwrap_or_default();
+                let n = c.compressed_size().max(0) as u64;
+                counted += n;
+                *out.entry(top).or_insert(0) += n;
+            }
+        }
+        *out.entry("(footer and headers)".into()).or_insert(0) += s.bytes.saturating_sub(counted);
+    }
+    Ok(out)
+}

@@ -74,10 +74,26 @@ pub fn draft(spec: &SynthSpec) -> Manifest {
     let per_pos = spec.granularity == Granularity::Position;
     let inputs = if spec.inputs {
         vec![InputSpec {
-            name: if per_pos { "input_ids".into() } else { "input".into() },
-            column: if per_pos { "in_input_ids".into() } else { "in_input".into() },
-            dtype: if per_pos { DType::Int64 } else { DType::Float32 },
-            stored: if per_pos { DType::Uint32 } else { DType::Float32 },
+            name: if per_pos {
+                "input_ids".into()
+            } else {
+                "input".into()
+            },
+            column: if per_pos {
+                "in_input_ids".into()
+            } else {
+                "in_input".into()
+            },
+            dtype: if per_pos {
+                DType::Int64
+            } else {
+                DType::Float32
+            },
+            stored: if per_pos {
+                DType::Uint32
+            } else {
+                DType::Float32
+            },
             shape: if per_pos {
                 vec![Dim::Named("sequence".into())]
             } else {
@@ -189,17 +205,32 @@ pub fn batch(spec: &SynthSpec, m: &Manifest, ids: std::ops::Range<u64>) -> RowBa
     let axis = spec.axis_size as usize;
     let (k, adaptive) = match &spec.topk {
         Some(TopK::Fixed { k }) => (*k as usize, None),
-        Some(TopK::Adaptive { min_k, max_k, mass }) => (*max_k as usize, Some((*min_k as usize, *mass))),
+        Some(TopK::Adaptive { min_k, max_k, mass }) => {
+            (*max_k as usize, Some((*min_k as usize, *mass)))
+        }
         None => (0, None),
     };
     let mut b = RowBatch::default();
     let mut targets = Targets {
         row_positions: vec![0],
-        topk: spec.topk.as_ref().map(|_| TopKEntries { offsets: vec![0], ..Default::default() }),
-        sampled: spec.sampled.as_ref().map(|_| SampledEntries { offsets: vec![0], ..Default::default() }),
+        topk: spec.topk.as_ref().map(|_| TopKEntries {
+            offsets: vec![0],
+            ..Default::default()
+        }),
+        sampled: spec.sampled.as_ref().map(|_| SampledEntries {
+            offsets: vec![0],
+            ..Default::default()
+        }),
         ..Default::default()
     };
-    let mut input = InputValues { offsets: vec![0], values: if spec.granularity == Granularity::Position { TensorValues::U32(vec![]) } else { TensorValues::F32(vec![]) } };
+    let mut input = InputValues {
+        offsets: vec![0],
+        values: if spec.granularity == Granularity::Position {
+            TensorValues::U32(vec![])
+        } else {
+            TensorValues::F32(vec![])
+        },
+    };
     let mut feats: BTreeMap<String, FeatureValues> = BTreeMap::new();
     let (mut users, mut hashes, mut labels) = (vec![], vec![], vec![]);
     for id in ids {
@@ -238,7 +269,10 @@ pub fn batch(spec: &SynthSpec, m: &Manifest, ids: std::ops::Range<u64>) -> RowBa
         targets.row_positions.push(targets.logz.len());
         input.offsets.push(input.values.len());
         for (name, w, _, g) in &spec.features {
-            let f = feats.entry(name.clone()).or_insert_with(|| FeatureValues { row_positions: vec![0], values: vec![] });
+            let f = feats.entry(name.clone()).or_insert_with(|| FeatureValues {
+                row_positions: vec![0],
+                values: vec![],
+            });
             let n = if *g == Granularity::Position { npos } else { 1 };
             for _ in 0..n * *w as usize {
                 f.values.push(gaussian(&mut rng) * 3.0);
@@ -247,11 +281,19 @@ pub fn batch(spec: &SynthSpec, m: &Manifest, ids: std::ops::Range<u64>) -> RowBa
             f.row_positions.push(last + n);
         }
         b.row_ids.push(id);
-        users.push(if id % 7 == 3 { None } else { Some(format!("doc-{id}")) });
+        users.push(if id % 7 == 3 {
+            None
+        } else {
+            Some(format!("doc-{id}"))
+        });
         labels.push(if id % 11 == 5 { None } else { Some(label) });
         let start = input.offsets[input.offsets.len() - 2];
         let end = input.values.len();
-        hashes.push(input_hash_v1(&[(m.inputs.first().map_or("input", |i| i.name.as_str()), input.values.le_bytes(start..end), end - start)]));
+        hashes.push(input_hash_v1(&[(
+            m.inputs.first().map_or("input", |i| i.name.as_str()),
+            input.values.le_bytes(start..end),
+            end - start,
+        )]));
     }
     if t.is_some() {
         b.targets = Some(targets);
@@ -278,7 +320,12 @@ pub fn write_dataset(
     options: crate::writer::WriteOptions,
 ) -> crate::Result<Manifest> {
     let m = draft(spec);
-    let mut w = crate::writer::DatasetWriter::create(root, m, options, crate::writer::CreateMode::Overwrite)?;
+    let mut w = crate::writer::DatasetWriter::create(
+        root,
+        m,
+        options,
+        crate::writer::CreateMode::Overwrite,
+    )?;
     let n = spec.rows.div_ceil(shard_rows.max(1)) as u32;
     for i in 0..n {
         let lo = i as u64 * shard_rows;

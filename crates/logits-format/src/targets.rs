@@ -92,7 +92,12 @@ pub fn position_targets(
 
 /// Draws `draws` ids from softmax(z / t) and returns the distinct ids ascending with counts.
 /// The caller seeds `rng` per row (and position) so results do not depend on batching.
-pub fn sample_counts<R: rand::Rng>(z: &[f32], t: f64, draws: u32, rng: &mut R) -> (Vec<u32>, Vec<u32>) {
+pub fn sample_counts<R: rand::Rng>(
+    z: &[f32],
+    t: f64,
+    draws: u32,
+    rng: &mut R,
+) -> (Vec<u32>, Vec<u32>) {
     let lz = logsumexp(z, t);
     let mut u: Vec<f64> = (0..draws).map(|_| rng.random::<f64>()).collect();
     u.sort_unstable_by(f64::total_cmp);
@@ -127,9 +132,12 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         for len in [1usize, 5, 100, 3000] {
             // Few distinct values: many ties.
-            let z: Vec<f32> = (0..len).map(|_| (rng.random_range(0..20) as f32) * 0.5).collect();
+            let z: Vec<f32> = (0..len)
+                .map(|_| (rng.random_range(0..20) as f32) * 0.5)
+                .collect();
             for n in [1usize, 3, 32, 200] {
-                let mut all: Vec<(u32, f32)> = z.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
+                let mut all: Vec<(u32, f32)> =
+                    z.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
                 all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
                 all.truncate(n.min(len));
                 assert_eq!(top_n(&z, n), all, "len {len} n {n}");
@@ -146,8 +154,14 @@ mod tests {
         let lz2 = (1f64.exp() + 0.5f64.exp() + 1.0 + (-0.5f64).exp()).ln();
         assert!((t.logz_temps[0] as f64 - lz2).abs() < 1e-6);
         // p = 0.64, 0.24, 0.09, 0.03: mass 0.8 needs two entries, min_k 3 forces three.
-        assert_eq!(position_targets(&z, 4, Some((1, 0.8)), &[]).unwrap().ids, vec![0, 1]);
-        assert_eq!(position_targets(&z, 4, Some((3, 0.8)), &[]).unwrap().ids, vec![0, 1, 2]);
+        assert_eq!(
+            position_targets(&z, 4, Some((1, 0.8)), &[]).unwrap().ids,
+            vec![0, 1]
+        );
+        assert_eq!(
+            position_targets(&z, 4, Some((3, 0.8)), &[]).unwrap().ids,
+            vec![0, 1, 2]
+        );
         assert!(position_targets(&[1.0, f32::NAN], 1, None, &[]).is_none());
     }
 

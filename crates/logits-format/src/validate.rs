@@ -66,7 +66,9 @@ pub fn validate(ds: &Dataset) -> ValidationReport {
     let mut seen = Seen::new(corpus_rows);
     for &id in &m.totals.skipped_row_ids {
         if id >= corpus_rows || !seen.mark(id) {
-            rep.problems.push(format!("manifest.json: skipped row id {id} is out of range or listed twice"));
+            rep.problems.push(format!(
+                "manifest.json: skipped row id {id} is out of range or listed twice"
+            ));
         }
     }
     let sums = (
@@ -111,13 +113,20 @@ fn check_shard(
     let name = path.display().to_string();
     let (bytes, sha) = file_sha256(&path).map_err(|e| e.to_string())?;
     if bytes != s.bytes {
-        return Err(format!("{name}: {bytes} bytes, the manifest says {} (truncated or replaced)", s.bytes));
+        return Err(format!(
+            "{name}: {bytes} bytes, the manifest says {} (truncated or replaced)",
+            s.bytes
+        ));
     }
     if sha != s.sha256 {
-        return Err(format!("{name}: sha256 {sha} differs from the manifest's {} (corrupted)", s.sha256));
+        return Err(format!(
+            "{name}: sha256 {sha} differs from the manifest's {} (corrupted)",
+            s.sha256
+        ));
     }
     let file = File::open(&path).map_err(|e| format!("{name}: {e}"))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| format!("{name}: parquet: {e}"))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| format!("{name}: parquet: {e}"))?;
     check_shard_metadata(&path, builder.metadata(), &m.dataset_id).map_err(|e| e.to_string())?;
     let found = Schema::new(builder.schema().fields().clone());
     if found != *expected {
@@ -127,9 +136,15 @@ fn check_shard(
     }
     let meta_rows = builder.metadata().file_metadata().num_rows() as u64;
     if meta_rows != s.rows {
-        return Err(format!("{name}: {meta_rows} rows, the manifest says {}", s.rows));
+        return Err(format!(
+            "{name}: {meta_rows} rows, the manifest says {}",
+            s.rows
+        ));
     }
-    let reader = builder.with_batch_size(1024).build().map_err(|e| format!("{name}: {e}"))?;
+    let reader = builder
+        .with_batch_size(1024)
+        .build()
+        .map_err(|e| format!("{name}: {e}"))?;
     let mut last: Option<u64> = None;
     let (mut first, mut positions, mut entries) = (None, 0u64, 0u64);
     for b in reader {
@@ -137,20 +152,34 @@ fn check_shard(
         let rows = codec::decode(m, &b).map_err(|e| format!("{name}: {e}"))?;
         for &id in &rows.row_ids {
             if last.is_some_and(|l| id <= l) {
-                return Err(format!("{name}: row id {id} follows {} (ids must increase)", last.unwrap_or(0)));
+                return Err(format!(
+                    "{name}: row id {id} follows {} (ids must increase)",
+                    last.unwrap_or(0)
+                ));
             }
             if id >= m.corpus.rows {
-                return Err(format!("{name}: row id {id} is outside the corpus (0..{})", m.corpus.rows));
+                return Err(format!(
+                    "{name}: row id {id} is outside the corpus (0..{})",
+                    m.corpus.rows
+                ));
             }
             if !seen.mark(id) {
-                return Err(format!("{name}: row id {id} appears in another shard too (or is listed as skipped)"));
+                return Err(format!(
+                    "{name}: row id {id} appears in another shard too (or is listed as skipped)"
+                ));
             }
             first = first.or(Some(id));
             last = Some(id);
         }
         *rows_checked += rows.len() as u64;
         if let (Some(spec), Some(t)) = (&m.targets, &rows.targets) {
-            codec::check_targets(spec, t, &rows.row_ids, spec.values == crate::manifest::ValueEncoding::F32).map_err(|e| format!("{name}: {e}"))?;
+            codec::check_targets(
+                spec,
+                t,
+                &rows.row_ids,
+                spec.values == crate::manifest::ValueEncoding::F32,
+            )
+            .map_err(|e| format!("{name}: {e}"))?;
             positions += t.positions() as u64;
             entries += t.topk.as_ref().map_or(0, |k| k.ids.len() as u64);
         }

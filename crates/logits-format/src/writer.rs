@@ -170,9 +170,7 @@ impl DatasetWriter {
         draft.format_version = Version::current().to_string();
         draft.shards.clear();
         draft.totals = Totals::default();
-        draft
-            .check_spec()
-            .map_err(FormatError::InvalidSpec)?;
+        draft.check_spec().map_err(FormatError::InvalidSpec)?;
         draft.dataset_id = dataset_id(&draft);
         let conflict = |message: String| FormatError::OutputConflict {
             path: root.to_path_buf(),
@@ -217,13 +215,13 @@ impl DatasetWriter {
         fs::create_dir_all(build.join(DONE_DIR)).map_err(|e| FormatError::io(&build, e))?;
         fs::create_dir_all(root.join(SHARD_DIR)).map_err(|e| FormatError::io(root, e))?;
         if draft_path.exists() {
-            let text = fs::read_to_string(&draft_path).map_err(|e| FormatError::io(&draft_path, e))?;
-            let existing: Manifest = serde_json::from_str(&text).map_err(|e| {
-                FormatError::MalformedManifest {
+            let text =
+                fs::read_to_string(&draft_path).map_err(|e| FormatError::io(&draft_path, e))?;
+            let existing: Manifest =
+                serde_json::from_str(&text).map_err(|e| FormatError::MalformedManifest {
                     path: draft_path.clone(),
                     message: e.to_string(),
-                }
-            })?;
+                })?;
             if identity(&existing) != identity(&draft) {
                 return Err(conflict(
                     "an unfinished build of a different dataset is here (teacher, corpus or options differ); pass --overwrite to replace it".into(),
@@ -237,7 +235,9 @@ impl DatasetWriter {
             draft.created = existing.created;
         } else {
             if mode == CreateMode::Resume {
-                return Err(conflict("there is no interrupted build here to resume".into()));
+                return Err(conflict(
+                    "there is no interrupted build here to resume".into(),
+                ));
             }
             write_atomic(&draft_path, draft.to_json().as_bytes())?;
         }
@@ -512,7 +512,10 @@ pub struct ShardWriter {
 
 impl std::fmt::Debug for ShardWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardWriter").field("shard", &self.rel).field("rows", &self.rows).finish()
+        f.debug_struct("ShardWriter")
+            .field("shard", &self.rel)
+            .field("rows", &self.rows)
+            .finish()
     }
 }
 
@@ -569,8 +572,12 @@ impl ShardWriter {
             });
         }
         let rb = codec::encode(&self.manifest, &self.schema, batch)?;
-        let w = self.writer.as_mut().ok_or_else(|| FormatError::parquet(&self.tmp, "writer already closed"))?;
-        w.write(&rb).map_err(|e| FormatError::parquet(&self.tmp, e))?;
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| FormatError::parquet(&self.tmp, "writer already closed"))?;
+        w.write(&rb)
+            .map_err(|e| FormatError::parquet(&self.tmp, e))?;
         self.rows += batch.len() as u64;
         self.first = self.first.or(batch.row_ids.first().copied());
         self.last = batch.row_ids.last().copied();
@@ -596,9 +603,16 @@ impl ShardWriter {
     /// Closes the file, makes it durable under its final name and returns its record (which
     /// the caller passes to [`DatasetWriter::record`]).
     pub fn finish(mut self) -> Result<ShardRecord> {
-        let w = self.writer.take().ok_or_else(|| FormatError::parquet(&self.tmp, "writer already closed"))?;
-        let sink = w.into_inner().map_err(|e| FormatError::parquet(&self.tmp, e))?;
-        sink.file.sync_all().map_err(|e| FormatError::io(&self.tmp, e))?;
+        let w = self
+            .writer
+            .take()
+            .ok_or_else(|| FormatError::parquet(&self.tmp, "writer already closed"))?;
+        let sink = w
+            .into_inner()
+            .map_err(|e| FormatError::parquet(&self.tmp, e))?;
+        sink.file
+            .sync_all()
+            .map_err(|e| FormatError::io(&self.tmp, e))?;
         let sha = hex(&sink.hasher.finalize());
         drop(sink.file);
         fs::rename(&self.tmp, &self.dest).map_err(|e| FormatError::io(&self.dest, e))?;

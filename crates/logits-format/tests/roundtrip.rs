@@ -11,7 +11,10 @@ use logits_format::writer::{self, CreateMode, DatasetWriter, WriteOptions};
 use logits_format::{Dataset, ReadOptions, validate};
 
 fn opts() -> WriteOptions {
-    WriteOptions { zstd_level: 3, row_group_rows: 16 }
+    WriteOptions {
+        zstd_level: 3,
+        row_group_rows: 16,
+    }
 }
 
 fn read_all(ds: &Dataset, o: &ReadOptions) -> Vec<RowBatch> {
@@ -43,14 +46,25 @@ fn spec_for(g: Granularity, enc: ValueEncoding, fenc: FeatureEncoding) -> SynthS
             _ => 100,
         },
         topk: Some(if g == Granularity::Position {
-            TopK::Adaptive { min_k: 2, max_k: 12, mass: 0.95 }
+            TopK::Adaptive {
+                min_k: 2,
+                max_k: 12,
+                mass: 0.95,
+            }
         } else {
             TopK::Fixed { k: 8 }
         }),
         values: enc,
         temperatures: vec![2.0, 4.0],
-        sampled: Some(SampledSpec { draws: 20, temperature: 1.0, seed: 9 }),
-        features: vec![("hidden".into(), 6, fenc, g), ("pooled".into(), 3, fenc, Granularity::Example)],
+        sampled: Some(SampledSpec {
+            draws: 20,
+            temperature: 1.0,
+            seed: 9,
+        }),
+        features: vec![
+            ("hidden".into(), 6, fenc, g),
+            ("pooled".into(), 3, fenc, Granularity::Example),
+        ],
         rows: 53,
         positions: (1, 6),
         ..Default::default()
@@ -59,7 +73,11 @@ fn spec_for(g: Granularity, enc: ValueEncoding, fenc: FeatureEncoding) -> SynthS
 
 #[test]
 fn every_granularity_and_encoding_round_trips() {
-    let fencs = [FeatureEncoding::F32, FeatureEncoding::F16, FeatureEncoding::Int8];
+    let fencs = [
+        FeatureEncoding::F32,
+        FeatureEncoding::F16,
+        FeatureEncoding::Int8,
+    ];
     for g in [Granularity::Example, Granularity::Position] {
         for (i, enc) in ValueEncoding::ALL.into_iter().enumerate() {
             let fenc = fencs[i % 3];
@@ -72,7 +90,13 @@ fn every_granularity_and_encoding_round_trips() {
             let rep = validate(&ds);
             assert!(rep.is_ok(), "{g:?} {enc:?}: {:?}", rep.problems);
             assert_eq!(rep.rows_checked, 53);
-            let got = read_all(&ds, &ReadOptions { batch_size: 7, ..Default::default() });
+            let got = read_all(
+                &ds,
+                &ReadOptions {
+                    batch_size: 7,
+                    ..Default::default()
+                },
+            );
             let want = synth::batch(&spec, ds.manifest(), 0..53);
             let ids: Vec<u64> = got.iter().flat_map(|b| b.row_ids.clone()).collect();
             assert_eq!(ids, want.row_ids);
@@ -94,20 +118,32 @@ fn every_granularity_and_encoding_round_trips() {
                 assert_eq!(gk.ids, wk.ids, "{g:?} {enc:?}");
                 for p in 0..gt.logz.len() {
                     let r = gk.offsets[p]..gk.offsets[p + 1];
-                    let deepest = wk.logits[r.clone()].iter().map(|z| wt.logz[p] - z).fold(0.0f32, f32::max);
+                    let deepest = wk.logits[r.clone()]
+                        .iter()
+                        .map(|z| wt.logz[p] - z)
+                        .fold(0.0f32, f32::max);
                     for i in r {
                         let l = wk.logits[i] - wt.logz[p];
                         let err = (gk.logits[i] - wk.logits[i]).abs();
                         // Adding logz back costs one f32 rounding of the sum.
-                        let tol = tolerance(enc, l, deepest / 255.0) + 4.0 * f32::EPSILON * wt.logz[p].abs().max(1.0);
-                        assert!(err <= tol, "{g:?} {enc:?} pos {p} entry {i}: err {err} > {tol}");
+                        let tol = tolerance(enc, l, deepest / 255.0)
+                            + 4.0 * f32::EPSILON * wt.logz[p].abs().max(1.0);
+                        assert!(
+                            err <= tol,
+                            "{g:?} {enc:?} pos {p} entry {i}: err {err} > {tol}"
+                        );
                     }
                 }
                 for (name, wf) in &w.features {
                     let gf = &b.features[name];
                     assert_eq!(gf.row_positions, wf.row_positions);
                     let width = if name == "hidden" { 6 } else { 3 };
-                    for (c, (gv, wv)) in gf.values.chunks(width).zip(wf.values.chunks(width)).enumerate() {
+                    for (c, (gv, wv)) in gf
+                        .values
+                        .chunks(width)
+                        .zip(wf.values.chunks(width))
+                        .enumerate()
+                    {
                         let max = wv.iter().fold(0.0f32, |m, x| m.max(x.abs()));
                         for (x, y) in gv.iter().zip(wv) {
                             let tol = match fenc {
@@ -126,7 +162,11 @@ fn every_granularity_and_encoding_round_trips() {
 
 #[test]
 fn ids_widen_to_u32_past_65536() {
-    let spec = spec_for(Granularity::Position, ValueEncoding::F32, FeatureEncoding::F32);
+    let spec = spec_for(
+        Granularity::Position,
+        ValueEncoding::F32,
+        FeatureEncoding::F32,
+    );
     let m = synth::draft(&spec);
     assert_eq!(m.targets.unwrap().ids, IdEncoding::U32);
     assert_eq!(IdEncoding::for_axis(65_537), IdEncoding::U32);
@@ -136,18 +176,31 @@ fn ids_widen_to_u32_past_65536() {
 #[test]
 fn shuffling_is_seeded_complete_and_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = SynthSpec { rows: 300, ..Default::default() };
+    let spec = SynthSpec {
+        rows: 300,
+        ..Default::default()
+    };
     synth::write_dataset(&spec, dir.path(), 64, opts()).unwrap();
     let ds = Dataset::open(dir.path()).unwrap();
     let order = |seed: Option<u64>, buffer: usize| -> Vec<u64> {
-        let o = ReadOptions { batch_size: 10, shuffle: seed, shuffle_buffer: buffer, columns: Some(vec![]), ..Default::default() };
+        let o = ReadOptions {
+            batch_size: 10,
+            shuffle: seed,
+            shuffle_buffer: buffer,
+            columns: Some(vec![]),
+            ..Default::default()
+        };
         let mut s = ds.stream(&o).unwrap();
         let mut ids = vec![];
         for b in s.by_ref() {
             let b = b.unwrap();
             assert!(b.num_rows() <= 10);
             assert_eq!(b.num_columns(), 1, "only row_id was asked for");
-            ids.extend(logits_format::codec::decode(ds.manifest(), &b).unwrap().row_ids);
+            ids.extend(
+                logits_format::codec::decode(ds.manifest(), &b)
+                    .unwrap()
+                    .row_ids,
+            );
         }
         ids
     };
@@ -165,21 +218,40 @@ fn shuffling_is_seeded_complete_and_bounded() {
 #[test]
 fn row_range_and_projection() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = SynthSpec { rows: 100, ..Default::default() };
+    let spec = SynthSpec {
+        rows: 100,
+        ..Default::default()
+    };
     synth::write_dataset(&spec, dir.path(), 30, opts()).unwrap();
     let ds = Dataset::open(dir.path()).unwrap();
-    let o = ReadOptions { row_range: Some(25..70), columns: Some(vec!["label".into()]), ..Default::default() };
+    let o = ReadOptions {
+        row_range: Some(25..70),
+        columns: Some(vec!["label".into()]),
+        ..Default::default()
+    };
     let got = read_all(&ds, &o);
     let ids: Vec<u64> = got.iter().flat_map(|b| b.row_ids.clone()).collect();
     assert_eq!(ids, (25..70).collect::<Vec<_>>());
     assert!(got[0].labels.is_some() && got[0].targets.is_none() && got[0].inputs.is_empty());
-    let bad = ReadOptions { columns: Some(vec!["nope".into()]), ..Default::default() };
+    let bad = ReadOptions {
+        columns: Some(vec!["nope".into()]),
+        ..Default::default()
+    };
     let e = ds.stream(&bad).unwrap_err().to_string();
     assert!(e.contains("nope"), "{e}");
 }
 
 fn small(dir: &Path) -> Manifest {
-    synth::write_dataset(&SynthSpec { rows: 40, ..Default::default() }, dir, 20, opts()).unwrap()
+    synth::write_dataset(
+        &SynthSpec {
+            rows: 40,
+            ..Default::default()
+        },
+        dir,
+        20,
+        opts(),
+    )
+    .unwrap()
 }
 
 fn stream_error(dir: &Path) -> String {
@@ -226,7 +298,11 @@ fn truncated_and_bit_flipped_shards_are_named() {
         }
         let rep = validate(&Dataset::open(dir.path()).unwrap());
         assert!(!rep.is_ok(), "{mode}");
-        assert!(rep.problems[0].contains("part-00001.parquet"), "{mode}: {}", rep.problems[0]);
+        assert!(
+            rep.problems[0].contains("part-00001.parquet"),
+            "{mode}: {}",
+            rep.problems[0]
+        );
         if mode == "truncate" || mode == "missing" {
             // A flipped byte may or may not break decoding (streaming does not hash whole
             // files; validation does). A cut or missing file must fail to stream, named.
@@ -241,10 +317,18 @@ fn schema_disagreeing_with_manifest_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     small(dir.path());
     let path = dir.path().join(MANIFEST_FILE);
-    let text = fs::read_to_string(&path).unwrap().replace("\"values\": \"f32\"", "\"values\": \"f16\"");
+    let text = fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"values\": \"f32\"", "\"values\": \"f16\"");
     fs::write(&path, text).unwrap();
     let rep = validate(&Dataset::open(dir.path()).unwrap());
-    assert!(rep.problems.iter().any(|p| p.contains("schema differs") && p.contains("part-00000")), "{:?}", rep.problems);
+    assert!(
+        rep.problems
+            .iter()
+            .any(|p| p.contains("schema differs") && p.contains("part-00000")),
+        "{:?}",
+        rep.problems
+    );
     assert!(stream_error(dir.path()).contains("part-0000"));
 }
 
@@ -255,23 +339,44 @@ fn manifest_versions_and_malformed_manifests() {
     let path = dir.path().join(MANIFEST_FILE);
     let good = fs::read_to_string(&path).unwrap();
     // A newer minor version with an extra field is read.
-    let newer = good.replacen("\"format_version\": \"1.0\"", "\"format_version\": \"1.9\", \"future_field\": {\"x\": 1}", 1);
+    let newer = good.replacen(
+        "\"format_version\": \"1.0\"",
+        "\"format_version\": \"1.9\", \"future_field\": {\"x\": 1}",
+        1,
+    );
     fs::write(&path, &newer).unwrap();
     assert!(Dataset::open(dir.path()).is_ok());
     // An unknown major version is refused as such.
-    fs::write(&path, good.replacen("\"format_version\": \"1.0\"", "\"format_version\": \"2.0\"", 1)).unwrap();
+    fs::write(
+        &path,
+        good.replacen(
+            "\"format_version\": \"1.0\"",
+            "\"format_version\": \"2.0\"",
+            1,
+        ),
+    )
+    .unwrap();
     let e = Dataset::open(dir.path()).unwrap_err().to_string();
-    assert!(e.contains("2.0") && e.contains("manifest.json") && e.contains("not supported"), "{e}");
+    assert!(
+        e.contains("2.0") && e.contains("manifest.json") && e.contains("not supported"),
+        "{e}"
+    );
     for (bad, expect) in [
         ("{", "malformed"),
         ("[]", "not a JSON object"),
         ("{\"format\": \"x\"}", "expected \"logits-dataset\""),
         (&good.replacen("\"rows\"", "\"rowz\"", 1), "malformed"),
-        (&good.replacen("\"format_version\": \"1.0\"", "\"format_version\": 1", 1), "format_version"),
+        (
+            &good.replacen("\"format_version\": \"1.0\"", "\"format_version\": 1", 1),
+            "format_version",
+        ),
     ] {
         fs::write(&path, bad).unwrap();
         let e = Dataset::open(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("manifest.json") && e.contains(expect), "{bad:.40}: {e}");
+        assert!(
+            e.contains("manifest.json") && e.contains(expect),
+            "{bad:.40}: {e}"
+        );
     }
 }
 
@@ -295,7 +400,13 @@ fn shard_paths_cannot_escape() {
     fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let rep = validate(&Dataset::open(dir.path()).unwrap());
-    assert!(rep.problems.iter().any(|p| p.contains("outside the dataset")), "{:?}", rep.problems);
+    assert!(
+        rep.problems
+            .iter()
+            .any(|p| p.contains("outside the dataset")),
+        "{:?}",
+        rep.problems
+    );
     assert!(stream_error(dir.path()).contains("outside the dataset"));
 }
 
@@ -309,7 +420,13 @@ fn gaps_duplicates_and_totals_are_found() {
     m.corpus.rows = 41;
     fs::write(&path, m.to_json()).unwrap();
     let rep = validate(&Dataset::open(dir.path()).unwrap());
-    assert!(rep.problems.iter().any(|p| p.contains("missing from every shard: 40")), "{:?}", rep.problems);
+    assert!(
+        rep.problems
+            .iter()
+            .any(|p| p.contains("missing from every shard: 40")),
+        "{:?}",
+        rep.problems
+    );
     let mut m: Manifest = serde_json::from_str(&good).unwrap();
     m.shards.push(m.shards[0].clone());
     m.totals.rows += m.shards[0].rows;
@@ -317,13 +434,22 @@ fn gaps_duplicates_and_totals_are_found() {
     m.totals.shards += 1;
     fs::write(&path, m.to_json()).unwrap();
     let rep = validate(&Dataset::open(dir.path()).unwrap());
-    assert!(rep.problems.iter().any(|p| p.contains("appears in another shard")), "{:?}", rep.problems);
+    assert!(
+        rep.problems
+            .iter()
+            .any(|p| p.contains("appears in another shard")),
+        "{:?}",
+        rep.problems
+    );
 }
 
 #[test]
 fn commit_protocol_resume_and_partial_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = SynthSpec { rows: 60, ..Default::default() };
+    let spec = SynthSpec {
+        rows: 60,
+        ..Default::default()
+    };
     let draft = synth::draft(&spec);
     let mut w = DatasetWriter::create(dir.path(), draft.clone(), opts(), CreateMode::New).unwrap();
     // Shard 0 complete, shard 1 interrupted mid-way (dropped without finish).
@@ -336,32 +462,51 @@ fn commit_protocol_resume_and_partial_reads() {
     drop(s);
     drop(w);
     assert!(!dir.path().join(MANIFEST_FILE).exists());
-    let names: Vec<String> = fs::read_dir(dir.path().join("shards")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
-    assert_eq!(names, vec!["part-00000.parquet".to_string()], "no partial file is left");
+    let names: Vec<String> = fs::read_dir(dir.path().join("shards"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["part-00000.parquet".to_string()],
+        "no partial file is left"
+    );
     let e = Dataset::open(dir.path()).unwrap_err().to_string();
-    assert!(e.contains("not complete") && e.contains("1 shards done"), "{e}");
+    assert!(
+        e.contains("not complete") && e.contains("1 shards done"),
+        "{e}"
+    );
     // Training may start on the completed part when asked explicitly.
     let part = Dataset::open_partial(dir.path()).unwrap();
     assert!(!part.is_complete());
     assert_eq!(part.manifest().totals.rows, 20);
     assert!(validate(&part).is_ok());
     // A new build without --resume is refused; so is a different dataset.
-    let e = DatasetWriter::create(dir.path(), draft.clone(), opts(), CreateMode::New).unwrap_err().to_string();
+    let e = DatasetWriter::create(dir.path(), draft.clone(), opts(), CreateMode::New)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--resume"), "{e}");
     let mut other = draft.clone();
     other.corpus.fingerprint = "other".into();
-    let e = DatasetWriter::create(dir.path(), other.clone(), opts(), CreateMode::Resume).unwrap_err().to_string();
+    let e = DatasetWriter::create(dir.path(), other.clone(), opts(), CreateMode::Resume)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("different dataset"), "{e}");
     // Committing with a shard missing is refused.
     let e = writer::commit(dir.path(), Some(3)).unwrap_err().to_string();
-    assert!(e.contains("2 of 3 shards") && e.contains("part-00001"), "{e}");
+    assert!(
+        e.contains("2 of 3 shards") && e.contains("part-00001"),
+        "{e}"
+    );
     // Resume: shard 0 is kept, the rest is written, the commit succeeds.
-    let mut w = DatasetWriter::create(dir.path(), draft.clone(), opts(), CreateMode::Resume).unwrap();
+    let mut w =
+        DatasetWriter::create(dir.path(), draft.clone(), opts(), CreateMode::Resume).unwrap();
     assert_eq!(w.completed().keys().copied().collect::<Vec<_>>(), vec![0]);
     for i in 1..3u32 {
         let lo = i as u64 * 20;
         let mut s = w.shard(i).unwrap();
-        s.write(&synth::batch(&spec, w.draft(), lo..lo + 20)).unwrap();
+        s.write(&synth::batch(&spec, w.draft(), lo..lo + 20))
+            .unwrap();
         let rec = s.finish().unwrap();
         w.record(rec).unwrap();
     }
@@ -371,9 +516,13 @@ fn commit_protocol_resume_and_partial_reads() {
     let ds = Dataset::open(dir.path()).unwrap();
     assert!(validate(&ds).is_ok());
     // A complete dataset is not silently rebuilt, and a different one is refused.
-    let e = DatasetWriter::create(dir.path(), draft.clone(), opts(), CreateMode::New).unwrap_err().to_string();
+    let e = DatasetWriter::create(dir.path(), draft.clone(), opts(), CreateMode::New)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("already complete"), "{e}");
-    let e = DatasetWriter::create(dir.path(), other, opts(), CreateMode::Join).unwrap_err().to_string();
+    let e = DatasetWriter::create(dir.path(), other, opts(), CreateMode::Join)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("different dataset"), "{e}");
     // A shard changed after its completion record is caught at merge.
     let dir2 = tempfile::tempdir().unwrap();
@@ -384,25 +533,66 @@ fn commit_protocol_resume_and_partial_reads() {
     w.record(rec).unwrap();
     fs::write(dir2.path().join("shards/part-00000.parquet"), b"garbage").unwrap();
     let e = w.commit(1).unwrap_err().to_string();
-    assert!(e.contains("part-00000.parquet") && e.contains("completion record"), "{e}");
-    assert!(!dir2.path().join(MANIFEST_FILE).exists(), "nothing marked complete");
+    assert!(
+        e.contains("part-00000.parquet") && e.contains("completion record"),
+        "{e}"
+    );
+    assert!(
+        !dir2.path().join(MANIFEST_FILE).exists(),
+        "nothing marked complete"
+    );
 }
 
 #[test]
 fn writer_refuses_rows_breaking_the_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = SynthSpec { rows: 10, ..Default::default() };
-    let w = DatasetWriter::create(dir.path(), synth::draft(&spec), opts(), CreateMode::New).unwrap();
+    let spec = SynthSpec {
+        rows: 10,
+        ..Default::default()
+    };
+    let w =
+        DatasetWriter::create(dir.path(), synth::draft(&spec), opts(), CreateMode::New).unwrap();
     let good = synth::batch(&spec, w.draft(), 0..10);
-    let cases: Vec<(&str, Box<dyn Fn(&mut RowBatch)>)> = vec![
-        ("is NaN", Box::new(|b| b.targets.as_mut().unwrap().topk.as_mut().unwrap().logits[13] = f32::NAN)),
-        ("outside 0..10", Box::new(|b| b.targets.as_mut().unwrap().topk.as_mut().unwrap().ids[13] = 10)),
-        ("sorted", Box::new(|b| b.targets.as_mut().unwrap().topk.as_mut().unwrap().logits.swap(12, 13))),
-        ("logZ is inf", Box::new(|b| b.targets.as_mut().unwrap().logz[3] = f32::INFINITY)),
-        ("exceeds logZ", Box::new(|b| b.targets.as_mut().unwrap().logz[3] = -100.0)),
+    type Corrupt = Box<dyn Fn(&mut RowBatch)>;
+    let cases: Vec<(&str, Corrupt)> = vec![
+        (
+            "is NaN",
+            Box::new(|b| b.targets.as_mut().unwrap().topk.as_mut().unwrap().logits[13] = f32::NAN),
+        ),
+        (
+            "outside 0..10",
+            Box::new(|b| b.targets.as_mut().unwrap().topk.as_mut().unwrap().ids[13] = 10),
+        ),
+        (
+            "sorted",
+            Box::new(|b| {
+                b.targets
+                    .as_mut()
+                    .unwrap()
+                    .topk
+                    .as_mut()
+                    .unwrap()
+                    .logits
+                    .swap(12, 13)
+            }),
+        ),
+        (
+            "logZ is inf",
+            Box::new(|b| b.targets.as_mut().unwrap().logz[3] = f32::INFINITY),
+        ),
+        (
+            "exceeds logZ",
+            Box::new(|b| b.targets.as_mut().unwrap().logz[3] = -100.0),
+        ),
         ("row ids must increase", Box::new(|b| b.row_ids.swap(2, 3))),
-        ("label 99", Box::new(|b| b.labels.as_mut().unwrap()[3] = Some(99))),
-        ("do not fit the declared shape", Box::new(|b| b.inputs.get_mut("input").unwrap().offsets[4] -= 1)),
+        (
+            "label 99",
+            Box::new(|b| b.labels.as_mut().unwrap()[3] = Some(99)),
+        ),
+        (
+            "do not fit the declared shape",
+            Box::new(|b| b.inputs.get_mut("input").unwrap().offsets[4] -= 1),
+        ),
     ];
     for (expect, corrupt) in cases {
         let mut b = good.clone();
@@ -410,6 +600,9 @@ fn writer_refuses_rows_breaking_the_contract() {
         let mut s = w.shard(0).unwrap();
         let e = s.write(&b).unwrap_err().to_string();
         assert!(e.contains(expect), "{expect}: {e}");
-        assert!(e.contains("row 3") || expect.contains("increase"), "names the row: {e}");
+        assert!(
+            e.contains("row 3") || expect.contains("increase"),
+            "names the row: {e}"
+        );
     }
 }
