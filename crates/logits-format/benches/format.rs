@@ -1,0 +1,241 @@
+//! Format benchmark: write and read throughput, bytes per stored entry (all-in, and where they
+//! go), and decoding error, for every value encoding, on
+//!   (a) per-example targets, k = 8 over 1,000 classes;
+//!   (b) per-token targets, k = 32 over a 32,000-entry vocabulary,
+//! with realistically peaked logits (see `logits_format::synth`).
+//!
+//! Run: `cargo bench -p logits-format --bench format` (add `-- --quick` for a smaller run).
+//! Figures are recorded in BENCHMARKS.md.
+
+use std::time::Instant;
+
+use logits_format::manifest::{Granularity, TopK, ValueEncoding};
+use logits_format::rows::RowBatch;
+use logits_format::stats::column_bytes;
+use logits_format::synth::{self, SynthSpec};
+use logits_format::writer::{CreateMode, DatasetWriter, WriteOptions};
+use logits_format::{Dataset, ReadOptions};
+
+struct Case {
+    name: &'static str,
+    spec: SynthSpec,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let cases = [
+        Case {
+            name: "(a) per-example k=8, 1,000 classes",
+            spec: SynthSpec {
+                granularity: Granularity::Example,
+                axis_size: 1000,
+                topk: Some(TopK::Fixed { k: 8 }),
+                temperatures: vec![],
+                features: vec![],
+                inputs: false,
+                labels: false,
+                keys: false,
+                rows: if quick { 20_000 } else { 200_000 },
+                ..Default::default()
+            },
+        },
+        Case {
+            name: "(b) per-token k=32, 32,000 vocabulary",
+            spec: SynthSpec {
+                granularity: Granularity::Position,
+                axis_size: 32_000,
+                topk: Some(TopK::Fixed { k: 32 }),
+                temperatures: vec![],
+                features: vec![],
+                inputs: false,
+                labels: false,
+                keys: false,
+                positions: (128, 128),
+                rows: if quick { 40 } else { 400 },
+                ..Default::default()
+            },
+        },
+    ];
+    println!(
+        "format benchmark{} (release build, 1 writer thread, zstd level 3)",
+        if quick { " --quick" } else { "" }
+    );
+    for case in cases {
+        let spec0 = &case.spec;
+        let t0 = Instant::now();
+        let draft = synth::draft(spec0);
+        let chunk = if spec0.granularity == Granularity::Example {
+            4096
+        } else {
+            16
+        };
+        let batches: Vec<RowBatch> = (0..spec0.rows)
+            .step_by(chunk as usize)
+            .map(|lo| synth::batch(spec0, &draft, lo..(lo + chunk).min(spec0.rows)))
+            .collect();
+        let positions: usize = batches
+            .iter()
+            .map(|b| b.targets.as_ref().map_or(0, |t| t.positions()))
+            .sum();
+        let entries: usize = batches
+            .iter()
+            .map(|b| {
+                b.targets
+                    .as_ref()
+                    .and_then(|t| t.topk.as_ref())
+                    .map_or(0, |k| k.ids.len())
+            })
+            .sum();
+        println!(
+            "\n{}: {} rows, {} positions, {} entries (generated in {:.1}s)",
+            case.name,
+            spec0.rows,
+            positions,
+            entries,
+            t0.elapsed().as_secs_f64()
+        );
+        println!(
+            "  {:<5} {:>9} {:>10} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>11}",
+            "enc",
+            "write r/s",
+            "write MB/s",
+            "read r/s",
+            "read MB/s",
+            "B/entry",
+            "ids",
+            "values",
+            "logz",
+            "rest",
+            "max |dlogp|",
+            "mean KL",
+            "max KL"
+        );
+        for enc in ValueEncoding::ALL {
+            let spec = SynthSpec {
+                values: enc,
+                ..spec0.clone()
+            };
+            let dir = tempfile::tempdir().expect("tempdir");
+            let root = dir.path().join("ds");
+            let mut d = synth::draft(&spec);
+            d.targets.as_mut().expect("targets").values = enc;
+            let shard_rows = if spec.granularity == Granularity::Example {
+                50_000
+            } else {
+                100
+            };
+            let t = Instant::now();
+            let mut w = DatasetWriter::create(&root, d, WriteOptions::default(), CreateMode::New)
+                .expect("create");
+            let mut shard = None;
+            let mut index = 0;
+            for b in &batches {
+                if shard.is_none() {
+                    shard = Some(w.shard(index).expect("shard"));
+                }
+                let s = shard.as_mut().expect("shard");
+                s.write(b).expect("write");
+                if s.rows() >= shard_rows {
+                    let rec = shard.take().expect("shard").finish().expect("finish");
+                    w.record(rec).expect("record");
+                    index += 1;
+                }
+            }
+            if let Some(s) = shard.take() {
+                let rec = s.finish().expect("finish");
+                w.record(rec).expect("record");
+                index += 1;
+            }
+            let m = w.commit(index).expect("commit");
+            let write_s = t.elapsed().as_secs_f64();
+            let ds = Dataset::open(&root).expect("open");
+            let t = Instant::now();
+            let mut stream = ds
+                .stream(&ReadOptions {
+                    batch_size: chunk as usize,
+                    ..Default::default()
+                })
+                .expect("stream");
+            let mut got = Vec::new();
+            while let Some(b) = stream.next_rows() {
+                got.push(b.expect("read"));
+            }
+            let read_s = t.elapsed().as_secs_f64();
+            let (max_err, mean_kl, max_kl) = decoding_error(&batches, &got);
+            let cols = column_bytes(&ds).expect("column bytes");
+            let col = |names: &[&str]| {
+                names
+                    .iter()
+                    .map(|n| cols.get(*n).copied().unwrap_or(0))
+                    .sum::<u64>()
+            };
+            let ids = col(&["topk_ids"]);
+            let values = col(&["topk_values", "topk_scale"]);
+            let logz = col(&["logz"]);
+            let rest = m.totals.bytes - ids - values - logz;
+            let e = entries as f64;
+            let mb = m.totals.bytes as f64 / 1e6;
+            println!(
+                "  {:<5} {:>9.0} {:>10.1} {:>9.0} {:>10.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>11.2e} {:>11.2e} {:>11.2e}",
+                enc.name(),
+                spec.rows as f64 / write_s,
+                mb / write_s,
+                spec.rows as f64 / read_s,
+                mb / read_s,
+                m.totals.bytes as f64 / e,
+                ids as f64 / e,
+                values as f64 / e,
+                logz as f64 / e,
+                rest as f64 / e,
+                max_err,
+                mean_kl,
+                max_kl
+            );
+        }
+    }
+    println!(
+        "\nB/entry = shard bytes / stored top-k entries (ids + values + logZ + row overhead, after zstd)."
+    );
+    println!(
+        "KL = KL(exact || decoded) per position over the kept entries plus one tail bucket, in nats."
+    );
+}
+
+/// Max |log p error| at T=1 and the mean and max KL(exact ‖ decoded) over positions, with the
+/// kept entries plus the tail as one bucket.
+fn decoding_error(want: &[RowBatch], got: &[RowBatch]) -> (f64, f64, f64) {
+    let (mut max_err, mut sum_kl, mut max_kl, mut n) = (0.0f64, 0.0f64, 0.0f64, 0usize);
+    let flat = |bs: &[RowBatch]| -> (Vec<f32>, Vec<usize>, Vec<f32>) {
+        let (mut logits, mut offsets, mut logz) = (vec![], vec![0usize], vec![]);
+        for b in bs {
+            let t = b.targets.as_ref().expect("targets");
+            let k = t.topk.as_ref().expect("topk");
+            let base = logits.len();
+            logits.extend(&k.logits);
+            offsets.extend(k.offsets[1..].iter().map(|o| o + base));
+            logz.extend(&t.logz);
+        }
+        (logits, offsets, logz)
+    };
+    let (wl, wo, wz) = flat(want);
+    let (gl, go, gz) = flat(got);
+    assert_eq!(wo, go, "entry layout must round-trip");
+    for p in 0..wz.len() {
+        let (mut pk, mut qk, mut kl) = (0.0f64, 0.0f64, 0.0f64);
+        for i in wo[p]..wo[p + 1] {
+            let lp = wl[i] as f64 - wz[p] as f64;
+            let lq = gl[i] as f64 - gz[p] as f64;
+            max_err = max_err.max((lp - lq).abs());
+            let (a, b) = (lp.exp(), lq.exp());
+            pk += a;
+            qk += b;
+            kl += a * (lp - lq);
+        }
+        let (tp, tq) = ((1.0 - pk).max(1e-12), (1.0 - qk).max(1e-12));
+        kl += tp * (tp / tq).ln();
+        sum_kl += kl;
+        max_kl = max_kl.max(kl);
+        n += 1;
+    }
+    (max_err, sum_kl / n.max(1) as f64, max_kl)
+}
