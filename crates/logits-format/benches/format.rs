@@ -4,7 +4,7 @@
 //!   (b) per-token targets, k = 32 over a 32,000-entry vocabulary,
 //! with realistically peaked logits (see `logits_format::synth`).
 //!
-//! Run: `cargo bench -p logits-format --bench format` (add `-- --quick` for a smaller run).
+//! Run: `cargo bench -p logits-format --bench format [-- --zstd LEVEL] [--quick]`.
 //! Figures are recorded in BENCHMARKS.md.
 
 use std::time::Instant;
@@ -22,7 +22,14 @@ struct Case {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let zstd_level: i32 = args
+        .iter()
+        .position(|a| a == "--zstd")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(WriteOptions::default().zstd_level);
     let cases = [
         Case {
             name: "(a) per-example k=8, 1,000 classes",
@@ -57,7 +64,7 @@ fn main() {
         },
     ];
     println!(
-        "format benchmark{} (release build, 1 writer thread, zstd level 3)",
+        "format benchmark{} (release build, 1 writer thread, zstd level {zstd_level})",
         if quick { " --quick" } else { "" }
     );
     for case in cases {
@@ -125,8 +132,11 @@ fn main() {
                 100
             };
             let t = Instant::now();
-            let mut w = DatasetWriter::create(&root, d, WriteOptions::default(), CreateMode::New)
-                .expect("create");
+            let wo = WriteOptions {
+                zstd_level,
+                ..Default::default()
+            };
+            let mut w = DatasetWriter::create(&root, d, wo, CreateMode::New).expect("create");
             let mut shard = None;
             let mut index = 0;
             for b in &batches {
@@ -170,7 +180,7 @@ fn main() {
                     .sum::<u64>()
             };
             let ids = col(&["topk_ids"]);
-            let values = col(&["topk_values", "topk_scale"]);
+            let values = col(&["topk_values", "topk_logtail"]);
             let logz = col(&["logz"]);
             let rest = m.totals.bytes - ids - values - logz;
             let e = entries as f64;

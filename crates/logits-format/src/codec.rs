@@ -350,7 +350,7 @@ pub(crate) fn check_targets(
                         format!("position {p}: {n} entries, the rule allows {lo}..={hi}"),
                     ));
                 }
-                let tol = 1e-4 * t.logz[p].abs().max(1.0);
+                let tol = if exact { 1e-4 } else { 1e-2 } * t.logz[p].abs().max(1.0);
                 for i in a..e {
                     let (id, z) = (k.ids[i], k.logits[i]);
                     if id as u64 >= spec.axis_size {
@@ -459,23 +459,52 @@ pub(crate) fn check_targets(
     Ok(())
 }
 
-/// Quantises one position's log-probs to 8-bit codes; returns the scale.
-fn int8_codes(logits: &[f32], logz: f32, out: &mut Vec<u8>) -> f32 {
-    let deepest = logits
-        .iter()
-        .map(|&z| (logz - z).max(0.0))
-        .fold(0.0f32, f32::max);
-    let scale = deepest / 255.0;
+/// ε of the int8 encoding's log companding (FORMAT.md, Encodings): exactly 1/32.
+pub const INT8_EPS: f32 = 1.0 / 32.0;
+/// Code step of the int8 encoding: exactly 1/24, so code 255 stands for a gap of about 1,300
+/// nats (deeper entries are clamped there; their probability is 0 in any float type).
+pub const INT8_STEP: f32 = 1.0 / 24.0;
+
+/// The int8 encoding of one position (FORMAT.md, Encodings). With g_i = logz − z_i ≥ 0, the
+/// code is c_i = min(255, round(ln(1 + g_i/ε) / step)): the log companding spends the levels
+/// where the probability is (small gaps). Codes rise along the sorted entries, so the
+/// non-negative steps c_i − c_{i−1} are stored (they compress far better than the codes).
+/// Returns ln of the exact tail mass (as f16), which the decoder uses to renormalise, so that
+/// quantisation errors do not leak into the tail bucket.
+fn int8_codes(logits: &[f32], logz: f32, out: &mut Vec<u8>) -> f16 {
+    let mut prev = 0u32;
+    let mut kept = 0.0f64;
     for &z in logits {
         let gap = (logz - z).max(0.0);
-        let c = if scale > 0.0 {
-            (gap / scale).round().min(255.0)
-        } else {
-            0.0
-        };
-        out.push(c as u8);
+        kept += (-(gap as f64)).exp();
+        let c = ((gap / INT8_EPS).ln_1p() / INT8_STEP).round().min(255.0) as u32;
+        let c = c.max(prev);
+        out.push((c - prev) as u8);
+        prev = c;
     }
-    scale
+    f16::from_f64((1.0 - kept).max(0.0).ln())
+}
+
+/// Inverse of [`int8_codes`] for one position.
+fn int8_decode(steps: &[u8], logtail: f32, logz: f32, out: &mut Vec<f32>) {
+    let start = out.len();
+    let mut c = 0u32;
+    let mut mass = 0.0f64;
+    for &d in steps {
+        c += d as u32;
+        let g = INT8_EPS as f64 * (c as f64 * INT8_STEP as f64).exp_m1();
+        mass += (-g).exp();
+        out.push(-g as f32);
+    }
+    let kept = 1.0 - (logtail as f64).exp();
+    let shift = if kept > 0.0 && mass > 0.0 {
+        (kept / mass).ln() as f32
+    } else {
+        0.0
+    };
+    for v in &mut out[start..] {
+        *v += logz + shift;
+    }
 }
 
 fn encode_targets(spec: &TargetSpec, t: &Targets, row_ids: &[u64]) -> Result<Vec<ArrayRef>> {
@@ -492,7 +521,7 @@ fn encode_targets(spec: &TargetSpec, t: &Targets, row_ids: &[u64]) -> Result<Vec
             }
             t.logz[*p]
         };
-        let mut scale = None;
+        let mut logtail = None;
         let values: ArrayRef = match spec.values {
             ValueEncoding::F32 => Arc::new(Float32Array::from(k.logits.clone())),
             ValueEncoding::F16 => {
@@ -515,23 +544,23 @@ fn encode_targets(spec: &TargetSpec, t: &Targets, row_ids: &[u64]) -> Result<Vec
             }
             ValueEncoding::Int8 => {
                 let mut codes = Vec::with_capacity(k.logits.len());
-                let mut scales = Vec::with_capacity(t.logz.len());
+                let mut tails = Vec::with_capacity(t.logz.len());
                 for p in 0..t.logz.len() {
-                    let s = int8_codes(
+                    let lt = int8_codes(
                         &k.logits[k.offsets[p]..k.offsets[p + 1]],
                         t.logz[p],
                         &mut codes,
                     );
-                    scales.push(s);
+                    tails.push(lt);
                 }
-                scale = Some(Arc::new(Float32Array::from(scales)) as ArrayRef);
+                logtail = Some(Arc::new(Float16Array::from(tails)) as ArrayRef);
                 Arc::new(UInt8Array::from(codes))
             }
         };
         let values = list_array(schema::TOPK_VALUES, values, &k.offsets)?;
         out.push(per_row(schema::TOPK_VALUES, g, values, rp)?);
-        if let Some(s) = scale {
-            out.push(per_row(schema::TOPK_SCALE, g, s, rp)?);
+        if let Some(lt) = logtail {
+            out.push(per_row(schema::TOPK_LOGTAIL, g, lt, rp)?);
         }
     }
     out.push(per_row(
@@ -847,20 +876,17 @@ fn decode_targets(spec: &TargetSpec, b: &RecordBatch) -> Result<Targets> {
             }
             ValueEncoding::Int8 => {
                 let v = prim::<UInt8Type>(schema::TOPK_VALUES, &vals)?;
-                let (_, s) = unrow(schema::TOPK_SCALE, g, need(schema::TOPK_SCALE)?)?;
-                let s = f32_vec(schema::TOPK_SCALE, &s)?;
-                if s.len() != positions {
+                let (_, lt) = unrow(schema::TOPK_LOGTAIL, g, need(schema::TOPK_LOGTAIL)?)?;
+                let lt = prim::<Float16Type>(schema::TOPK_LOGTAIL, &lt)?;
+                if lt.len() != positions {
                     return Err(bad_batch(
-                        schema::TOPK_SCALE,
-                        "one scale per position expected",
+                        schema::TOPK_LOGTAIL,
+                        "one log tail per position expected",
                     ));
                 }
                 for p in 0..positions {
-                    logits.extend(
-                        v.values()[offsets[p]..offsets[p + 1]]
-                            .iter()
-                            .map(|&c| t.logz[p] - c as f32 * s[p]),
-                    );
+                    let steps = &v.values()[offsets[p]..offsets[p + 1]];
+                    int8_decode(steps, lt.value(p).to_f32(), t.logz[p], &mut logits);
                 }
             }
         }

@@ -22,8 +22,8 @@ pub const LABEL: &str = "label";
 pub const TOPK_IDS: &str = "topk_ids";
 /// Top-k values in the manifest's value encoding.
 pub const TOPK_VALUES: &str = "topk_values";
-/// Per-position scale of the int8 value encoding.
-pub const TOPK_SCALE: &str = "topk_scale";
+/// ln of the exact tail mass at T=1 (int8 value encoding).
+pub const TOPK_LOGTAIL: &str = "topk_logtail";
 /// log-sum-exp of the raw logits over the whole output axis, at T=1.
 pub const LOGZ: &str = "logz";
 /// log-sum-exp of logits/T at each extra temperature of the manifest.
@@ -47,7 +47,7 @@ pub const RESERVED_COLUMNS: [&str; 11] = [
     LABEL,
     TOPK_IDS,
     TOPK_VALUES,
-    TOPK_SCALE,
+    TOPK_LOGTAIL,
     LOGZ,
     LOGZ_TEMPS,
     SAMPLE_IDS,
@@ -126,7 +126,7 @@ pub fn target_fields(t: &TargetSpec) -> Vec<Field> {
             false,
         ));
         if t.values == ValueEncoding::Int8 {
-            fields.push(Field::new(TOPK_SCALE, per(g, DataType::Float32), false));
+            fields.push(Field::new(TOPK_LOGTAIL, per(g, DataType::Float16), false));
         }
     }
     fields.push(Field::new(LOGZ, per(g, DataType::Float32), false));

@@ -476,9 +476,10 @@ pub fn writer_properties(
             P::FIXED_LEN_BYTE_ARRAY if top != schema::INPUT_HASH => {
                 b = b.set_column_encoding(col.path().clone(), Encoding::BYTE_STREAM_SPLIT);
             }
-            P::INT32 if top == schema::TOPK_VALUES => {
-                // int8 codes rise within each position: deltas are small.
-                b = b.set_column_encoding(col.path().clone(), Encoding::DELTA_BINARY_PACKED);
+            P::INT32 if top == schema::TOPK_IDS || top == schema::SAMPLE_IDS => {
+                // Ids are skewed towards frequent (small) values: splitting the bytes lets
+                // zstd see the nearly constant high bytes apart from the low ones.
+                b = b.set_column_encoding(col.path().clone(), Encoding::BYTE_STREAM_SPLIT);
             }
             P::INT64 if top == schema::ROW_ID => {
                 b = b.set_column_encoding(col.path().clone(), Encoding::DELTA_BINARY_PACKED);
