@@ -1,0 +1,913 @@
+//! The build pipeline: corpus → teacher → targets and features → shards.
+//!
+//! Three stages overlap, joined by bounded channels so memory does not grow with the corpus:
+//! a reader thread cuts each shard's row range into batches; `sessions` worker threads each own
+//! one ONNX Runtime session (ONNX Runtime's advice: one session per thread), run batches and
+//! turn outputs into targets and features (rayon over rows); the calling thread puts results
+//! back in order and writes shards through the format library. The shard plan (rows per shard)
+//! and the batch cut within a shard depend only on the options, so the output is identical
+//! whatever the number of sessions or threads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use logits_format::manifest::*;
+use logits_format::rows::{
+    FeatureValues, InputValues, RowBatch, SampledEntries, Targets, TensorValues, TopKEntries,
+    input_hash_v1,
+};
+use logits_format::targets::{position_targets, sample_counts};
+use logits_format::writer::{self, CreateMode, DatasetWriter, WriteOptions};
+use logits_onnx::model::{Dim as ODim, ElemType};
+use logits_onnx::surgery::OutputKind;
+use rand::SeedableRng;
+use rayon::prelude::*;
+
+use crate::corpus::{ColumnMap, CorpusBatch, Flat, TensorCorpus};
+use crate::error::{Result, TeacherError};
+use crate::teacher::TeacherModel;
+
+/// A feature to capture.
+#[derive(Debug, Clone)]
+pub struct FeatureRequest {
+    /// Short name (column `feat_<name>`).
+    pub name: String,
+    /// Tensor name in the graph (an output or any intermediate tensor).
+    pub tensor: String,
+    /// Storage encoding.
+    pub encoding: FeatureEncoding,
+}
+
+/// Everything a build needs.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The ONNX teacher.
+    pub model: PathBuf,
+    /// Corpus Parquet files, in row-id order.
+    pub corpus: Vec<PathBuf>,
+    /// Column mapping.
+    pub columns: ColumnMap,
+    /// Output dataset directory.
+    pub out: PathBuf,
+    /// Target output name (default: the only float output with a class axis).
+    pub target: Option<String>,
+    /// Entries kept per position (the maximum, with adaptive k).
+    pub k: u32,
+    /// Adaptive k: (min k, cumulative mass).
+    pub adaptive: Option<(u32, f64)>,
+    /// Extra temperatures at which logZ is stored.
+    pub temperatures: Vec<f64>,
+    /// Value encoding.
+    pub values: ValueEncoding,
+    /// Sampled targets.
+    pub sample: Option<SampledSpec>,
+    /// Features to capture.
+    pub features: Vec<FeatureRequest>,
+    /// Store the model inputs in the shards.
+    pub store_inputs: bool,
+    /// Treat the target output as probabilities even if no softmax is visible in the graph.
+    pub output_is_probability: bool,
+    /// Rows per shard.
+    pub rows_per_shard: u64,
+    /// Rows per teacher run.
+    pub batch_size: usize,
+    /// ONNX Runtime sessions (one per worker thread).
+    pub sessions: usize,
+    /// Intra-op threads per session.
+    pub intra_threads: usize,
+    /// What to do with an existing output directory.
+    pub mode: CreateMode,
+    /// This worker's index and the number of workers (job arrays); None: all shards here.
+    pub worker: Option<(u32, u32)>,
+    /// Leave out rows whose teacher output is not finite (counted in the manifest).
+    pub skip_non_finite: bool,
+    /// Shard file options.
+    pub write: WriteOptions,
+    /// License/usage terms of the teacher's outputs.
+    pub license: Option<String>,
+    /// Free notes.
+    pub notes: Option<String>,
+    /// Split name recorded in the manifest.
+    pub split: Option<String>,
+    /// Row ids at or above this are declared held out.
+    pub holdout_from: Option<u64>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            model: PathBuf::new(),
+            corpus: vec![],
+            columns: ColumnMap::default(),
+            out: PathBuf::new(),
+            target: None,
+            k: 8,
+            adaptive: None,
+            temperatures: vec![],
+            values: ValueEncoding::F32,
+            sample: None,
+            features: vec![],
+            store_inputs: true,
+            output_is_probability: false,
+            rows_per_shard: 100_000,
+            batch_size: 64,
+            sessions: 1,
+            intra_threads: 1,
+            mode: CreateMode::New,
+            worker: None,
+            skip_non_finite: false,
+            write: WriteOptions::default(),
+            license: None,
+            notes: None,
+            split: None,
+            holdout_from: None,
+        }
+    }
+}
+
+/// What a build did.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    /// Rows the corpus holds.
+    pub corpus_rows: u64,
+    /// Shards in the plan.
+    pub plan_shards: u32,
+    /// Shards written by this run.
+    pub shards_written: u32,
+    /// Shards found complete and kept.
+    pub shards_kept: u32,
+    /// Rows written by this run.
+    pub rows_written: u64,
+    /// Rows skipped for non-finite outputs by this run.
+    pub rows_skipped: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// The manifest, when this run committed the dataset.
+    pub manifest: Option<Manifest>,
+}
+
+fn dtype_of(e: ElemType) -> Option<DType> {
+    Some(match e {
+        ElemType::Float32 => DType::Float32,
+        ElemType::Float64 => DType::Float64,
+        ElemType::Float16 => DType::Float16,
+        ElemType::Int64 => DType::Int64,
+        ElemType::Int32 => DType::Int32,
+        ElemType::Uint32 => DType::Uint32,
+        ElemType::Uint16 => DType::Uint16,
+        ElemType::Int8 => DType::Int8,
+        ElemType::Uint8 => DType::Uint8,
+        ElemType::Bool => DType::Bool,
+        ElemType::String => DType::String,
+        _ => return None,
+    })
+}
+
+fn tensor_info(t: &logits_onnx::TensorSummary) -> TensorInfo {
+    TensorInfo {
+        name: t.name.clone(),
+        dtype: t.elem.and_then(dtype_of).unwrap_or(DType::Float32),
+        shape: t
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.iter()
+                    .map(|d| match d {
+                        ODim::Fixed(n) => Dim::Fixed(*n as u64),
+                        ODim::Symbolic(s) => Dim::Named(s.clone()),
+                        ODim::Unknown => Dim::Named("?".into()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// One model input as the pipeline feeds it.
+#[derive(Debug, Clone)]
+struct InputPlan {
+    name: String,
+    float: bool,
+    /// Fixed per-row dims (after the batch axis), when all are fixed.
+    row_dims: Option<Vec<usize>>,
+}
+
+/// What every worker needs, shared read-only.
+struct Plan {
+    teacher: TeacherModel,
+    inputs: Vec<InputPlan>,
+    target: String,
+    kind: OutputKind,
+    axis: usize,
+    k: usize,
+    adaptive: Option<(usize, f64)>,
+    temps: Vec<f64>,
+    sample: Option<SampledSpec>,
+    features: Vec<(FeatureRequest, usize)>,
+    store_inputs: bool,
+    skip_non_finite: bool,
+}
+
+/// Runs a build (or this worker's part of it), committing the manifest when every shard of
+/// the plan is complete. `progress(rows_done, rows_total)` is called as batches are written.
+pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<BuildReport> {
+    let t0 = Instant::now();
+    if o.batch_size == 0 || o.rows_per_shard == 0 || o.sessions == 0 {
+        return Err(TeacherError::Options(
+            "batch size, rows per shard and sessions must be at least 1".into(),
+        ));
+    }
+    let tensors: Vec<String> = o.features.iter().map(|f| f.tensor.clone()).collect();
+    let teacher = TeacherModel::open(&o.model, &tensors)?;
+    let target = teacher.target_output(o.target.as_deref())?.clone();
+    let axis = TeacherModel::axis_size(&target).ok_or_else(|| {
+        TeacherError::Options(format!(
+            "{}: output {:?} has no fixed class axis ({})",
+            o.model.display(),
+            target.name,
+            target.describe()
+        ))
+    })?;
+    if o.k == 0 || o.k as u64 > axis {
+        return Err(TeacherError::Options(format!(
+            "k = {} but output {:?} has {axis} classes: k must be between 1 and {axis}",
+            o.k, target.name
+        )));
+    }
+    let mut kind = teacher.kind(&target.name);
+    if o.output_is_probability && kind == OutputKind::Logits {
+        kind = OutputKind::Softmax;
+    }
+    let input_names: Vec<String> = teacher
+        .summary
+        .inputs
+        .iter()
+        .map(|i| i.name.clone())
+        .collect();
+    let corpus = TensorCorpus::open(&o.corpus, &input_names, &o.columns)?;
+    let rows = corpus.rows();
+    if rows == 0 {
+        return Err(TeacherError::Corpus {
+            path: o.corpus[0].clone(),
+            message: "the corpus is empty (0 rows)".into(),
+        });
+    }
+    let mut inputs = Vec::new();
+    let mut input_specs = Vec::new();
+    for i in &teacher.summary.inputs {
+        let elem = i.elem.ok_or_else(|| {
+            TeacherError::Options(format!(
+                "{}: input {:?} has no declared type",
+                o.model.display(),
+                i.name
+            ))
+        })?;
+        let float = match elem {
+            ElemType::Float32 => true,
+            ElemType::Int64 => false,
+            other => {
+                return Err(TeacherError::Options(format!(
+                    "{}: input {:?} is {}; logits-build feeds float32 and int64 inputs",
+                    o.model.display(),
+                    i.name,
+                    other.name()
+                )));
+            }
+        };
+        let dims = i.shape.clone().unwrap_or_default();
+        let row_dims: Option<Vec<usize>> = dims
+            .iter()
+            .skip(1)
+            .map(|d| match d {
+                ODim::Fixed(n) if *n >= 0 => Some(*n as usize),
+                _ => None,
+            })
+            .collect();
+        input_specs.push(InputSpec {
+            name: i.name.clone(),
+            column: format!("in_{}", sanitize_column(&i.name)),
+            dtype: dtype_of(elem).unwrap_or(DType::Float32),
+            stored: if float { DType::Float32 } else { DType::Int64 },
+            shape: tensor_info(i).shape.into_iter().skip(1).collect(),
+        });
+        inputs.push(InputPlan {
+            name: i.name.clone(),
+            float,
+            row_dims,
+        });
+    }
+    let mut feature_specs = Vec::new();
+    let mut features = Vec::new();
+    for f in &o.features {
+        if !is_safe_column(&f.name) {
+            return Err(TeacherError::Options(format!(
+                "feature name {:?} must match [A-Za-z0-9_-]+",
+                f.name
+            )));
+        }
+        let declared = teacher
+            .summary
+            .intermediates
+            .iter()
+            .chain(teacher.summary.outputs.iter())
+            .find(|t| t.name == f.tensor)
+            .and_then(|t| t.shape.clone());
+        // Per-example features: every dim after the batch axis must be fixed to know the width.
+        let width: Option<Vec<u64>> = declared.as_ref().and_then(|s| {
+            s.iter()
+                .skip(1)
+                .map(|d| match d {
+                    ODim::Fixed(n) if *n > 0 => Some(*n as u64),
+                    _ => None,
+                })
+                .collect()
+        });
+        let shape = match width {
+            Some(w) if !w.is_empty() => w,
+            _ => {
+                return Err(TeacherError::Options(format!(
+                    "{}: feature tensor {:?} has no fully known per-example shape in the graph ({}); per-example features need fixed dims after the batch axis",
+                    o.model.display(),
+                    f.tensor,
+                    declared
+                        .map(|s| format!("{s:?}"))
+                        .unwrap_or_else(|| "undeclared".into())
+                )));
+            }
+        };
+        let spec = FeatureSpec {
+            name: f.name.clone(),
+            tensor: f.tensor.clone(),
+            column: format!("feat_{}", f.name),
+            granularity: Granularity::Example,
+            shape,
+            encoding: f.encoding,
+            pooling: Pooling::None,
+        };
+        features.push((f.clone(), spec.width()));
+        feature_specs.push(spec);
+    }
+    let (sources, fingerprint) = corpus.fingerprint()?;
+    let draft = Manifest {
+        format: FORMAT_NAME.into(),
+        format_version: Version::current().to_string(),
+        dataset_id: String::new(),
+        tool: Tool {
+            name: "logits-build".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        created: writer::now_rfc3339(),
+        teacher: Teacher {
+            file: o
+                .model
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sha256: teacher.sha256.clone(),
+            bytes: teacher.bytes,
+            inputs: teacher.summary.inputs.iter().map(tensor_info).collect(),
+            outputs: teacher.summary.outputs.iter().map(tensor_info).collect(),
+        },
+        row_keys: RowKeys {
+            user_id: o.columns.id.is_some(),
+            input_hash: Some("sha256-v1".into()),
+        },
+        targets: Some(TargetSpec {
+            output: target.name.clone(),
+            granularity: Granularity::Example,
+            axis_size: axis,
+            output_is_probability: kind != OutputKind::Logits,
+            ids: IdEncoding::for_axis(axis),
+            values: o.values,
+            topk: Some(match o.adaptive {
+                None => TopK::Fixed { k: o.k },
+                Some((min_k, mass)) => TopK::Adaptive {
+                    min_k,
+                    max_k: o.k,
+                    mass,
+                },
+            }),
+            temperatures: o.temperatures.clone(),
+            sampled: o.sample.clone(),
+        }),
+        features: feature_specs,
+        inputs: if o.store_inputs { input_specs } else { vec![] },
+        labels: o.columns.label.as_ref().map(|_| LabelSpec {
+            column: "label".into(),
+            kind: LabelKind::Class,
+            num_classes: axis,
+            names: vec![],
+        }),
+        corpus: Corpus {
+            sources,
+            fingerprint,
+            rows,
+            split: o.split.clone(),
+            holdout_from: o.holdout_from,
+            options: serde_json::json!({
+                "kind": "parquet-tensors",
+                "inputs": corpus.mapping,
+                "label": o.columns.label,
+                "id": o.columns.id,
+            }),
+        },
+        tokenizer: None,
+        license: License {
+            terms: o.license.clone(),
+            notes: None,
+        },
+        notes: o.notes.clone(),
+        shards: vec![],
+        totals: Totals::default(),
+        build: serde_json::json!({
+            "rows_per_shard": o.rows_per_shard,
+            "batch_size": o.batch_size,
+            "skip_non_finite": o.skip_non_finite,
+            "zstd_level": o.write.zstd_level,
+            "row_group_rows": o.write.row_group_rows,
+        }),
+    };
+    let mut w = DatasetWriter::create(&o.out, draft, o.write.clone(), o.mode)?;
+    let plan_shards = rows.div_ceil(o.rows_per_shard) as u32;
+    let mine: Vec<u32> = (0..plan_shards)
+        .filter(|s| match o.worker {
+            Some((i, n)) => s % n == i,
+            None => true,
+        })
+        .collect();
+    let kept = mine
+        .iter()
+        .filter(|s| w.completed().contains_key(s))
+        .count() as u32;
+    let todo: Vec<u32> = mine
+        .iter()
+        .copied()
+        .filter(|s| !w.completed().contains_key(s))
+        .collect();
+    let total_rows: u64 = todo
+        .iter()
+        .map(|&s| ((s as u64 + 1) * o.rows_per_shard).min(rows) - s as u64 * o.rows_per_shard)
+        .sum();
+    let plan = Arc::new(Plan {
+        teacher,
+        inputs,
+        target: target.name.clone(),
+        kind,
+        axis: axis as usize,
+        k: o.k as usize,
+        adaptive: o.adaptive.map(|(m, mass)| (m as usize, mass)),
+        temps: o.temperatures.clone(),
+        sample: o.sample.clone(),
+        features,
+        store_inputs: o.store_inputs,
+        skip_non_finite: o.skip_non_finite,
+    });
+    let (written, skipped) = run_pipeline(o, &plan, &corpus, &todo, &mut w, total_rows, progress)?;
+    let manifest = if o.worker.is_none() || w.completed().len() as u32 == plan_shards {
+        if w.completed().len() as u32 == plan_shards {
+            Some(w.commit(plan_shards)?)
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    Ok(BuildReport {
+        corpus_rows: rows,
+        plan_shards,
+        shards_written: todo.len() as u32,
+        shards_kept: kept,
+        rows_written: written,
+        rows_skipped: skipped,
+        seconds: t0.elapsed().as_secs_f64(),
+        manifest,
+    })
+}
+
+/// The merge step of a job array: checks every shard of the plan and writes the manifest.
+pub fn merge(out: &std::path::Path, plan_shards: Option<u32>) -> Result<Manifest> {
+    let plan = match plan_shards {
+        Some(n) => n,
+        None => {
+            let draft = writer::read_draft(out)?;
+            let per = draft
+                .build
+                .get("rows_per_shard")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0);
+            if per == 0 {
+                return Err(TeacherError::Options(
+                    "the draft does not record rows_per_shard; pass --shards".into(),
+                ));
+            }
+            draft.corpus.rows.div_ceil(per) as u32
+        }
+    };
+    Ok(writer::commit(out, Some(plan))?)
+}
+
+struct Job {
+    shard: u32,
+    seq: u32,
+    batch: CorpusBatch,
+}
+
+type Done = (u32, u32, Result<(RowBatch, Vec<u64>)>);
+
+fn run_pipeline(
+    o: &BuildOptions,
+    plan: &Arc<Plan>,
+    corpus: &TensorCorpus,
+    todo: &[u32],
+    w: &mut DatasetWriter,
+    total_rows: u64,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(u64, u64)> {
+    if todo.is_empty() {
+        return Ok((0, 0));
+    }
+    // Sessions are created up front so a model ONNX Runtime refuses fails before any thread.
+    let mut sessions = Vec::new();
+    for _ in 0..o.sessions {
+        sessions.push(plan.teacher.session(o.intra_threads)?);
+    }
+    let rows = corpus.rows();
+    let per = o.rows_per_shard;
+    let (job_tx, job_rx) = sync_channel::<Job>(2 * o.sessions);
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let (done_tx, done_rx) = sync_channel::<Done>(2 * o.sessions);
+    let (count_tx, count_rx) = std::sync::mpsc::channel::<(u32, u32, Option<TeacherError>)>();
+    std::thread::scope(|scope| {
+        let shards = todo.to_vec();
+        scope.spawn(move || {
+            for s in shards {
+                let range = s as u64 * per..((s as u64 + 1) * per).min(rows);
+                let mut seq = 0u32;
+                let r = corpus.read_each(range, o.batch_size, |batch| {
+                    let ok = job_tx
+                        .send(Job {
+                            shard: s,
+                            seq,
+                            batch,
+                        })
+                        .is_ok();
+                    seq += 1;
+                    ok
+                });
+                let failed = r.err();
+                let stop = failed.is_some();
+                if count_tx.send((s, seq, failed)).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        for mut session in sessions {
+            let rx = Arc::clone(&job_rx);
+            let tx = done_tx.clone();
+            let plan = Arc::clone(plan);
+            scope.spawn(move || {
+                loop {
+                    let job = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    let out = process(&plan, &mut session, job.batch);
+                    if tx.send((job.shard, job.seq, out)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        write_in_order(w, todo, done_rx, count_rx, total_rows, progress)
+    })
+}
+
+fn write_in_order(
+    w: &mut DatasetWriter,
+    todo: &[u32],
+    done_rx: Receiver<Done>,
+    count_rx: Receiver<(u32, u32, Option<TeacherError>)>,
+    total_rows: u64,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(u64, u64)> {
+    let mut pending: BTreeMap<(u32, u32), (RowBatch, Vec<u64>)> = BTreeMap::new();
+    let mut counts: HashMap<u32, u32> = HashMap::new();
+    let (mut written, mut skipped) = (0u64, 0u64);
+    for &s in todo {
+        let mut shard = w.shard(s)?;
+        let mut seq = 0u32;
+        loop {
+            while let Ok((cs, n, err)) = count_rx.try_recv() {
+                if let Some(e) = err {
+                    return Err(e);
+                }
+                counts.insert(cs, n);
+            }
+            if let Some((batch, skip)) = pending.remove(&(s, seq)) {
+                shard.write(&batch)?;
+                shard.skip(&skip);
+                written += batch.len() as u64;
+                skipped += skip.len() as u64;
+                progress(written + skipped, total_rows);
+                seq += 1;
+                continue;
+            }
+            if counts.get(&s) == Some(&seq) {
+                break;
+            }
+            match done_rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok((ds, dq, r)) => {
+                    pending.insert((ds, dq), r?);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    // Workers are gone; whatever is left must already be counted.
+                    while let Ok((cs, n, err)) = count_rx.try_recv() {
+                        if let Some(e) = err {
+                            return Err(e);
+                        }
+                        counts.insert(cs, n);
+                    }
+                    if counts.get(&s) != Some(&seq) && !pending.contains_key(&(s, seq)) {
+                        return Err(TeacherError::Pipeline(
+                            "workers stopped before the shard was complete".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let rec = shard.finish()?;
+        w.record(rec)?;
+    }
+    Ok((written, skipped))
+}
+
+fn corpus_mismatch(plan: &Plan, row: u64, msg: String) -> TeacherError {
+    TeacherError::Options(format!("{}: row {row}: {msg}", plan.teacher.path.display()))
+}
+
+/// Runs one batch through the teacher and turns the outputs into a row batch.
+fn process(
+    plan: &Plan,
+    session: &mut ort::session::Session,
+    b: CorpusBatch,
+) -> Result<(RowBatch, Vec<u64>)> {
+    let n = b.row_ids.len();
+    let sess_err = |e: String| TeacherError::Session {
+        model: plan.teacher.path.clone(),
+        message: e,
+    };
+    let mut values: Vec<(String, ort::session::SessionInputValue<'static>)> = Vec::new();
+    for ip in &plan.inputs {
+        let (offsets, flat) = b.inputs.get(&ip.name).ok_or_else(|| {
+            TeacherError::Pipeline(format!("input {:?} missing from the batch", ip.name))
+        })?;
+        let len0 = offsets[1] - offsets[0];
+        for r in 0..n {
+            let len = offsets[r + 1] - offsets[r];
+            let want = ip
+                .row_dims
+                .as_ref()
+                .map(|d| d.iter().product::<usize>())
+                .unwrap_or(len0);
+            if len != want {
+                return Err(corpus_mismatch(
+                    plan,
+                    b.row_ids[r],
+                    format!(
+                        "input {:?} has {len} values, the model takes {want} per row (shape {:?})",
+                        ip.name, ip.row_dims
+                    ),
+                ));
+            }
+        }
+        let dims: Vec<usize> = std::iter::once(n)
+            .chain(ip.row_dims.clone().unwrap_or_else(|| vec![len0]))
+            .collect();
+        let v: ort::session::SessionInputValue<'static> = match (flat, ip.float) {
+            (Flat::F32(v), true) => {
+                let a = ndarray::ArrayD::from_shape_vec(dims, v.clone())
+                    .map_err(|e| TeacherError::Pipeline(e.to_string()))?;
+                ort::value::Tensor::from_array(a)
+                    .map_err(|e| sess_err(e.to_string()))?
+                    .into()
+            }
+            (Flat::I64(v), false) => {
+                let a = ndarray::ArrayD::from_shape_vec(dims, v.clone())
+                    .map_err(|e| TeacherError::Pipeline(e.to_string()))?;
+                ort::value::Tensor::from_array(a)
+                    .map_err(|e| sess_err(e.to_string()))?
+                    .into()
+            }
+            (Flat::I64(_), true) => {
+                return Err(corpus_mismatch(
+                    plan,
+                    b.row_ids[0],
+                    format!(
+                        "input {:?} is float32 in the model but the corpus column holds integers",
+                        ip.name
+                    ),
+                ));
+            }
+            (Flat::F32(_), false) => {
+                return Err(corpus_mismatch(
+                    plan,
+                    b.row_ids[0],
+                    format!(
+                        "input {:?} is int64 in the model but the corpus column holds floats",
+                        ip.name
+                    ),
+                ));
+            }
+        };
+        values.push((ip.name.clone(), v));
+    }
+    let outputs = session.run(values).map_err(|e| sess_err(e.to_string()))?;
+    let extract = |name: &str| -> Result<(Vec<i64>, Vec<f32>)> {
+        let v = outputs
+            .get(name)
+            .ok_or_else(|| sess_err(format!("no output {name:?}")))?;
+        let (shape, data) = v
+            .try_extract_tensor::<f32>()
+            .map_err(|e| sess_err(format!("output {name:?}: {e}")))?;
+        Ok((shape.iter().copied().collect(), data.to_vec()))
+    };
+    let (shape, mut logits) = extract(&plan.target)?;
+    if shape.first() != Some(&(n as i64)) || logits.len() != n * plan.axis {
+        return Err(sess_err(format!(
+            "output {:?} has shape {shape:?}; per-example targets need [{n}, {}]",
+            plan.target, plan.axis
+        )));
+    }
+    if plan.kind == OutputKind::Softmax {
+        // Probabilities become log-probs; an underflowed 0 becomes the log of the smallest
+        // positive f32 rather than -inf, so the row stays finite.
+        for x in &mut logits {
+            *x = x.max(f32::from_bits(1)).ln();
+        }
+    }
+    let mut feats = Vec::new();
+    for (f, width) in &plan.features {
+        let (_, data) = extract(&f.tensor)?;
+        if data.len() != n * width {
+            return Err(sess_err(format!(
+                "feature {:?} gave {} values for {n} rows of width {width}",
+                f.tensor,
+                data.len()
+            )));
+        }
+        feats.push(data);
+    }
+    drop(outputs);
+    let per_row: Vec<Result<Option<_>>> = (0..n)
+        .into_par_iter()
+        .map(|r| {
+            let z = &logits[r * plan.axis..(r + 1) * plan.axis];
+            let id = b.row_ids[r];
+            let Some(t) = position_targets(z, plan.k, plan.adaptive, &plan.temps) else {
+                if plan.skip_non_finite {
+                    return Ok(None);
+                }
+                let value = z
+                    .iter()
+                    .copied()
+                    .find(|x| !x.is_finite())
+                    .unwrap_or(f32::NAN);
+                return Err(TeacherError::NonFinite {
+                    row_id: id,
+                    tensor: plan.target.clone(),
+                    value,
+                });
+            };
+            let s = plan.sample.as_ref().map(|rule| {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+                    rule.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
+                sample_counts(z, rule.temperature, rule.draws, &mut rng)
+            });
+            for (fi, (f, width)) in plan.features.iter().enumerate() {
+                let row = &feats[fi][r * width..(r + 1) * width];
+                if let Some(v) = row.iter().find(|x| !x.is_finite()) {
+                    if plan.skip_non_finite {
+                        return Ok(None);
+                    }
+                    return Err(TeacherError::NonFinite {
+                        row_id: id,
+                        tensor: f.tensor.clone(),
+                        value: *v,
+                    });
+                }
+            }
+            Ok(Some((t, s)))
+        })
+        .collect();
+    let mut out = RowBatch::default();
+    let mut skipped = Vec::new();
+    let mut t = Targets {
+        row_positions: vec![0],
+        topk: Some(TopKEntries {
+            offsets: vec![0],
+            ..Default::default()
+        }),
+        sampled: plan.sample.as_ref().map(|_| SampledEntries {
+            offsets: vec![0],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut kept_rows = Vec::new();
+    for (r, res) in per_row.into_iter().enumerate() {
+        match res? {
+            None => skipped.push(b.row_ids[r]),
+            Some((pt, s)) => {
+                kept_rows.push(r);
+                out.row_ids.push(b.row_ids[r]);
+                if let Some(k) = t.topk.as_mut() {
+                    k.ids.extend(&pt.ids);
+                    k.logits.extend(&pt.logits);
+                    k.offsets.push(k.ids.len());
+                }
+                t.logz.push(pt.logz);
+                t.logz_temps.extend(&pt.logz_temps);
+                t.row_positions.push(t.logz.len());
+                if let (Some(se), Some((ids, counts))) = (t.sampled.as_mut(), s) {
+                    se.ids.extend(ids);
+                    se.counts.extend(counts);
+                    se.offsets.push(se.ids.len());
+                }
+            }
+        }
+    }
+    out.targets = Some(t);
+    for (fi, (f, width)) in plan.features.iter().enumerate() {
+        let mut fv = FeatureValues {
+            row_positions: vec![0],
+            values: Vec::with_capacity(kept_rows.len() * width),
+        };
+        for &r in &kept_rows {
+            fv.values
+                .extend_from_slice(&feats[fi][r * width..(r + 1) * width]);
+            fv.row_positions.push(fv.row_positions.len());
+        }
+        out.features.insert(f.name.clone(), fv);
+    }
+    let mut hashes = vec![Vec::new(); kept_rows.len()];
+    for ip in &plan.inputs {
+        let (offsets, flat) = &b.inputs[&ip.name];
+        let mut iv = InputValues {
+            offsets: vec![0],
+            values: if ip.float {
+                TensorValues::F32(vec![])
+            } else {
+                TensorValues::I64(vec![])
+            },
+        };
+        for &r in &kept_rows {
+            match (flat, &mut iv.values) {
+                (Flat::F32(v), TensorValues::F32(dst)) => {
+                    dst.extend_from_slice(&v[offsets[r]..offsets[r + 1]])
+                }
+                (Flat::I64(v), TensorValues::I64(dst)) => {
+                    dst.extend_from_slice(&v[offsets[r]..offsets[r + 1]])
+                }
+                _ => {}
+            }
+            iv.offsets.push(iv.values.len());
+        }
+        for (i, h) in hashes.iter_mut().enumerate() {
+            let range = iv.offsets[i]..iv.offsets[i + 1];
+            h.push((
+                ip.name.clone(),
+                iv.values.le_bytes(range.clone()),
+                range.len(),
+            ));
+        }
+        if plan.store_inputs {
+            out.inputs.insert(ip.name.clone(), iv);
+        }
+    }
+    out.input_hashes = Some(
+        hashes
+            .iter()
+            .map(|parts| {
+                let refs: Vec<(&str, Vec<u8>, usize)> = parts
+                    .iter()
+                    .map(|(n, b, l)| (n.as_str(), b.clone(), *l))
+                    .collect();
+                input_hash_v1(&refs)
+            })
+            .collect(),
+    );
+    if let Some(labels) = &b.labels {
+        out.labels = Some(kept_rows.iter().map(|&r| labels[r]).collect());
+    }
+    if let Some(ids) = &b.ids {
+        out.user_ids = Some(kept_rows.iter().map(|&r| ids[r].clone()).collect());
+    }
+    Ok((out, skipped))
+}

@@ -1,0 +1,190 @@
+//! The teacher model: its file identity (sha256 of the file as it is on disk), what the graph
+//! declares, an in-memory copy rewritten to expose requested intermediate tensors, and ONNX
+//! Runtime sessions over that copy.
+
+use std::path::{Path, PathBuf};
+
+use logits_onnx::model::{Dim, ElemType, ModelSummary, TensorSummary};
+use logits_onnx::surgery::{self, OutputKind};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, TeacherError};
+use crate::runtime;
+
+/// A loaded teacher.
+#[derive(Debug, Clone)]
+pub struct TeacherModel {
+    /// The model file.
+    pub path: PathBuf,
+    /// sha256 of the file, lowercase hex.
+    pub sha256: String,
+    /// File size.
+    pub bytes: u64,
+    /// What the original graph declares.
+    pub summary: ModelSummary,
+    /// How the graph's outputs relate to probabilities, by output name.
+    pub kinds: Vec<(String, OutputKind)>,
+    /// The serialised copy that sessions run (original plus exposed tensors).
+    run_bytes: Vec<u8>,
+}
+
+impl TeacherModel {
+    /// Loads `path` and exposes the intermediate tensors `expose` as extra outputs.
+    pub fn open(path: &Path, expose: &[String]) -> Result<TeacherModel> {
+        let bytes = std::fs::read(path).map_err(|e| TeacherError::Corpus {
+            path: path.to_path_buf(),
+            message: format!("cannot read the model: {e}"),
+        })?;
+        let proto = logits_onnx::load_bytes(path, &bytes)?;
+        let summary = logits_onnx::model::summary(&proto);
+        let kinds = summary
+            .outputs
+            .iter()
+            .map(|o| (o.name.clone(), surgery::output_kind(&proto, &o.name)))
+            .collect();
+        let run_bytes = if expose.is_empty() {
+            bytes.clone()
+        } else {
+            let exposed = surgery::expose(&proto, expose, &path.display().to_string())?;
+            logits_onnx::model::encode(&exposed)
+        };
+        Ok(TeacherModel {
+            path: path.to_path_buf(),
+            sha256: hex(&Sha256::digest(&bytes)),
+            bytes: bytes.len() as u64,
+            summary,
+            kinds,
+            run_bytes,
+        })
+    }
+
+    /// A new ONNX Runtime session over the (rewritten) model.
+    pub fn session(&self, intra_threads: usize) -> Result<ort::session::Session> {
+        let env = runtime::environment()?;
+        let err = |e: String| TeacherError::Session {
+            model: self.path.clone(),
+            message: e,
+        };
+        let builder = ort::session::Session::builder(env).map_err(|e| err(e.to_string()))?;
+        let mut builder = builder
+            .with_intra_threads(intra_threads.max(1))
+            .map_err(|e| err(e.to_string()))?
+            .with_inter_threads(1)
+            .map_err(|e| err(e.to_string()))?;
+        builder
+            .commit_from_memory(&self.run_bytes)
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// The graph input called `name`.
+    pub fn input(&self, name: &str) -> Option<&TensorSummary> {
+        self.summary.inputs.iter().find(|i| i.name == name)
+    }
+
+    /// How output `name` relates to probabilities.
+    pub fn kind(&self, name: &str) -> OutputKind {
+        self.kinds
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(OutputKind::Logits, |(_, k)| *k)
+    }
+
+    /// Chooses the target output: `name` if given (it must be an output), else the only float
+    /// output whose last axis has a fixed size (the class/vocabulary axis).
+    pub fn target_output(&self, name: Option<&str>) -> Result<&TensorSummary> {
+        let outs = &self.summary.outputs;
+        if let Some(n) = name {
+            return outs.iter().find(|o| o.name == n).ok_or_else(|| {
+                TeacherError::Options(format!(
+                    "{}: no output named {n:?}; outputs are {}",
+                    self.path.display(),
+                    names(outs)
+                ))
+            });
+        }
+        let candidates: Vec<&TensorSummary> = outs
+            .iter()
+            .filter(|o| o.elem.is_some_and(ElemType::is_float))
+            .filter(|o| matches!(o.shape.as_ref().and_then(|s| s.last()), Some(Dim::Fixed(n)) if *n > 1))
+            .collect();
+        match candidates.as_slice() {
+            [one] => Ok(one),
+            [] => Err(TeacherError::Options(format!(
+                "{}: no float output with a fixed last (class) axis; outputs are {}; choose one with --target",
+                self.path.display(),
+                names(outs)
+            ))),
+            many => Err(TeacherError::Options(format!(
+                "{}: several outputs could be the targets ({}); choose one with --target",
+                self.path.display(),
+                many.iter()
+                    .map(|o| format!("{:?} {}", o.name, o.describe()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Size of the last axis of an output (the class/vocabulary axis), when fixed.
+    pub fn axis_size(t: &TensorSummary) -> Option<u64> {
+        match t.shape.as_ref()?.last()? {
+            Dim::Fixed(n) if *n > 0 => Some(*n as u64),
+            _ => None,
+        }
+    }
+}
+
+fn names(ts: &[TensorSummary]) -> String {
+    ts.iter()
+        .map(|t| format!("{:?} {}", t.name, t.describe()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Lowercase hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A printable report of a model: inputs, outputs, and the tensors that can be captured.
+pub fn describe_model(m: &TeacherModel) -> String {
+    let s = &m.summary;
+    let mut out = format!(
+        "model       {}\nsha256      {}\nbytes       {}\nproducer    {}\nopset       {}\n",
+        m.path.display(),
+        m.sha256,
+        m.bytes,
+        if s.producer.is_empty() {
+            "?"
+        } else {
+            &s.producer
+        },
+        s.opset.map_or("?".into(), |o| o.to_string())
+    );
+    out += "inputs:\n";
+    for i in &s.inputs {
+        out += &format!("  {:<28} {}\n", i.name, i.describe());
+    }
+    out += "outputs:\n";
+    for o in &s.outputs {
+        let kind = match m.kind(&o.name) {
+            OutputKind::Logits => "",
+            OutputKind::Softmax => "  (softmax: probabilities)",
+            OutputKind::LogSoftmax => "  (log-softmax: log-probabilities)",
+        };
+        out += &format!("  {:<28} {}{kind}\n", o.name, o.describe());
+    }
+    out += &format!(
+        "intermediate tensors ({}), capturable as features with --feature NAME=TENSOR:\n",
+        s.intermediates.len()
+    );
+    for t in &s.intermediates {
+        out += &format!(
+            "  {:<28} {:<28} from {}\n",
+            t.name,
+            t.describe(),
+            t.op.as_deref().unwrap_or("?")
+        );
+    }
+    out
+}

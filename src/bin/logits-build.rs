@@ -1,0 +1,342 @@
+//! `logits-build`: run an ONNX teacher over a corpus and write a logits dataset. A thin front
+//! door over `logits_teacher`.
+//!
+//! Exit codes: 0 success (or this worker's shards done); 1 error (the message names the model,
+//! corpus file, tensor or row); 2 usage error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use logits_format::manifest::{FeatureEncoding, SampledSpec, ValueEncoding};
+use logits_format::writer::{CreateMode, WriteOptions};
+use logits_teacher::corpus::ColumnMap;
+use logits_teacher::{BuildOptions, FeatureRequest, TeacherModel};
+
+/// Run an ONNX teacher over a corpus and store its top-k targets and features as a dataset.
+#[derive(Parser, Debug)]
+#[command(name = "logits-build", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build a dataset (or this job-array worker's shards of it).
+    Build(BuildArgs),
+    /// Show a model's inputs, outputs and the intermediate tensors capturable as features.
+    InspectModel {
+        /// The ONNX model.
+        model: PathBuf,
+    },
+    /// Merge a job array's shards: validate every one and write the manifest.
+    Merge {
+        /// The dataset directory the workers wrote into.
+        out: PathBuf,
+        /// Shards in the plan (default: from the build's draft).
+        #[arg(long)]
+        shards: Option<u32>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct BuildArgs {
+    /// The ONNX teacher.
+    #[arg(long)]
+    model: PathBuf,
+    /// Corpus Parquet file(s), in row order.
+    #[arg(long, required = true, num_args = 1..)]
+    corpus: Vec<PathBuf>,
+    /// Output dataset directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Map a model input to a corpus column: INPUT=COLUMN (default: same name).
+    #[arg(long = "input", value_name = "INPUT=COLUMN")]
+    inputs: Vec<String>,
+    /// Label column (class index).
+    #[arg(long)]
+    label_column: Option<String>,
+    /// Id column stored as user_id.
+    #[arg(long)]
+    id_column: Option<String>,
+    /// Target output (default: the only float output with a class axis).
+    #[arg(long)]
+    target: Option<String>,
+    /// Top-k entries per position (the maximum with --adaptive-k).
+    #[arg(long, short, default_value_t = 8)]
+    k: u32,
+    /// Adaptive k as MIN:MASS: the fewest entries from MIN up to k reaching MASS.
+    #[arg(long, value_name = "MIN:MASS")]
+    adaptive_k: Option<String>,
+    /// Extra temperatures at which logZ is stored (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    temperatures: Vec<f64>,
+    /// Value encoding: f32, f16, bf16 or int8.
+    #[arg(long, default_value = "f32")]
+    values: ValueEncoding,
+    /// Also store N sampled ids per position (RS-KD), drawn at --sample-temperature.
+    #[arg(long)]
+    sample: Option<u32>,
+    /// Temperature of the sampled draws.
+    #[arg(long, default_value_t = 1.0)]
+    sample_temperature: f64,
+    /// Seed of the sampled draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Capture a feature: NAME=TENSOR[:ENCODING] (encoding f32, f16 or int8).
+    #[arg(long = "feature", value_name = "NAME=TENSOR[:ENC]")]
+    features: Vec<String>,
+    /// Do not store the model inputs (restricted data: join by row id or input hash later).
+    #[arg(long)]
+    no_inputs: bool,
+    /// Treat the target output as probabilities even where no softmax is visible.
+    #[arg(long)]
+    output_is_probability: bool,
+    /// Rows per shard.
+    #[arg(long, default_value_t = 100_000)]
+    rows_per_shard: u64,
+    /// Rows per teacher run.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// ONNX Runtime sessions, one per worker thread (default: 1).
+    #[arg(long, default_value_t = 1)]
+    sessions: usize,
+    /// Intra-op threads per session (default: the machine's cores / sessions).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// zstd level of the shards.
+    #[arg(long, default_value_t = 3)]
+    zstd_level: i32,
+    /// Continue an interrupted build: completed shards are kept.
+    #[arg(long)]
+    resume: bool,
+    /// Replace whatever dataset or build is in the output directory.
+    #[arg(long)]
+    overwrite: bool,
+    /// Number of job-array workers.
+    #[arg(long)]
+    num_workers: Option<u32>,
+    /// This worker's index (default: $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX).
+    #[arg(long)]
+    worker_index: Option<u32>,
+    /// Leave out rows whose teacher output is NaN or infinite (counted in the manifest).
+    #[arg(long)]
+    skip_non_finite: bool,
+    /// License or usage terms of the teacher's outputs, recorded and shown to every consumer.
+    #[arg(long)]
+    license: Option<String>,
+    /// Free notes for the manifest.
+    #[arg(long)]
+    notes: Option<String>,
+    /// Split name recorded in the manifest.
+    #[arg(long)]
+    split: Option<String>,
+    /// Declare rows with id >= N as held out.
+    #[arg(long)]
+    holdout_from: Option<u64>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Print a JSON summary at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("logits-build: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::InspectModel { model } => {
+            let m = TeacherModel::open(&model, &[])?;
+            print!("{}", logits_teacher::describe_model(&m));
+            Ok(())
+        }
+        Command::Merge { out, shards } => {
+            let m = logits_teacher::merge(&out, shards)?;
+            let ds = logits_format::Dataset::open(&out)?;
+            let rep = logits_format::validate(&ds);
+            if !rep.is_ok() {
+                bail!(
+                    "merged manifest written but validation found problems:\n  {}",
+                    rep.problems.join("\n  ")
+                );
+            }
+            println!(
+                "merged {} shards, {} rows into {}",
+                m.totals.shards,
+                m.totals.rows,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Build(a) => build(a),
+    }
+}
+
+fn env_index() -> Option<u32> {
+    ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
+fn build(a: BuildArgs) -> anyhow::Result<()> {
+    let mut columns = ColumnMap {
+        label: a.label_column.clone(),
+        id: a.id_column.clone(),
+        ..Default::default()
+    };
+    for m in &a.inputs {
+        let (i, c) = m
+            .split_once('=')
+            .with_context(|| format!("--input {m:?}: expected INPUT=COLUMN"))?;
+        columns.inputs.push((i.to_string(), c.to_string()));
+    }
+    let mut features = Vec::new();
+    for f in &a.features {
+        let (name, rest) = f
+            .split_once('=')
+            .with_context(|| format!("--feature {f:?}: expected NAME=TENSOR[:ENCODING]"))?;
+        let (tensor, enc) = match rest.rsplit_once(':') {
+            Some((t, e)) if e.parse::<FeatureEncoding>().is_ok() => {
+                (t, e.parse::<FeatureEncoding>().map_err(anyhow::Error::msg)?)
+            }
+            _ => (rest, FeatureEncoding::F32),
+        };
+        features.push(FeatureRequest {
+            name: name.into(),
+            tensor: tensor.into(),
+            encoding: enc,
+        });
+    }
+    let adaptive = match &a.adaptive_k {
+        None => None,
+        Some(s) => {
+            let (m, mass) = s
+                .split_once(':')
+                .with_context(|| format!("--adaptive-k {s:?}: expected MIN:MASS"))?;
+            Some((
+                m.parse().context("--adaptive-k MIN")?,
+                mass.parse().context("--adaptive-k MASS")?,
+            ))
+        }
+    };
+    if a.resume && a.overwrite {
+        bail!("--resume and --overwrite contradict each other");
+    }
+    let worker = match a.num_workers {
+        None => None,
+        Some(n) => {
+            let i = a.worker_index.or_else(env_index).context("--num-workers needs --worker-index (or SLURM_ARRAY_TASK_ID / JOB_COMPLETION_INDEX)")?;
+            if n == 0 || i >= n {
+                bail!("worker index {i} is not below --num-workers {n}");
+            }
+            Some((i, n))
+        }
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let sessions = a.sessions.max(1);
+    let opts = BuildOptions {
+        model: a.model,
+        corpus: a.corpus,
+        columns,
+        out: a.out.clone(),
+        target: a.target,
+        k: a.k,
+        adaptive,
+        temperatures: a.temperatures,
+        values: a.values,
+        sample: a.sample.map(|draws| SampledSpec {
+            draws,
+            temperature: a.sample_temperature,
+            seed: a.seed,
+        }),
+        features,
+        store_inputs: !a.no_inputs,
+        output_is_probability: a.output_is_probability,
+        rows_per_shard: a.rows_per_shard,
+        batch_size: a.batch_size,
+        sessions,
+        intra_threads: a.threads.unwrap_or((cores / sessions).max(1)),
+        mode: if a.overwrite {
+            CreateMode::Overwrite
+        } else if a.resume {
+            CreateMode::Resume
+        } else if worker.is_some() {
+            CreateMode::Join
+        } else {
+            CreateMode::New
+        },
+        worker,
+        skip_non_finite: a.skip_non_finite,
+        write: WriteOptions {
+            zstd_level: a.zstd_level,
+            ..Default::default()
+        },
+        license: a.license,
+        notes: a.notes,
+        split: a.split,
+        holdout_from: a.holdout_from,
+    };
+    let bar = if a.quiet || a.json {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {bar:40} {pos}/{len} rows  {per_sec}  eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    };
+    let report = logits_teacher::build(&opts, &|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    let summary = serde_json::json!({
+        "out": a.out.display().to_string(),
+        "corpus_rows": report.corpus_rows,
+        "plan_shards": report.plan_shards,
+        "shards_written": report.shards_written,
+        "shards_kept": report.shards_kept,
+        "rows_written": report.rows_written,
+        "rows_skipped": report.rows_skipped,
+        "seconds": report.seconds,
+        "rows_per_second": report.rows_written as f64 / report.seconds.max(1e-9),
+        "committed": report.manifest.is_some(),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "{} rows in {} shards written ({} kept from before, {} rows skipped) in {:.2}s ({:.0} rows/s); {}",
+            report.rows_written,
+            report.shards_written,
+            report.shards_kept,
+            report.rows_skipped,
+            report.seconds,
+            report.rows_written as f64 / report.seconds.max(1e-9),
+            if report.manifest.is_some() {
+                format!("dataset committed at {}", a.out.display())
+            } else {
+                "other workers' shards pending; run `logits-build merge` when all are done".into()
+            }
+        );
+    }
+    Ok(())
+}
