@@ -16,6 +16,11 @@ command -v python3 >/dev/null || { echo "python3 not found: install Python 3.10+
 step "python environment (pinned, scripts/requirements-test.txt)"
 py="$(scripts/pyenv.sh)"
 
+step "ONNX Runtime library (scripts/fetch-ort.sh)"
+ORT_DYLIB_PATH="$(scripts/fetch-ort.sh)"
+export ORT_DYLIB_PATH
+echo "$ORT_DYLIB_PATH"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -30,5 +35,15 @@ out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 cargo run --quiet -p logits-format --example write_interop -- "$out/interop"
 "$py" scripts/check_interop.py "$out/interop"
+
+step "build oracle: logits-build output against ONNX Runtime's Python API"
+target/debug/logits-build build --model fixtures/digits/digits_teacher.onnx \
+  --corpus fixtures/digits/train.parquet --out "$out/digits" --label-column label --id-column id \
+  -k 5 --temperatures 2,4 --feature penult=hidden2:f16 --rows-per-shard 500 --sessions 2 --quiet
+"$py" scripts/check_build_oracle.py fixtures/digits/digits_teacher.onnx fixtures/digits/train.parquet "$out/digits"
+target/debug/logits-build build --model fixtures/digits/digits_teacher_softmax.onnx \
+  --corpus fixtures/digits/holdout.parquet --out "$out/digits_softmax" --label-column label \
+  -k 10 --temperatures 2 --feature h1=hidden1:int8 --rows-per-shard 100 --batch-size 17 --quiet
+"$py" scripts/check_build_oracle.py fixtures/digits/digits_teacher_softmax.onnx fixtures/digits/holdout.parquet "$out/digits_softmax"
 
 step "all tests passed"

@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Build a dataset (or this job-array worker's shards of it).
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Show a model's inputs, outputs and the intermediate tensors capturable as features.
     InspectModel {
         /// The ONNX model.
@@ -181,7 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Build(a) => build(a),
+        Command::Build(a) => build(*a),
     }
 }
 

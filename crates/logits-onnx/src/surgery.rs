@@ -35,7 +35,7 @@ pub fn expose(m: &ModelProto, names: &[String], model: &str) -> Result<ModelProt
             .iter()
             .find(|v| v.name.as_deref() == Some(name))
             .and_then(|v| v.r#type.clone());
-        let ty = declared.unwrap_or_else(|| TypeProto {
+        let ty = declared.unwrap_or(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
                 elem_type: None,
                 shape: None,

@@ -1,0 +1,445 @@
+//! End-to-end tests of `logits-build` on the digits fixture teacher: determinism across
+//! sessions and threads, resume, job-array workers and merge, and every kind of bad input.
+//! ONNX Runtime comes from ORT_DYLIB_PATH or the cache scripts/fetch-ort.sh fills.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float32Array, Int64Array, ListArray, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+fn model() -> String {
+    root()
+        .join("fixtures/digits/digits_teacher.onnx")
+        .display()
+        .to_string()
+}
+fn train() -> String {
+    root()
+        .join("fixtures/digits/train.parquet")
+        .display()
+        .to_string()
+}
+
+fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let exe = match bin {
+        "build" => env!("CARGO_BIN_EXE_logits-build"),
+        _ => env!("CARGO_BIN_EXE_logits-inspect"),
+    };
+    let mut c = Command::new(exe);
+    c.args(args)
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run binary")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn build(out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let m = model();
+    let c = train();
+    let o = out.display().to_string();
+    let mut args = vec![
+        "build",
+        "--model",
+        &m,
+        "--corpus",
+        &c,
+        "--out",
+        &o,
+        "--label-column",
+        "label",
+        "--id-column",
+        "id",
+        "-k",
+        "4",
+        "--temperatures",
+        "2,4",
+        "--feature",
+        "penult=hidden2:f16",
+        "--rows-per-shard",
+        "300",
+        "--batch-size",
+        "32",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    run("build", &args, env)
+}
+
+fn shard_hashes(dir: &Path) -> Vec<(String, String)> {
+    let m: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    m["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["path"].as_str().unwrap().into(),
+                s["sha256"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn output_is_identical_whatever_sessions_and_threads() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let o = build(a.path(), &["--sessions", "1", "--threads", "1"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = build(b.path(), &["--sessions", "3", "--threads", "2"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let h = shard_hashes(a.path());
+    assert_eq!(h.len(), 5);
+    assert_eq!(h, shard_hashes(b.path()), "shards must be byte-identical");
+    let v = run("inspect", &[a.path().to_str().unwrap(), "--validate"], &[]);
+    assert!(
+        v.status.success() && text(&v).contains("validation: OK (5 shards, 1437 rows"),
+        "{}",
+        text(&v)
+    );
+}
+
+#[test]
+fn job_array_workers_resume_and_merge() {
+    let single = tempfile::tempdir().unwrap();
+    assert!(build(single.path(), &[], &[]).status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ds");
+    // Worker 1 of 2 from the scheduler's variable, worker 0 from the flag.
+    let o = build(
+        &out,
+        &["--num-workers", "2"],
+        &[("SLURM_ARRAY_TASK_ID", "1")],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("other workers' shards pending"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.join("manifest.json").exists());
+    // A plain build over an unfinished one is refused, naming --resume.
+    let o = build(&out, &[], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("--resume"), "{}", text(&o));
+    // Merging now is refused: shards are missing.
+    let o = run("build", &["merge", out.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("3 of 5 shards are not complete"),
+        "{}",
+        text(&o)
+    );
+    // Re-running worker 1 skips its done shards; worker 0 does the rest.
+    let o = build(
+        &out,
+        &["--num-workers", "2", "--worker-index", "1", "--json"],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["shards_written"].as_u64(), v["shards_kept"].as_u64()),
+        (Some(0), Some(2))
+    );
+    let o = build(&out, &["--num-workers", "2", "--worker-index", "0"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The last worker to finish commits (all shards are there); merge is then a no-op error.
+    assert!(out.join("manifest.json").exists());
+    assert_eq!(shard_hashes(&out), shard_hashes(single.path()));
+}
+
+#[test]
+fn resume_keeps_completed_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ds");
+    assert!(
+        build(&out, &["--num-workers", "5", "--worker-index", "2"], &[])
+            .status
+            .success()
+    );
+    let o = build(&out, &["--resume", "--json"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (
+            v["shards_written"].as_u64(),
+            v["shards_kept"].as_u64(),
+            v["committed"].as_bool()
+        ),
+        (Some(4), Some(1), Some(true))
+    );
+    // A complete dataset is not rebuilt silently; a different one is refused.
+    let o = build(&out, &[], &[]);
+    assert!(text(&o).contains("already complete"), "{}", text(&o));
+    let o = build(&out, &["--zstd-level", "5", "--resume"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("already complete") || text(&o).contains("different dataset"),
+        "{}",
+        text(&o)
+    );
+    let o = build(&out, &["--zstd-level", "5", "--overwrite"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+fn write_corpus(path: &Path, rows: &[Vec<f32>], ints: bool) {
+    let offsets: Vec<i32> = std::iter::once(0)
+        .chain(rows.iter().scan(0, |a, r| {
+            *a += r.len() as i32;
+            Some(*a)
+        }))
+        .collect();
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    let (child, dt): (ArrayRef, DataType) = if ints {
+        (
+            Arc::new(Int64Array::from(
+                flat.iter().map(|&x| x as i64).collect::<Vec<_>>(),
+            )),
+            DataType::Int64,
+        )
+    } else {
+        (Arc::new(Float32Array::from(flat)), DataType::Float32)
+    };
+    let field = Arc::new(Field::new_list_field(dt, true));
+    let list = ListArray::new(
+        field.clone(),
+        arrow_buffer::OffsetBuffer::new(offsets.into()),
+        child,
+        None,
+    );
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "pixels",
+        DataType::List(field),
+        true,
+    )]));
+    let rb = RecordBatch::try_new(schema.clone(), vec![Arc::new(list)]).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(fs::File::create(path).unwrap(), schema, None)
+        .unwrap();
+    w.write(&rb).unwrap();
+    w.close().unwrap();
+}
+
+fn expect_error(args: &[&str], wants: &[&str]) {
+    let o = run("build", args, &[]);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+    for w in wants {
+        assert!(
+            text(&o).contains(w),
+            "{args:?}: missing {w:?} in {}",
+            text(&o)
+        );
+    }
+    assert!(!text(&o).contains("panicked"), "{}", text(&o));
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n).display().to_string();
+    let (m, c) = (model(), train());
+    fs::write(p("junk.onnx"), b"this is not a model").unwrap();
+    expect_error(
+        &[
+            "build",
+            "--model",
+            &p("junk.onnx"),
+            "--corpus",
+            &c,
+            "--out",
+            &p("o1"),
+        ],
+        &["junk.onnx", "not an ONNX model"],
+    );
+    expect_error(
+        &[
+            "build",
+            "--model",
+            &m,
+            "--corpus",
+            &c,
+            "--out",
+            &p("o2"),
+            "--input",
+            "nope=pixels",
+        ],
+        &["no input \"nope\""],
+    );
+    expect_error(
+        &[
+            "build",
+            "--model",
+            &m,
+            "--corpus",
+            &c,
+            "--out",
+            &p("o3"),
+            "--input",
+            "pixels=nope",
+        ],
+        &["train.parquet", "no column \"nope\""],
+    );
+    expect_error(
+        &[
+            "build",
+            "--model",
+            &m,
+            "--corpus",
+            &c,
+            "--out",
+            &p("o4"),
+            "-k",
+            "11",
+        ],
+        &["k = 11", "10 classes"],
+    );
+    expect_error(
+        &[
+            "build",
+            "--model",
+            &m,
+            "--corpus",
+            &c,
+            "--out",
+            &p("o5"),
+            "--feature",
+            "x=hiden2",
+        ],
+        &["no tensor named \"hiden2\"", "\"hidden2\""],
+    );
+    write_corpus(&d.path().join("empty.parquet"), &[], false);
+    expect_error(
+        &[
+            "build",
+            "--model",
+            &m,
+            "--corpus",
+            &p("empty.parquet"),
+            "--out",
+            &p("o6"),
+        ],
+        &["empty.parquet", "empty"],
+    );
+    write_corpus(
+        &d.path().join("short.parquet"),
+        &[vec![0.0; 64], vec![0.0; 63]],
+        false,
+    );
+    expect_error(
+        &[
+            "build",
+            "--model",
+            &m,
+            "--corpus",
+            &p("short.parquet"),
+            "--out",
+            &p("o7"),
+        ],
+        &["row 1", "63 values", "64"],
+    );
+    write_corpus(&d.path().join("ints.parquet"), &[vec![1.0; 64]], true);
+    expect_error(
+        &[
+            "build",
+            "--model",
+            &m,
+            "--corpus",
+            &p("ints.parquet"),
+            "--out",
+            &p("o8"),
+        ],
+        &["row 0", "float32", "integers"],
+    );
+    let mut nan = vec![vec![0.5f32; 64]; 3];
+    nan[2][5] = f32::NAN;
+    write_corpus(&d.path().join("nan.parquet"), &nan, false);
+    expect_error(
+        &[
+            "build",
+            "--model",
+            &m,
+            "--corpus",
+            &p("nan.parquet"),
+            "--out",
+            &p("o9"),
+        ],
+        &["row 2", "non-finite", "--skip-non-finite"],
+    );
+    assert!(
+        !d.path().join("o9/manifest.json").exists(),
+        "no dataset marked complete"
+    );
+    let o = run(
+        "build",
+        &[
+            "build",
+            "--model",
+            &m,
+            "--corpus",
+            &p("nan.parquet"),
+            "--out",
+            &p("o10"),
+            "--skip-non-finite",
+            "--quiet",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let man: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(d.path().join("o10/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(man["totals"]["skipped_row_ids"], serde_json::json!([2]));
+    assert_eq!(man["totals"]["rows"], 2);
+    let v = run("inspect", &[&p("o10"), "--validate"], &[]);
+    assert!(v.status.success(), "{}", text(&v));
+    // An output directory holding something else.
+    fs::create_dir_all(d.path().join("o11")).unwrap();
+    fs::write(d.path().join("o11/notes.txt"), b"mine").unwrap();
+    expect_error(
+        &["build", "--model", &m, "--corpus", &c, "--out", &p("o11")],
+        &["not empty", "--overwrite"],
+    );
+    // ONNX Runtime missing.
+    let o = Command::new(env!("CARGO_BIN_EXE_logits-build"))
+        .args(["build", "--model", &m, "--corpus", &c, "--out", &p("o12")])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("fetch-ort.sh"), "{}", text(&o));
+}
+
+#[test]
+fn inspect_model_lists_capturable_tensors() {
+    let o = run("build", &["inspect-model", &model()], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    for w in [
+        "pixels",
+        "float32 [batch, 64]",
+        "logits",
+        "float32 [batch, 10]",
+        "hidden2",
+        "from Relu",
+    ] {
+        assert!(text(&o).contains(w), "{w}: {}", text(&o));
+    }
+    let sm = root().join("fixtures/digits/digits_teacher_softmax.onnx");
+    let o = run("build", &["inspect-model", sm.to_str().unwrap()], &[]);
+    assert!(text(&o).contains("softmax: probabilities"), "{}", text(&o));
+}
