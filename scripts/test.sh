@@ -46,4 +46,9 @@ target/debug/logits-build build --model fixtures/digits/digits_teacher_softmax.o
   -k 10 --temperatures 2 --feature h1=hidden1:int8 --rows-per-shard 100 --batch-size 17 --quiet
 "$py" scripts/check_build_oracle.py fixtures/digits/digits_teacher_softmax.onnx fixtures/digits/holdout.parquet "$out/digits_softmax"
 
+target/debug/logits-build build --model fixtures/tinylm/tiny_lm.onnx --tokenizer fixtures/tinylm/tokenizer.json \
+  --corpus fixtures/tinylm/holdout.jsonl --out "$out/tinylm" --window 64 --stride 48 -k 16 --temperatures 2 \
+  --sample 20 --feature h=hidden:f16 --feature hm=hidden:mean --rows-per-shard 20 --batch-size 8 --sessions 2 --quiet
+"$py" scripts/check_build_oracle.py fixtures/tinylm/tiny_lm.onnx fixtures/tinylm/holdout.jsonl "$out/tinylm" fixtures/tinylm/tokenizer.json
+
 step "all tests passed"

@@ -443,3 +443,88 @@ fn inspect_model_lists_capturable_tensors() {
     let o = run("build", &["inspect-model", sm.to_str().unwrap()], &[]);
     assert!(text(&o).contains("softmax: probabilities"), "{}", text(&o));
 }
+
+#[test]
+fn text_corpora_build_per_token_targets() {
+    let d = tempfile::tempdir().unwrap();
+    let lm = root().join("fixtures/tinylm");
+    let (m, tok, corpus) = (
+        lm.join("tiny_lm.onnx"),
+        lm.join("tokenizer.json"),
+        lm.join("holdout.jsonl"),
+    );
+    let out = d.path().join("lm");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "build",
+            "--model",
+            m.to_str().unwrap(),
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--window",
+            "32",
+            "-k",
+            "8",
+            "--values",
+            "int8",
+            "--feature",
+            "h=hidden:last",
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let a = args(&[]);
+    let o = run(
+        "build",
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v = run("inspect", &[out.to_str().unwrap(), "--validate"], &[]);
+    assert!(
+        v.status.success()
+            && text(&v).contains("per position")
+            && text(&v).contains("tokenizer   tokenizer.json (vocab 1000"),
+        "{}",
+        text(&v)
+    );
+    // Bad tokenizers: unreadable, and one whose vocabulary does not fit the model.
+    fs::write(d.path().join("bad.json"), b"{not json").unwrap();
+    let bad = d.path().join("bad.json").display().to_string();
+    expect_error(
+        &[
+            "build",
+            "--model",
+            m.to_str().unwrap(),
+            "--tokenizer",
+            &bad,
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--out",
+            &d.path().join("x").display().to_string(),
+        ],
+        &["bad.json", "cannot read the tokenizer"],
+    );
+    expect_error(
+        &[
+            "build",
+            "--model",
+            &model(),
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--out",
+            &d.path().join("y").display().to_string(),
+        ],
+        &["vocabulary (1000 ids) is larger", "10"],
+    );
+}

@@ -10,8 +10,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use logits_format::manifest::{FeatureEncoding, SampledSpec, ValueEncoding};
+use logits_format::manifest::{FeatureEncoding, Pooling, SampledSpec, ValueEncoding};
 use logits_format::writer::{CreateMode, WriteOptions};
+use logits_teacher::build::TextOptions;
 use logits_teacher::corpus::ColumnMap;
 use logits_teacher::{BuildOptions, FeatureRequest, TeacherModel};
 
@@ -47,9 +48,22 @@ struct BuildArgs {
     /// The ONNX teacher.
     #[arg(long)]
     model: PathBuf,
-    /// Corpus Parquet file(s), in row order.
+    /// Corpus file(s), in row order: Parquet tensor columns; or, with --tokenizer, text as
+    /// JSONL (.jsonl), Parquet (.parquet, column --text-field) or plain text (a document a line).
     #[arg(long, required = true, num_args = 1..)]
     corpus: Vec<PathBuf>,
+    /// A Hugging Face tokenizer.json: the corpus is text, targets are per token.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// JSONL field or Parquet column holding the text.
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    /// Tokens per window (text corpora).
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// Tokens between window starts (default: the window, no overlap).
+    #[arg(long)]
+    stride: Option<usize>,
     /// Output dataset directory.
     #[arg(long)]
     out: PathBuf,
@@ -86,7 +100,8 @@ struct BuildArgs {
     /// Seed of the sampled draws.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Capture a feature: NAME=TENSOR[:ENCODING] (encoding f32, f16 or int8).
+    /// Capture a feature: NAME=TENSOR[:ENCODING][:POOLING] (encoding f32, f16 or int8; pooling
+    /// of per-token tensors: none (per position), mean, first or last).
     #[arg(long = "feature", value_name = "NAME=TENSOR[:ENC]")]
     features: Vec<String>,
     /// Do not store the model inputs (restricted data: join by row id or input hash later).
@@ -185,6 +200,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn parse_pooling(s: &str) -> Option<Pooling> {
+    Some(match s {
+        "mean" => Pooling::Mean,
+        "first" => Pooling::First,
+        "last" => Pooling::Last,
+        "none" => Pooling::None,
+        _ => return None,
+    })
+}
+
 fn env_index() -> Option<u32> {
     ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"]
         .iter()
@@ -205,19 +230,26 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
     }
     let mut features = Vec::new();
     for f in &a.features {
-        let (name, rest) = f
-            .split_once('=')
-            .with_context(|| format!("--feature {f:?}: expected NAME=TENSOR[:ENCODING]"))?;
-        let (tensor, enc) = match rest.rsplit_once(':') {
-            Some((t, e)) if e.parse::<FeatureEncoding>().is_ok() => {
-                (t, e.parse::<FeatureEncoding>().map_err(anyhow::Error::msg)?)
+        let (name, rest) = f.split_once('=').with_context(|| {
+            format!("--feature {f:?}: expected NAME=TENSOR[:ENCODING][:POOLING]")
+        })?;
+        // Tensor names may contain ':' themselves: peel known suffixes from the right.
+        let (mut tensor, mut encoding, mut pooling) = (rest, FeatureEncoding::F32, Pooling::None);
+        while let Some((t, tail)) = tensor.rsplit_once(':') {
+            if let Ok(e) = tail.parse::<FeatureEncoding>() {
+                encoding = e;
+            } else if let Some(p) = parse_pooling(tail) {
+                pooling = p;
+            } else {
+                break;
             }
-            _ => (rest, FeatureEncoding::F32),
-        };
+            tensor = t;
+        }
         features.push(FeatureRequest {
             name: name.into(),
             tensor: tensor.into(),
-            encoding: enc,
+            encoding,
+            pooling,
         });
     }
     let adaptive = match &a.adaptive_k {
@@ -252,6 +284,12 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
     let opts = BuildOptions {
         model: a.model,
         corpus: a.corpus,
+        text: a.tokenizer.map(|t| TextOptions {
+            tokenizer: t,
+            field: a.text_field.clone(),
+            window: a.window,
+            stride: a.stride.unwrap_or(a.window),
+        }),
         columns,
         out: a.out.clone(),
         target: a.target,
@@ -319,6 +357,7 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
         "seconds": report.seconds,
         "rows_per_second": report.rows_written as f64 / report.seconds.max(1e-9),
         "committed": report.manifest.is_some(),
+        "peak_rss_bytes": report.peak_rss_bytes,
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

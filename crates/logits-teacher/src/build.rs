@@ -29,6 +29,7 @@ use rayon::prelude::*;
 use crate::corpus::{ColumnMap, CorpusBatch, Flat, TensorCorpus};
 use crate::error::{Result, TeacherError};
 use crate::teacher::TeacherModel;
+use crate::text::{TextCorpus, TextSource, Window};
 
 /// A feature to capture.
 #[derive(Debug, Clone)]
@@ -39,6 +40,21 @@ pub struct FeatureRequest {
     pub tensor: String,
     /// Storage encoding.
     pub encoding: FeatureEncoding,
+    /// For per-token tensors of language models: pool over real tokens, or keep per position.
+    pub pooling: Pooling,
+}
+
+/// Text corpus options (language-model teachers).
+#[derive(Debug, Clone)]
+pub struct TextOptions {
+    /// The Hugging Face `tokenizer.json`.
+    pub tokenizer: PathBuf,
+    /// JSONL field or Parquet column holding the text.
+    pub field: String,
+    /// Tokens per window.
+    pub window: usize,
+    /// Tokens between window starts.
+    pub stride: usize,
 }
 
 /// Everything a build needs.
@@ -46,8 +62,10 @@ pub struct FeatureRequest {
 pub struct BuildOptions {
     /// The ONNX teacher.
     pub model: PathBuf,
-    /// Corpus Parquet files, in row-id order.
+    /// Corpus files, in row-id order.
     pub corpus: Vec<PathBuf>,
+    /// Text corpus options; None: the corpus is Parquet tensor columns.
+    pub text: Option<TextOptions>,
     /// Column mapping.
     pub columns: ColumnMap,
     /// Output dataset directory.
@@ -101,6 +119,7 @@ impl Default for BuildOptions {
         BuildOptions {
             model: PathBuf::new(),
             corpus: vec![],
+            text: None,
             columns: ColumnMap::default(),
             out: PathBuf::new(),
             target: None,
@@ -147,6 +166,16 @@ pub struct BuildReport {
     pub seconds: f64,
     /// The manifest, when this run committed the dataset.
     pub manifest: Option<Manifest>,
+    /// Peak resident memory of the process so far (Linux; None elsewhere).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Peak resident set size of this process (VmHWM), where /proc tells it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn dtype_of(e: ElemType) -> Option<DType> {
@@ -186,6 +215,58 @@ fn tensor_info(t: &logits_onnx::TensorSummary) -> TensorInfo {
     }
 }
 
+/// The corpus, of either kind.
+enum Source {
+    Tensor(TensorCorpus),
+    Text(Box<TextCorpus>),
+}
+
+/// A batch of corpus rows, of either kind.
+enum Payload {
+    Tensor(CorpusBatch),
+    Text(Vec<Window>),
+}
+
+impl Source {
+    fn rows(&self) -> u64 {
+        match self {
+            Source::Tensor(c) => c.rows(),
+            Source::Text(c) => c.rows(),
+        }
+    }
+
+    fn fingerprint(&self) -> Result<(Vec<Source_>, String)> {
+        match self {
+            Source::Tensor(c) => c.fingerprint(),
+            Source::Text(c) => c.fingerprint(),
+        }
+    }
+
+    fn read_each(
+        &self,
+        range: std::ops::Range<u64>,
+        batch: usize,
+        mut each: impl FnMut(Payload) -> bool,
+    ) -> Result<()> {
+        match self {
+            Source::Tensor(c) => c.read_each(range, batch, |b| each(Payload::Tensor(b))),
+            Source::Text(c) => c.read_each(range, batch, |w| each(Payload::Text(w))),
+        }
+    }
+}
+
+type Source_ = logits_format::manifest::Source;
+
+/// How a language model's inputs are fed from token windows.
+#[derive(Debug, Clone)]
+struct TextPlan {
+    ids: String,
+    mask: Option<String>,
+    positions: Option<String>,
+    zeros: Vec<String>,
+    pad: i64,
+}
+
 /// One model input as the pipeline feeds it.
 #[derive(Debug, Clone)]
 struct InputPlan {
@@ -209,6 +290,7 @@ struct Plan {
     features: Vec<(FeatureRequest, usize)>,
     store_inputs: bool,
     skip_non_finite: bool,
+    text: Option<TextPlan>,
 }
 
 /// Runs a build (or this worker's part of it), committing the manifest when every shard of
@@ -247,7 +329,34 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
         .iter()
         .map(|i| i.name.clone())
         .collect();
-    let corpus = TensorCorpus::open(&o.corpus, &input_names, &o.columns)?;
+    let corpus = match &o.text {
+        None => Source::Tensor(TensorCorpus::open(&o.corpus, &input_names, &o.columns)?),
+        Some(t) => {
+            let srcs: Vec<TextSource> = o
+                .corpus
+                .iter()
+                .map(|p| TextSource::guess(p, &t.field))
+                .collect();
+            let c = TextCorpus::open(&srcs, &t.tokenizer, t.window, t.stride)?;
+            if c.vocab_size() as u64 > axis {
+                return Err(TeacherError::Options(format!(
+                    "{}: the tokenizer's vocabulary ({} ids) is larger than output {:?}'s axis ({axis}): is this the model's tokenizer?",
+                    t.tokenizer.display(),
+                    c.vocab_size(),
+                    target.name
+                )));
+            }
+            if target.shape.as_ref().map(|s| s.len()) != Some(3) {
+                return Err(TeacherError::Options(format!(
+                    "{}: per-token targets need an output [batch, sequence, vocabulary]; {:?} is {}",
+                    o.model.display(),
+                    target.name,
+                    target.describe()
+                )));
+            }
+            Source::Text(Box::new(c))
+        }
+    };
     let rows = corpus.rows();
     if rows == 0 {
         return Err(TeacherError::Corpus {
@@ -257,47 +366,109 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
     }
     let mut inputs = Vec::new();
     let mut input_specs = Vec::new();
-    for i in &teacher.summary.inputs {
-        let elem = i.elem.ok_or_else(|| {
-            TeacherError::Options(format!(
-                "{}: input {:?} has no declared type",
-                o.model.display(),
-                i.name
-            ))
-        })?;
-        let float = match elem {
-            ElemType::Float32 => true,
-            ElemType::Int64 => false,
-            other => {
+    let mut text_plan = None;
+    if let Source::Text(tc) = &corpus {
+        let ints: Vec<&logits_onnx::TensorSummary> = teacher
+            .summary
+            .inputs
+            .iter()
+            .filter(|i| i.elem == Some(ElemType::Int64))
+            .collect();
+        let ids = teacher
+            .summary
+            .inputs
+            .iter()
+            .find(|i| i.name == "input_ids")
+            .or(ints.first().copied())
+            .ok_or_else(|| {
+                TeacherError::Options(format!(
+                    "{}: no int64 input to take token ids (inputs: {})",
+                    o.model.display(),
+                    input_names.join(", ")
+                ))
+            })?;
+        let mut plan = TextPlan {
+            ids: ids.name.clone(),
+            mask: None,
+            positions: None,
+            zeros: vec![],
+            pad: tc.pad_id() as i64,
+        };
+        for i in &teacher.summary.inputs {
+            if i.name == ids.name {
+                continue;
+            }
+            if i.elem != Some(ElemType::Int64) {
                 return Err(TeacherError::Options(format!(
-                    "{}: input {:?} is {}; logits-build feeds float32 and int64 inputs",
+                    "{}: input {:?} is {} and cannot be fed from text (token models take int64 inputs)",
                     o.model.display(),
                     i.name,
-                    other.name()
+                    i.describe()
                 )));
             }
-        };
-        let dims = i.shape.clone().unwrap_or_default();
-        let row_dims: Option<Vec<usize>> = dims
-            .iter()
-            .skip(1)
-            .map(|d| match d {
-                ODim::Fixed(n) if *n >= 0 => Some(*n as usize),
-                _ => None,
-            })
-            .collect();
+            match i.name.as_str() {
+                "attention_mask" => plan.mask = Some(i.name.clone()),
+                "position_ids" => plan.positions = Some(i.name.clone()),
+                "token_type_ids" => plan.zeros.push(i.name.clone()),
+                other => {
+                    return Err(TeacherError::Options(format!(
+                        "{}: input {other:?} cannot be fed from text (known: input_ids, attention_mask, position_ids, token_type_ids)",
+                        o.model.display()
+                    )));
+                }
+            }
+        }
         input_specs.push(InputSpec {
-            name: i.name.clone(),
-            column: format!("in_{}", sanitize_column(&i.name)),
-            dtype: dtype_of(elem).unwrap_or(DType::Float32),
-            stored: if float { DType::Float32 } else { DType::Int64 },
-            shape: tensor_info(i).shape.into_iter().skip(1).collect(),
+            name: ids.name.clone(),
+            column: format!("in_{}", sanitize_column(&ids.name)),
+            dtype: DType::Int64,
+            stored: DType::Uint32,
+            shape: vec![Dim::Named("sequence".into())],
         });
-        inputs.push(InputPlan {
-            name: i.name.clone(),
-            float,
-            row_dims,
-        });
+        text_plan = Some(plan);
+    } else {
+        for i in &teacher.summary.inputs {
+            let elem = i.elem.ok_or_else(|| {
+                TeacherError::Options(format!(
+                    "{}: input {:?} has no declared type",
+                    o.model.display(),
+                    i.name
+                ))
+            })?;
+            let float = match elem {
+                ElemType::Float32 => true,
+                ElemType::Int64 => false,
+                other => {
+                    return Err(TeacherError::Options(format!(
+                        "{}: input {:?} is {}; logits-build feeds float32 and int64 inputs",
+                        o.model.display(),
+                        i.name,
+                        other.name()
+                    )));
+                }
+            };
+            let dims = i.shape.clone().unwrap_or_default();
+            let row_dims: Option<Vec<usize>> = dims
+                .iter()
+                .skip(1)
+                .map(|d| match d {
+                    ODim::Fixed(n) if *n >= 0 => Some(*n as usize),
+                    _ => None,
+                })
+                .collect();
+            input_specs.push(InputSpec {
+                name: i.name.clone(),
+                column: format!("in_{}", sanitize_column(&i.name)),
+                dtype: dtype_of(elem).unwrap_or(DType::Float32),
+                stored: if float { DType::Float32 } else { DType::Int64 },
+                shape: tensor_info(i).shape.into_iter().skip(1).collect(),
+            });
+            inputs.push(InputPlan {
+                name: i.name.clone(),
+                float,
+                row_dims,
+            });
+        }
     }
     let mut feature_specs = Vec::new();
     let mut features = Vec::new();
@@ -315,10 +486,12 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
             .chain(teacher.summary.outputs.iter())
             .find(|t| t.name == f.tensor)
             .and_then(|t| t.shape.clone());
-        // Per-example features: every dim after the batch axis must be fixed to know the width.
+        // Every dim after the batch axis (after the sequence axis, for token models) must be
+        // fixed to know the width.
+        let skip = if text_plan.is_some() { 2 } else { 1 };
         let width: Option<Vec<u64>> = declared.as_ref().and_then(|s| {
             s.iter()
-                .skip(1)
+                .skip(skip)
                 .map(|d| match d {
                     ODim::Fixed(n) if *n > 0 => Some(*n as u64),
                     _ => None,
@@ -329,23 +502,34 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
             Some(w) if !w.is_empty() => w,
             _ => {
                 return Err(TeacherError::Options(format!(
-                    "{}: feature tensor {:?} has no fully known per-example shape in the graph ({}); per-example features need fixed dims after the batch axis",
+                    "{}: feature tensor {:?} has no fully known shape after the {} axis in the graph ({})",
                     o.model.display(),
                     f.tensor,
+                    if skip == 2 { "sequence" } else { "batch" },
                     declared
                         .map(|s| format!("{s:?}"))
                         .unwrap_or_else(|| "undeclared".into())
                 )));
             }
         };
+        if text_plan.is_none() && f.pooling != Pooling::None {
+            return Err(TeacherError::Options(format!(
+                "feature {:?}: pooling applies to per-token tensors of text corpora only",
+                f.name
+            )));
+        }
         let spec = FeatureSpec {
             name: f.name.clone(),
             tensor: f.tensor.clone(),
             column: format!("feat_{}", f.name),
-            granularity: Granularity::Example,
+            granularity: if text_plan.is_some() && f.pooling == Pooling::None {
+                Granularity::Position
+            } else {
+                Granularity::Example
+            },
             shape,
             encoding: f.encoding,
-            pooling: Pooling::None,
+            pooling: f.pooling,
         };
         features.push((f.clone(), spec.width()));
         feature_specs.push(spec);
@@ -372,12 +556,16 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
             outputs: teacher.summary.outputs.iter().map(tensor_info).collect(),
         },
         row_keys: RowKeys {
-            user_id: o.columns.id.is_some(),
+            user_id: o.columns.id.is_some() && text_plan.is_none(),
             input_hash: Some("sha256-v1".into()),
         },
         targets: Some(TargetSpec {
             output: target.name.clone(),
-            granularity: Granularity::Example,
+            granularity: if text_plan.is_some() {
+                Granularity::Position
+            } else {
+                Granularity::Example
+            },
             axis_size: axis,
             output_is_probability: kind != OutputKind::Logits,
             ids: IdEncoding::for_axis(axis),
@@ -395,26 +583,44 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
         }),
         features: feature_specs,
         inputs: if o.store_inputs { input_specs } else { vec![] },
-        labels: o.columns.label.as_ref().map(|_| LabelSpec {
-            column: "label".into(),
-            kind: LabelKind::Class,
-            num_classes: axis,
-            names: vec![],
-        }),
+        labels: o
+            .columns
+            .label
+            .as_ref()
+            .filter(|_| text_plan.is_none())
+            .map(|_| LabelSpec {
+                column: "label".into(),
+                kind: LabelKind::Class,
+                num_classes: axis,
+                names: vec![],
+            }),
         corpus: Corpus {
             sources,
             fingerprint,
             rows,
             split: o.split.clone(),
             holdout_from: o.holdout_from,
-            options: serde_json::json!({
-                "kind": "parquet-tensors",
-                "inputs": corpus.mapping,
-                "label": o.columns.label,
-                "id": o.columns.id,
-            }),
+            options: match (&corpus, &o.text) {
+                (Source::Tensor(c), _) => serde_json::json!({
+                    "kind": "parquet-tensors",
+                    "inputs": c.mapping,
+                    "label": o.columns.label,
+                    "id": o.columns.id,
+                }),
+                (Source::Text(_), Some(t)) => serde_json::json!({
+                    "kind": "text",
+                    "field": t.field,
+                    "window": t.window,
+                    "stride": t.stride,
+                    "special_tokens": "as the tokenizer's post-processor adds them",
+                }),
+                (Source::Text(_), None) => serde_json::Value::Null,
+            },
         },
-        tokenizer: None,
+        tokenizer: match &corpus {
+            Source::Text(c) => Some(c.tokenizer_entry()?),
+            Source::Tensor(_) => None,
+        },
         license: License {
             terms: o.license.clone(),
             notes: None,
@@ -464,6 +670,7 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
         features,
         store_inputs: o.store_inputs,
         skip_non_finite: o.skip_non_finite,
+        text: text_plan,
     });
     let (written, skipped) = run_pipeline(o, &plan, &corpus, &todo, &mut w, total_rows, progress)?;
     let manifest = if o.worker.is_none() || w.completed().len() as u32 == plan_shards {
@@ -484,6 +691,7 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
         rows_skipped: skipped,
         seconds: t0.elapsed().as_secs_f64(),
         manifest,
+        peak_rss_bytes: peak_rss_bytes(),
     })
 }
 
@@ -512,7 +720,7 @@ pub fn merge(out: &std::path::Path, plan_shards: Option<u32>) -> Result<Manifest
 struct Job {
     shard: u32,
     seq: u32,
-    batch: CorpusBatch,
+    batch: Payload,
 }
 
 type Done = (u32, u32, Result<(RowBatch, Vec<u64>)>);
@@ -520,7 +728,7 @@ type Done = (u32, u32, Result<(RowBatch, Vec<u64>)>);
 fn run_pipeline(
     o: &BuildOptions,
     plan: &Arc<Plan>,
-    corpus: &TensorCorpus,
+    corpus: &Source,
     todo: &[u32],
     w: &mut DatasetWriter,
     total_rows: u64,
@@ -575,7 +783,10 @@ fn run_pipeline(
                         Err(_) => return,
                     };
                     let Ok(job) = job else { return };
-                    let out = process(&plan, &mut session, job.batch);
+                    let out = match job.batch {
+                        Payload::Tensor(b) => process(&plan, &mut session, b),
+                        Payload::Text(w) => process_text(&plan, &mut session, w),
+                    };
                     if tx.send((job.shard, job.seq, out)).is_err() {
                         return;
                     }
@@ -908,6 +1119,225 @@ fn process(
     }
     if let Some(ids) = &b.ids {
         out.user_ids = Some(kept_rows.iter().map(|&r| ids[r].clone()).collect());
+    }
+    Ok((out, skipped))
+}
+
+/// Runs one batch of token windows through a language-model teacher: per-position targets for
+/// every real token, per-position or pooled features.
+fn process_text(
+    plan: &Plan,
+    session: &mut ort::session::Session,
+    windows: Vec<Window>,
+) -> Result<(RowBatch, Vec<u64>)> {
+    let tp = plan
+        .text
+        .as_ref()
+        .ok_or_else(|| TeacherError::Pipeline("text batch without a text plan".into()))?;
+    let sess_err = |e: String| TeacherError::Session {
+        model: plan.teacher.path.clone(),
+        message: e,
+    };
+    let n = windows.len();
+    let lens: Vec<usize> = windows.iter().map(|w| w.ids.len()).collect();
+    let l = lens.iter().copied().max().unwrap_or(0).max(1);
+    let mut ids = vec![tp.pad; n * l];
+    let mut mask = vec![0i64; n * l];
+    for (r, w) in windows.iter().enumerate() {
+        for (p, &t) in w.ids.iter().enumerate() {
+            ids[r * l + p] = t as i64;
+            mask[r * l + p] = 1;
+        }
+    }
+    let tensor = |v: Vec<i64>| -> Result<ort::session::SessionInputValue<'static>> {
+        let a = ndarray::Array2::from_shape_vec((n, l), v)
+            .map_err(|e| TeacherError::Pipeline(e.to_string()))?;
+        Ok(ort::value::Tensor::from_array(a)
+            .map_err(|e| sess_err(e.to_string()))?
+            .into())
+    };
+    let mut values = vec![(tp.ids.clone(), tensor(ids)?)];
+    if let Some(m) = &tp.mask {
+        values.push((m.clone(), tensor(mask)?));
+    }
+    if let Some(p) = &tp.positions {
+        values.push((
+            p.clone(),
+            tensor((0..n).flat_map(|_| 0..l as i64).collect())?,
+        ));
+    }
+    for z in &tp.zeros {
+        values.push((z.clone(), tensor(vec![0; n * l])?));
+    }
+    let outputs = session.run(values).map_err(|e| sess_err(e.to_string()))?;
+    let extract = |name: &str| -> Result<(Vec<i64>, Vec<f32>)> {
+        let v = outputs
+            .get(name)
+            .ok_or_else(|| sess_err(format!("no output {name:?}")))?;
+        let (shape, data) = v
+            .try_extract_tensor::<f32>()
+            .map_err(|e| sess_err(format!("output {name:?}: {e}")))?;
+        Ok((shape.iter().copied().collect(), data.to_vec()))
+    };
+    let (shape, mut logits) = extract(&plan.target)?;
+    if shape != [n as i64, l as i64, plan.axis as i64] {
+        return Err(sess_err(format!(
+            "output {:?} has shape {shape:?}; expected [{n}, {l}, {}]",
+            plan.target, plan.axis
+        )));
+    }
+    if plan.kind == OutputKind::Softmax {
+        for x in &mut logits {
+            *x = x.max(f32::from_bits(1)).ln();
+        }
+    }
+    let mut feats = Vec::new();
+    for (f, width) in &plan.features {
+        let (_, data) = extract(&f.tensor)?;
+        if data.len() != n * l * width {
+            return Err(sess_err(format!(
+                "feature {:?} gave {} values for [{n}, {l}] positions of width {width}",
+                f.tensor,
+                data.len()
+            )));
+        }
+        feats.push(data);
+    }
+    drop(outputs);
+    let cells: Vec<(usize, usize)> = (0..n)
+        .flat_map(|r| (0..lens[r]).map(move |p| (r, p)))
+        .collect();
+    let computed: Vec<_> = cells
+        .par_iter()
+        .map(|&(r, p)| {
+            let z = &logits[(r * l + p) * plan.axis..(r * l + p + 1) * plan.axis];
+            let t = position_targets(z, plan.k, plan.adaptive, &plan.temps);
+            let s = match (&t, &plan.sample) {
+                (Some(_), Some(rule)) => {
+                    let seed = rule.seed
+                        ^ windows[r].row_id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        ^ (p as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                    Some(sample_counts(z, rule.temperature, rule.draws, &mut rng))
+                }
+                _ => None,
+            };
+            (t, s)
+        })
+        .collect();
+    let mut bad = vec![None; n];
+    for (&(r, p), (t, _)) in cells.iter().zip(&computed) {
+        if t.is_none() && bad[r].is_none() {
+            bad[r] = Some(p);
+        }
+    }
+    for (fi, (_, width)) in plan.features.iter().enumerate() {
+        for &(r, p) in &cells {
+            let at = (r * l + p) * width;
+            if bad[r].is_none() && feats[fi][at..at + width].iter().any(|x| !x.is_finite()) {
+                bad[r] = Some(p);
+            }
+        }
+    }
+    if !plan.skip_non_finite
+        && let Some((r, p)) = bad.iter().enumerate().find_map(|(r, b)| b.map(|p| (r, p)))
+    {
+        return Err(TeacherError::NonFinite {
+            row_id: windows[r].row_id,
+            tensor: format!("{} (position {p})", plan.target),
+            value: f32::NAN,
+        });
+    }
+    let mut out = RowBatch::default();
+    let mut skipped = Vec::new();
+    let mut t = Targets {
+        row_positions: vec![0],
+        topk: Some(TopKEntries {
+            offsets: vec![0],
+            ..Default::default()
+        }),
+        sampled: plan.sample.as_ref().map(|_| SampledEntries {
+            offsets: vec![0],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut input = InputValues {
+        offsets: vec![0],
+        values: TensorValues::U32(vec![]),
+    };
+    let mut fvals: Vec<FeatureValues> = plan
+        .features
+        .iter()
+        .map(|_| FeatureValues {
+            row_positions: vec![0],
+            values: vec![],
+        })
+        .collect();
+    let mut hashes = Vec::new();
+    let mut cell = 0;
+    for (r, w) in windows.iter().enumerate() {
+        let here = cell..cell + lens[r];
+        cell += lens[r];
+        if bad[r].is_some() {
+            skipped.push(w.row_id);
+            continue;
+        }
+        out.row_ids.push(w.row_id);
+        for (pt, s) in &computed[here] {
+            let Some(pt) = pt else { continue };
+            if let Some(k) = t.topk.as_mut() {
+                k.ids.extend(&pt.ids);
+                k.logits.extend(&pt.logits);
+                k.offsets.push(k.ids.len());
+            }
+            t.logz.push(pt.logz);
+            t.logz_temps.extend(&pt.logz_temps);
+            if let (Some(se), Some((ids, counts))) = (t.sampled.as_mut(), s) {
+                se.ids.extend(ids);
+                se.counts.extend(counts);
+                se.offsets.push(se.ids.len());
+            }
+        }
+        t.row_positions.push(t.logz.len());
+        if let TensorValues::U32(v) = &mut input.values {
+            v.extend_from_slice(&w.ids);
+        }
+        input.offsets.push(input.values.len());
+        let bytes: Vec<u8> = w.ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+        hashes.push(input_hash_v1(&[(tp.ids.as_str(), bytes, w.ids.len())]));
+        for (fi, (f, width)) in plan.features.iter().enumerate() {
+            let fv = &mut fvals[fi];
+            let row = &feats[fi][r * l * width..(r * l + lens[r]) * width];
+            match f.pooling {
+                Pooling::None => {
+                    fv.values.extend_from_slice(row);
+                    let last = *fv.row_positions.last().unwrap_or(&0);
+                    fv.row_positions.push(last + lens[r]);
+                }
+                pooling => {
+                    let pooled: Vec<f32> = match pooling {
+                        Pooling::First => row[..*width].to_vec(),
+                        Pooling::Last => row[row.len() - width..].to_vec(),
+                        _ => (0..*width)
+                            .map(|j| {
+                                row.iter().skip(j).step_by(*width).sum::<f32>() / lens[r] as f32
+                            })
+                            .collect(),
+                    };
+                    fv.values.extend(pooled);
+                    fv.row_positions.push(fv.row_positions.len());
+                }
+            }
+        }
+    }
+    out.targets = Some(t);
+    if plan.store_inputs {
+        out.inputs.insert(tp.ids.clone(), input);
+    }
+    out.input_hashes = Some(hashes);
+    for ((f, _), fv) in plan.features.iter().zip(fvals) {
+        out.features.insert(f.name.clone(), fv);
     }
     Ok((out, skipped))
 }

@@ -22,6 +22,7 @@ pub mod corpus;
 pub mod error;
 pub mod runtime;
 pub mod teacher;
+pub mod text;
 
 pub use build::{BuildOptions, BuildReport, FeatureRequest, build, merge};
 pub use error::{Result, TeacherError};
