@@ -2,6 +2,11 @@
 //! model, batch size and threads, measured in the same run; and peak RSS of the build for a
 //! corpus 1x and 10x as large.
 //!
+//! Two teachers: the digits classifier fixture (per example), and a random language model with
+//! a 32,000-entry output axis (per token; made at run time by
+//! `scripts/make_tiny_lm_fixture.py --bench-model`, so the Python fixture environment is
+//! needed), where top-k and logZ over the vocabulary cost real time.
+//!
 //! Run: `cargo bench --bench build` (ONNX Runtime from ORT_DYLIB_PATH or scripts/fetch-ort.sh's
 //! cache). Figures are recorded in BENCHMARKS.md.
 
@@ -96,6 +101,18 @@ fn build(
     sessions: usize,
     threads: usize,
 ) -> (f64, f64) {
+    build_with(model, corpus, out, batch, sessions, threads, &[])
+}
+
+fn build_with(
+    model: &Path,
+    corpus: &Path,
+    out: &Path,
+    batch: usize,
+    sessions: usize,
+    threads: usize,
+    extra: &[&str],
+) -> (f64, f64) {
     let o = Command::new(env!("CARGO_BIN_EXE_logits-build"))
         .args([
             "build",
@@ -106,16 +123,13 @@ fn build(
             "--out",
             out.to_str().expect("utf8"),
         ])
-        .args([
-            "-k",
-            "5",
-            "--temperatures",
-            "2,4",
-            "--rows-per-shard",
-            "50000",
-            "--json",
-            "--overwrite",
-        ])
+        .args(extra)
+        .args(if extra.contains(&"-k") {
+            vec![]
+        } else {
+            vec!["-k", "5", "--temperatures", "2,4"]
+        })
+        .args(["--rows-per-shard", "50000", "--json", "--overwrite"])
         .args([
             "--batch-size",
             &batch.to_string(),
@@ -132,6 +146,150 @@ fn build(
         v["rows_per_second"].as_f64().unwrap_or(0.0),
         v["peak_rss_bytes"].as_f64().unwrap_or(0.0),
     )
+}
+
+/// Bare ONNX Runtime over pre-made token windows, padded per batch as the build pads them.
+fn bare_lm(
+    model: &Path,
+    windows: &[Vec<u32>],
+    batch: usize,
+    sessions: usize,
+    threads: usize,
+) -> f64 {
+    let teacher = logits_teacher::TeacherModel::open(model, &[]).expect("model");
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..sessions {
+            let teacher = &teacher;
+            s.spawn(move || {
+                let mut sess = teacher.session(threads).expect("session");
+                let mut at = w * batch;
+                while at < windows.len() {
+                    let chunk = &windows[at..(at + batch).min(windows.len())];
+                    let l = chunk.iter().map(Vec::len).max().unwrap_or(1);
+                    let mut ids = ndarray::Array2::<i64>::zeros((chunk.len(), l));
+                    let mut mask = ndarray::Array2::<i64>::zeros((chunk.len(), l));
+                    for (r, w) in chunk.iter().enumerate() {
+                        for (p, &t) in w.iter().enumerate() {
+                            ids[[r, p]] = t as i64;
+                            mask[[r, p]] = 1;
+                        }
+                    }
+                    let ids = ort::value::Tensor::from_array(ids).expect("ids");
+                    let mask = ort::value::Tensor::from_array(mask).expect("mask");
+                    let out = sess
+                        .run(ort::inputs!["input_ids" => ids, "attention_mask" => mask])
+                        .expect("run");
+                    let (_, logits) = out["logits"].try_extract_tensor::<f32>().expect("logits");
+                    std::hint::black_box(logits);
+                    at += sessions * batch;
+                }
+            });
+        }
+    });
+    windows.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+fn lm(root: &Path, tmp: &Path) {
+    let py = Command::new(root.join("scripts/pyenv.sh"))
+        .arg(root.join("scripts/requirements-fixtures.txt"))
+        .output()
+        .expect("pyenv");
+    let py = String::from_utf8_lossy(&py.stdout).trim().to_string();
+    let model = tmp.join("bench_lm.onnx");
+    let ok = Command::new(&py)
+        .args([
+            root.join("scripts/make_tiny_lm_fixture.py")
+                .to_str()
+                .expect("utf8"),
+            "--bench-model",
+            model.to_str().expect("utf8"),
+            "--axis",
+            "32000",
+            "--dim",
+            "256",
+        ])
+        .status()
+        .expect("make bench model");
+    assert!(ok.success());
+    let tok = root.join("fixtures/tinylm/tokenizer.json");
+    let src = std::fs::read_to_string(root.join("fixtures/tinylm/train.jsonl")).expect("corpus");
+    let c1 = tmp.join("lm_x1.jsonl");
+    let c10 = tmp.join("lm_x10.jsonl");
+    std::fs::write(&c1, &src).expect("write");
+    std::fs::write(&c10, src.repeat(10)).expect("write");
+    let (window, batch) = (128usize, 16usize);
+    let corpus = logits_teacher::text::TextCorpus::open(
+        &[logits_teacher::text::TextSource::guess(&c1, "text")],
+        &tok,
+        window,
+        window,
+    )
+    .expect("text corpus");
+    let mut windows = Vec::new();
+    corpus
+        .read_each(0..corpus.rows(), 1024, |b| {
+            windows.extend(b.into_iter().map(|w| w.ids));
+            true
+        })
+        .expect("read");
+    let positions: usize = windows.iter().map(Vec::len).sum();
+    println!(
+        "\nper-token: random LM (hidden 256, output axis 32,000), {} windows of <= {window} tokens ({positions} positions), k=32, int8 values, batch {batch}",
+        windows.len()
+    );
+    println!(
+        "{:>9} {:>8} {:>14} {:>14} {:>7}",
+        "sessions", "threads", "bare ORT r/s", "build r/s", "ratio"
+    );
+    let args = [
+        "--tokenizer",
+        tok.to_str().expect("utf8"),
+        "--window",
+        "128",
+        "--values",
+        "int8",
+        "-k",
+        "32",
+    ];
+    for (sessions, threads) in [(1, 1), (1, 2), (2, 1)] {
+        let _ = bare_lm(
+            &model,
+            &windows[..windows.len().min(64)],
+            batch,
+            sessions,
+            threads,
+        );
+        let bare = (0..2)
+            .map(|_| bare_lm(&model, &windows, batch, sessions, threads))
+            .fold(0.0, f64::max);
+        let b = (0..2)
+            .map(|_| {
+                build_with(
+                    &model,
+                    &c1,
+                    &tmp.join("lm"),
+                    batch,
+                    sessions,
+                    threads,
+                    &args,
+                )
+                .0
+            })
+            .fold(0.0, f64::max);
+        println!(
+            "{sessions:>9} {threads:>8} {bare:>14.1} {b:>14.1} {:>7.3}",
+            b / bare
+        );
+    }
+    let (_, rss1) = build_with(&model, &c1, &tmp.join("lm1"), batch, 1, 2, &args);
+    let (_, rss10) = build_with(&model, &c10, &tmp.join("lm10"), batch, 1, 2, &args);
+    println!(
+        "peak RSS: 1x {:.1} MiB, 10x {:.1} MiB, growth {:.3}x (target <= 1.1x)",
+        rss1 / 1048576.0,
+        rss10 / 1048576.0,
+        rss10 / rss1
+    );
 }
 
 fn main() {
@@ -183,4 +341,5 @@ fn main() {
         rss10 / 1048576.0,
         rss10 / rss1
     );
+    lm(root, dir.path());
 }

@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# The demo (README: "the demo on bundled fixtures"). At this stage of the project it shows the
-# dataset format: it writes a synthetic per-token dataset through the library, then inspects and
-# validates it with logits-inspect. It grows into build -> train -> evaluate as those land.
+# The demo (README: "the demo on bundled fixtures"). At this stage of the project: the teacher
+# pass on the digits fixture (a real classifier trained on scikit-learn's digits), then the
+# dataset inspected and validated. Training, evaluation and export join as they land.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+ORT_DYLIB_PATH="$(scripts/fetch-ort.sh)"
+export ORT_DYLIB_PATH
 out="${1:-$root/.cache/demo}"
-cargo build --release --quiet --bin logits-inspect -p logits-format --examples
+cargo build --release --quiet --bin logits-build --bin logits-inspect
 rm -rf "$out"
 mkdir -p "$out"
-target/release/examples/write_interop "$out" >/dev/null
-target/release/logits-inspect "$out/position_int8" --validate
+echo "== the teacher =="
+target/release/logits-build inspect-model fixtures/digits/digits_teacher.onnx
+echo
+echo "== logits-build: teacher pass over the training corpus =="
+target/release/logits-build build --model fixtures/digits/digits_teacher.onnx \
+  --corpus fixtures/digits/train.parquet --label-column label --id-column id \
+  --out "$out/digits" -k 5 --temperatures 2,4 --feature penult=hidden2:f16 \
+  --license "digits fixture: scikit-learn's bundled copy of the UCI digits data (CC BY 4.0)"
+echo
+echo "== logits-inspect --validate =="
+target/release/logits-inspect "$out/digits" --validate

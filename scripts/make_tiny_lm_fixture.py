@@ -12,6 +12,9 @@
   The trained GPT-2-style teacher for distillation quality is a separate fixture.
 
 Usage: PY=$(scripts/pyenv.sh scripts/requirements-fixtures.txt); $PY scripts/make_tiny_lm_fixture.py
+       $PY scripts/make_tiny_lm_fixture.py --bench-model OUT.onnx [--axis 32000] [--dim 256]
+The second form writes only a random benchmark model of the same shape of graph, taking ids of
+the fixture tokenizer and giving logits over `axis` entries (not committed; benchmarks only).
 """
 import hashlib
 import importlib
@@ -60,7 +63,46 @@ def documents():
     return docs
 
 
+def lm_model(vocab_in, dim, axis, path):
+    w = np.random.default_rng(SEED)
+    emb = (w.normal(size=(vocab_in, dim)) * 0.5 / np.sqrt(dim / 32)).astype(np.float32)
+    head = (w.normal(size=(dim, axis)) * 1.5 / np.sqrt(dim / 32)).astype(np.float32)
+    bias = (w.normal(size=(axis,)) * 0.5).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["embedding", "input_ids"], ["emb"], axis=0),
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["maskf", "axis_last"], ["mask3"]),
+        helper.make_node("Mul", ["emb", "mask3"], ["emb_masked"]),
+        helper.make_node("CumSum", ["emb_masked", "axis_seq"], ["running"]),
+        helper.make_node("Tanh", ["running"], ["hidden"]),
+        helper.make_node("MatMul", ["hidden", "head"], ["scores"]),
+        helper.make_node("Add", ["scores", "bias"], ["logits"]),
+    ]
+    inits = [numpy_helper.from_array(emb, "embedding"), numpy_helper.from_array(head, "head"),
+             numpy_helper.from_array(bias, "bias"),
+             numpy_helper.from_array(np.array([-1], dtype=np.int64), "axis_last"),
+             numpy_helper.from_array(np.array(1, dtype=np.int64), "axis_seq")]
+    graph = helper.make_graph(
+        nodes, "tiny_lm",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", axis])],
+        initializer=inits,
+        value_info=[helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "sequence", dim])])
+    model = helper.make_model(graph, producer_name="logits make_tiny_lm_fixture.py",
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
 def main():
+    if "--bench-model" in sys.argv:
+        a = sys.argv
+        get = lambda k, d: int(a[a.index(k) + 1]) if k in a else d
+        vocab_in = Tokenizer.from_file(str(OUT / "tokenizer.json")).get_vocab_size()
+        lm_model(vocab_in, get("--dim", 256), get("--axis", 32000), a[a.index("--bench-model") + 1])
+        return 0
     OUT.mkdir(parents=True, exist_ok=True)
     docs = documents()
     rng = np.random.default_rng(SEED)
@@ -83,36 +125,7 @@ def main():
     tok.enable_padding(pad_id=0, pad_token="<pad>")
     tok.save(str(OUT / "tokenizer.json"))
     vocab = tok.get_vocab_size()
-    w = np.random.default_rng(SEED)
-    emb = (w.normal(size=(vocab, DIM)) * 0.5).astype(np.float32)
-    head = (w.normal(size=(DIM, vocab)) * 1.5).astype(np.float32)
-    bias = (w.normal(size=(vocab,)) * 0.5).astype(np.float32)
-    nodes = [
-        helper.make_node("Gather", ["embedding", "input_ids"], ["emb"], axis=0),
-        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["maskf", "axis_last"], ["mask3"]),
-        helper.make_node("Mul", ["emb", "mask3"], ["emb_masked"]),
-        helper.make_node("CumSum", ["emb_masked", "axis_seq"], ["running"]),
-        helper.make_node("Tanh", ["running"], ["hidden"]),
-        helper.make_node("MatMul", ["hidden", "head"], ["scores"]),
-        helper.make_node("Add", ["scores", "bias"], ["logits"]),
-    ]
-    inits = [numpy_helper.from_array(emb, "embedding"), numpy_helper.from_array(head, "head"),
-             numpy_helper.from_array(bias, "bias"),
-             numpy_helper.from_array(np.array([-1], dtype=np.int64), "axis_last"),
-             numpy_helper.from_array(np.array(1, dtype=np.int64), "axis_seq")]
-    graph = helper.make_graph(
-        nodes, "tiny_lm",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", vocab])],
-        initializer=inits,
-        value_info=[helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "sequence", DIM])])
-    model = helper.make_model(graph, producer_name="logits make_tiny_lm_fixture.py",
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, OUT / "tiny_lm.onnx")
+    lm_model(vocab, DIM, vocab, OUT / "tiny_lm.onnx")
     files = ["tokenizer.json", "tiny_lm.onnx", "train.jsonl", "holdout.jsonl"]
     info = {
         "made_by": "PY=$(scripts/pyenv.sh scripts/requirements-fixtures.txt); $PY scripts/make_tiny_lm_fixture.py",
