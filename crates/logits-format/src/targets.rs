@@ -19,14 +19,25 @@ pub struct PositionTargets {
     pub logz_temps: Vec<f32>,
 }
 
-/// log Σ exp(z_i / t), accumulated in f64 around the maximum.
+/// log Σ exp(z_i / t) around the maximum. The exponentials are taken in f32 (arguments are
+/// ≤ 0, relative error ~1e-7 each) and summed in f32 over blocks of 64, then in f64: over a
+/// 32,000-entry axis this is several times faster than f64 throughout and stays within ~1e-6
+/// relative of it (checked against an f64 reference in the tests).
 pub fn logsumexp(z: &[f32], t: f64) -> f64 {
-    let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     if !m.is_finite() {
-        return m;
+        return m as f64;
     }
-    let s: f64 = z.iter().map(|&x| ((x as f64 - m) / t).exp()).sum();
-    m / t + s.ln()
+    let inv = (1.0 / t) as f32;
+    let mut s = 0.0f64;
+    for block in z.chunks(64) {
+        let mut acc = 0.0f32;
+        for &x in block {
+            acc += ((x - m) * inv).exp();
+        }
+        s += acc as f64;
+    }
+    m as f64 / t + s.ln()
 }
 
 /// The `n` largest entries of `z` as (id, logit), by descending logit, ties to the lower id.
@@ -141,6 +152,27 @@ mod tests {
                 all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
                 all.truncate(n.min(len));
                 assert_eq!(top_n(&z, n), all, "len {len} n {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn fast_logsumexp_matches_f64() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for len in [1usize, 10, 1000, 32_000, 128_000] {
+            let z: Vec<f32> = (0..len).map(|_| rng.random_range(-30.0f32..20.0)).collect();
+            for t in [0.5, 1.0, 2.0, 8.0] {
+                let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+                let exact = m / t
+                    + z.iter()
+                        .map(|&x| ((x as f64 - m) / t).exp())
+                        .sum::<f64>()
+                        .ln();
+                let got = logsumexp(&z, t);
+                assert!(
+                    (got - exact).abs() <= 1e-6 * exact.abs().max(1.0),
+                    "len {len} t {t}: {got} vs {exact}"
+                );
             }
         }
     }

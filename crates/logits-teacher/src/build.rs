@@ -1179,18 +1179,28 @@ fn process_text(
             .map_err(|e| sess_err(format!("output {name:?}: {e}")))?;
         Ok((shape.iter().copied().collect(), data.to_vec()))
     };
-    let (shape, mut logits) = extract(&plan.target)?;
+    // The vocabulary-sized output is read in place (no copy): it is the largest buffer of a
+    // language-model build.
+    let target_value = outputs
+        .get(&plan.target)
+        .ok_or_else(|| sess_err(format!("no output {:?}", plan.target)))?;
+    let (shape, raw) = target_value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| sess_err(format!("output {:?}: {e}", plan.target)))?;
+    let shape: Vec<i64> = shape.iter().copied().collect();
     if shape != [n as i64, l as i64, plan.axis as i64] {
         return Err(sess_err(format!(
             "output {:?} has shape {shape:?}; expected [{n}, {l}, {}]",
             plan.target, plan.axis
         )));
     }
-    if plan.kind == OutputKind::Softmax {
-        for x in &mut logits {
-            *x = x.max(f32::from_bits(1)).ln();
-        }
-    }
+    let converted: Vec<f32>;
+    let logits: &[f32] = if plan.kind == OutputKind::Softmax {
+        converted = raw.iter().map(|x| x.max(f32::from_bits(1)).ln()).collect();
+        &converted
+    } else {
+        raw
+    };
     let mut feats = Vec::new();
     for (f, width) in &plan.features {
         let (_, data) = extract(&f.tensor)?;
@@ -1203,7 +1213,6 @@ fn process_text(
         }
         feats.push(data);
     }
-    drop(outputs);
     let cells: Vec<(usize, usize)> = (0..n)
         .flat_map(|r| (0..lens[r]).map(move |p| (r, p)))
         .collect();
