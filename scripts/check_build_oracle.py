@@ -149,7 +149,7 @@ def main(model_path, corpus_path, ds, tok_path=None):
         if not tok_path:
             sys.exit("a text dataset needs the TOKENIZER argument")
         check_text(m, sess, corpus_path, ds, tok_path)
-        print(f"build oracle: {passed} passed, {failed} failed")
+        print(f"oracle: {passed} passed, {failed} failed")
         return 1 if failed else 0
     corpus = pq.read_table(corpus_path).to_pylist()
     inputs = [i["name"] for i in m["teacher"]["inputs"]]
@@ -207,7 +207,7 @@ def main(model_path, corpus_path, ds, tok_path=None):
                     v = np.asarray(src[mapping[i]], dtype=np.float32)
                     h.update(i.encode() + b"\0" + v.astype("<f4").tobytes() + len(v).to_bytes(8, "little"))
                 check(row["input_hash"] == h.digest(), f"row {rid}: input hash")
-    print(f"build oracle: {passed} passed, {failed} failed")
+    print(f"oracle: {passed} passed, {failed} failed")
     return 1 if failed else 0
 
 

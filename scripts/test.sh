@@ -28,27 +28,32 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "cargo test (unit tests of every crate, end-to-end tests in tests/)"
-cargo test --workspace
+log="$(mktemp)"
+cargo test --workspace 2>&1 | tee "$log"
 
 step "interoperability: Rust-written datasets read by pyarrow and DuckDB"
 out="$(mktemp -d)"
-trap 'rm -rf "$out"' EXIT
+trap 'rm -rf "$out" "$log"' EXIT
 cargo run --quiet -p logits-format --example write_interop -- "$out/interop"
-"$py" scripts/check_interop.py "$out/interop"
+"$py" scripts/check_interop.py "$out/interop" | tee -a "$log"
 
 step "build oracle: logits-build output against ONNX Runtime's Python API"
 target/debug/logits-build build --model fixtures/digits/digits_teacher.onnx \
   --corpus fixtures/digits/train.parquet --out "$out/digits" --label-column label --id-column id \
   -k 5 --temperatures 2,4 --feature penult=hidden2:f16 --rows-per-shard 500 --sessions 2 --quiet
-"$py" scripts/check_build_oracle.py fixtures/digits/digits_teacher.onnx fixtures/digits/train.parquet "$out/digits"
+"$py" scripts/check_build_oracle.py fixtures/digits/digits_teacher.onnx fixtures/digits/train.parquet "$out/digits" | tee -a "$log"
 target/debug/logits-build build --model fixtures/digits/digits_teacher_softmax.onnx \
   --corpus fixtures/digits/holdout.parquet --out "$out/digits_softmax" --label-column label \
   -k 10 --temperatures 2 --feature h1=hidden1:int8 --rows-per-shard 100 --batch-size 17 --quiet
-"$py" scripts/check_build_oracle.py fixtures/digits/digits_teacher_softmax.onnx fixtures/digits/holdout.parquet "$out/digits_softmax"
+"$py" scripts/check_build_oracle.py fixtures/digits/digits_teacher_softmax.onnx fixtures/digits/holdout.parquet "$out/digits_softmax" | tee -a "$log"
 
 target/debug/logits-build build --model fixtures/tinylm/tiny_lm.onnx --tokenizer fixtures/tinylm/tokenizer.json \
   --corpus fixtures/tinylm/holdout.jsonl --out "$out/tinylm" --window 64 --stride 48 -k 16 --temperatures 2 \
   --sample 20 --feature h=hidden:f16 --feature hm=hidden:mean --rows-per-shard 20 --batch-size 8 --sessions 2 --quiet
-"$py" scripts/check_build_oracle.py fixtures/tinylm/tiny_lm.onnx fixtures/tinylm/holdout.jsonl "$out/tinylm" fixtures/tinylm/tokenizer.json
+"$py" scripts/check_build_oracle.py fixtures/tinylm/tiny_lm.onnx fixtures/tinylm/holdout.jsonl "$out/tinylm" fixtures/tinylm/tokenizer.json | tee -a "$log"
 
 step "all tests passed"
+# One closing line over everything above: cargo's test results and the Python checks.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^(interop|oracle): [0-9]+ passed, [0-9]+ failed/ { p += $2; f += $4 }
+     END { printf "summary: %d passed, %d failed\n", p, f }' "$log"

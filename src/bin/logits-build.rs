@@ -161,6 +161,11 @@ struct BuildArgs {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: setting a signal disposition before any other thread exists.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: setting a signal disposition before any other thread exists.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = Args::parse();
     match run(&args) {
         Ok(code) => code,
