@@ -78,8 +78,25 @@ def main():
                     "loss": float(loss(s, ids, logp, t, div, mode)),
                     "grad": grad(s, ids, logp, t, div, mode).tolist(),
                 })
+    feats = []
+    for rows, dim in [(4, 8), (16, 32)]:
+        s = (rng.normal(size=rows * dim)).astype(np.float32).astype(np.float64)
+        t = (rng.normal(size=rows * dim) * 2).astype(np.float32).astype(np.float64)
+        mse = lambda x: np.mean((x - t) ** 2)
+        def cos(x):
+            a, b = x.reshape(rows, dim), t.reshape(rows, dim)
+            c = (a * b).sum(1) / (np.sqrt((a * a).sum(1)) * np.sqrt((b * b).sum(1)))
+            return np.mean(1 - c)
+        for name, f in [("mse", mse), ("cosine", cos)]:
+            g = np.zeros_like(s)
+            for i in range(len(s)):
+                x = s.astype(np.complex128)
+                x[i] += 1e-20j
+                g[i] = f(x).imag / 1e-20
+            feats.append({"loss_name": name, "dim": dim, "student": s.tolist(), "teacher": t.tolist(),
+                          "loss": float(f(s)), "grad": g.tolist()})
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"made_by": "scripts/kd_reference.py (NumPy, complex-step gradients)", "cases": cases}) + "\n")
+    OUT.write_text(json.dumps({"made_by": "scripts/kd_reference.py (NumPy, complex-step gradients)", "cases": cases, "feature_cases": feats}) + "\n")
     print(f"wrote {len(cases)} cases to {OUT}")
 
 

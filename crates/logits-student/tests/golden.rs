@@ -69,3 +69,49 @@ fn response_losses_match_numpy_reference() {
         }
     }
 }
+
+#[test]
+fn feature_losses_match_numpy_reference() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/golden/kd_response.json"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("json");
+    let cases = v["feature_cases"].as_array().expect("feature cases");
+    assert_eq!(cases.len(), 4);
+    for (n, c) in cases.iter().enumerate() {
+        let f32s = |k: &str| -> Vec<f32> {
+            c[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        };
+        let (s, t) = (f32s("student"), f32s("teacher"));
+        let dim = c["dim"].as_u64().unwrap() as usize;
+        let mut g = vec![0.0f32; s.len()];
+        let l = match c["loss_name"].as_str().unwrap() {
+            "mse" => logits_student::losses::feature::mse(&s, &t, 1.0, &mut g),
+            _ => logits_student::losses::feature::cosine(&s, &t, dim, 1.0, &mut g),
+        };
+        let want = c["loss"].as_f64().unwrap();
+        assert!(
+            (l - want).abs() <= 1e-6 * want.abs(),
+            "case {n}: loss {l} vs {want}"
+        );
+        let wg: Vec<f64> = c["grad"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let gmax = wg.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+        for (i, (a, b)) in g.iter().zip(&wg).enumerate() {
+            assert!(
+                (*a as f64 - b).abs() <= 1e-6 * gmax + 1e-9,
+                "case {n} grad {i}: {a} vs {b}"
+            );
+        }
+    }
+}

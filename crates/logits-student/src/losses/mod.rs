@@ -1,4 +1,5 @@
-//! Distillation losses. Response-based losses live in [`response`]; feature- and
+//! Distillation losses: response-based in [`response`], feature-based in [`feature`];
 //! relation-based losses join them as the student side grows.
 
+pub mod feature;
 pub mod response;
