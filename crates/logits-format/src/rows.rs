@@ -151,6 +151,49 @@ impl Targets {
     pub fn positions(&self) -> usize {
         self.logz.len()
     }
+
+    /// An empty batch of targets to fill with [`Targets::push_position`] and
+    /// [`Targets::end_row`], holding top-k and/or sampled entries.
+    pub fn empty(topk: bool, sampled: bool) -> Targets {
+        Targets {
+            row_positions: vec![0],
+            topk: topk.then(|| TopKEntries {
+                offsets: vec![0],
+                ..Default::default()
+            }),
+            sampled: sampled.then(|| SampledEntries {
+                offsets: vec![0],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Appends one position: its top-k entries and logZ values, and its sampled ids and counts
+    /// when this batch holds sampled entries.
+    pub fn push_position(
+        &mut self,
+        pt: &crate::targets::PositionTargets,
+        sample: Option<&(Vec<u32>, Vec<u32>)>,
+    ) {
+        if let Some(k) = self.topk.as_mut() {
+            k.ids.extend(&pt.ids);
+            k.logits.extend(&pt.logits);
+            k.offsets.push(k.ids.len());
+        }
+        self.logz.push(pt.logz);
+        self.logz_temps.extend(&pt.logz_temps);
+        if let (Some(s), Some((ids, counts))) = (self.sampled.as_mut(), sample) {
+            s.ids.extend(ids);
+            s.counts.extend(counts);
+            s.offsets.push(s.ids.len());
+        }
+    }
+
+    /// Closes the current row after its positions were pushed.
+    pub fn end_row(&mut self) {
+        self.row_positions.push(self.logz.len());
+    }
 }
 
 /// A feature tensor for a batch: position `p` is `values[p * width..(p + 1) * width]`.

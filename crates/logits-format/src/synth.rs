@@ -211,18 +211,7 @@ pub fn batch(spec: &SynthSpec, m: &Manifest, ids: std::ops::Range<u64>) -> RowBa
         None => (0, None),
     };
     let mut b = RowBatch::default();
-    let mut targets = Targets {
-        row_positions: vec![0],
-        topk: spec.topk.as_ref().map(|_| TopKEntries {
-            offsets: vec![0],
-            ..Default::default()
-        }),
-        sampled: spec.sampled.as_ref().map(|_| SampledEntries {
-            offsets: vec![0],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let mut targets = Targets::empty(spec.topk.is_some(), spec.sampled.is_some());
     let mut input = InputValues {
         offsets: vec![0],
         values: if spec.granularity == Granularity::Position {
@@ -246,27 +235,18 @@ pub fn batch(spec: &SynthSpec, m: &Manifest, ids: std::ops::Range<u64>) -> RowBa
             if p == 0 {
                 label = pt.ids.first().copied().unwrap_or(0) as i64;
             }
-            if let Some(tk) = targets.topk.as_mut() {
-                tk.ids.extend(&pt.ids);
-                tk.logits.extend(&pt.logits);
-                tk.offsets.push(tk.ids.len());
-            }
-            if let (Some(s), Some(rule)) = (targets.sampled.as_mut(), &spec.sampled) {
+            let sample = spec.sampled.as_ref().map(|rule| {
                 let mut srng = ChaCha8Rng::seed_from_u64(rule.seed ^ id ^ ((p as u64) << 40));
-                let (ids, counts) = sample_counts(&z, rule.temperature, rule.draws, &mut srng);
-                s.ids.extend(ids);
-                s.counts.extend(counts);
-                s.offsets.push(s.ids.len());
-            }
-            targets.logz.push(pt.logz);
-            targets.logz_temps.extend(&pt.logz_temps);
+                sample_counts(&z, rule.temperature, rule.draws, &mut srng)
+            });
+            targets.push_position(&pt, sample.as_ref());
             match &mut input.values {
                 TensorValues::U32(v) => v.push(rng.random_range(0..spec.axis_size as u32)),
                 TensorValues::F32(v) => v.extend((0..INPUT_WIDTH).map(|_| gaussian(&mut rng))),
                 _ => {}
             }
         }
-        targets.row_positions.push(targets.logz.len());
+        targets.end_row();
         input.offsets.push(input.values.len());
         for (name, w, _, g) in &spec.features {
             let f = feats.entry(name.clone()).or_insert_with(|| FeatureValues {

@@ -16,8 +16,7 @@ use std::time::Instant;
 
 use logits_format::manifest::*;
 use logits_format::rows::{
-    FeatureValues, InputValues, RowBatch, SampledEntries, Targets, TensorValues, TopKEntries,
-    input_hash_v1,
+    FeatureValues, InputValues, RowBatch, Targets, TensorValues, input_hash_v1,
 };
 use logits_format::targets::{position_targets, sample_counts};
 use logits_format::writer::{self, CreateMode, DatasetWriter, WriteOptions};
@@ -1019,18 +1018,7 @@ fn process(
         .collect();
     let mut out = RowBatch::default();
     let mut skipped = Vec::new();
-    let mut t = Targets {
-        row_positions: vec![0],
-        topk: Some(TopKEntries {
-            offsets: vec![0],
-            ..Default::default()
-        }),
-        sampled: plan.sample.as_ref().map(|_| SampledEntries {
-            offsets: vec![0],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let mut t = Targets::empty(true, plan.sample.is_some());
     let mut kept_rows = Vec::new();
     for (r, res) in per_row.into_iter().enumerate() {
         match res? {
@@ -1038,19 +1026,8 @@ fn process(
             Some((pt, s)) => {
                 kept_rows.push(r);
                 out.row_ids.push(b.row_ids[r]);
-                if let Some(k) = t.topk.as_mut() {
-                    k.ids.extend(&pt.ids);
-                    k.logits.extend(&pt.logits);
-                    k.offsets.push(k.ids.len());
-                }
-                t.logz.push(pt.logz);
-                t.logz_temps.extend(&pt.logz_temps);
-                t.row_positions.push(t.logz.len());
-                if let (Some(se), Some((ids, counts))) = (t.sampled.as_mut(), s) {
-                    se.ids.extend(ids);
-                    se.counts.extend(counts);
-                    se.offsets.push(se.ids.len());
-                }
+                t.push_position(&pt, s.as_ref());
+                t.end_row();
             }
         }
     }
@@ -1259,18 +1236,7 @@ fn process_text(
     }
     let mut out = RowBatch::default();
     let mut skipped = Vec::new();
-    let mut t = Targets {
-        row_positions: vec![0],
-        topk: Some(TopKEntries {
-            offsets: vec![0],
-            ..Default::default()
-        }),
-        sampled: plan.sample.as_ref().map(|_| SampledEntries {
-            offsets: vec![0],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let mut t = Targets::empty(true, plan.sample.is_some());
     let mut input = InputValues {
         offsets: vec![0],
         values: TensorValues::U32(vec![]),
@@ -1294,21 +1260,11 @@ fn process_text(
         }
         out.row_ids.push(w.row_id);
         for (pt, s) in &computed[here] {
-            let Some(pt) = pt else { continue };
-            if let Some(k) = t.topk.as_mut() {
-                k.ids.extend(&pt.ids);
-                k.logits.extend(&pt.logits);
-                k.offsets.push(k.ids.len());
-            }
-            t.logz.push(pt.logz);
-            t.logz_temps.extend(&pt.logz_temps);
-            if let (Some(se), Some((ids, counts))) = (t.sampled.as_mut(), s) {
-                se.ids.extend(ids);
-                se.counts.extend(counts);
-                se.offsets.push(se.ids.len());
+            if let Some(pt) = pt {
+                t.push_position(pt, s.as_ref());
             }
         }
-        t.row_positions.push(t.logz.len());
+        t.end_row();
         if let TensorValues::U32(v) = &mut input.values {
             v.extend_from_slice(&w.ids);
         }
