@@ -6,7 +6,10 @@
 //! Rooms (growing):
 //! - [`losses`]: distillation losses with their gradients, each checked against finite
 //!   differences and against golden values from `scripts/kd_reference.py` (NumPy).
+//! - [`mlp`]: the MLP student, forward and backward in ndarray.
 //!
-//! Dependencies, and why: `thiserror` (typed errors).
+//! Dependencies, and why: `ndarray` (tensors and GEMM), `rand`/`rand_chacha` (seeded,
+//! platform-stable initialisation), `thiserror` (typed errors).
 
 pub mod losses;
+pub mod mlp;
