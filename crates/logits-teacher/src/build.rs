@@ -861,6 +861,25 @@ fn corpus_mismatch(plan: &Plan, row: u64, msg: String) -> TeacherError {
     TeacherError::Options(format!("{}: row {row}: {msg}", plan.teacher.path.display()))
 }
 
+/// Shape and borrowed f32 data of a session output.
+fn output_f32<'a>(
+    plan: &Plan,
+    outputs: &'a ort::session::SessionOutputs<'_>,
+    name: &str,
+) -> Result<(Vec<i64>, &'a [f32])> {
+    let err = |message: String| TeacherError::Session {
+        model: plan.teacher.path.clone(),
+        message,
+    };
+    let v = outputs
+        .get(name)
+        .ok_or_else(|| err(format!("no output {name:?}")))?;
+    let (shape, data) = v
+        .try_extract_tensor::<f32>()
+        .map_err(|e| err(format!("output {name:?}: {e}")))?;
+    Ok((shape.iter().copied().collect(), data))
+}
+
 /// Runs one batch through the teacher and turns the outputs into a row batch.
 fn process(
     plan: &Plan,
@@ -939,13 +958,7 @@ fn process(
     }
     let outputs = session.run(values).map_err(|e| sess_err(e.to_string()))?;
     let extract = |name: &str| -> Result<(Vec<i64>, Vec<f32>)> {
-        let v = outputs
-            .get(name)
-            .ok_or_else(|| sess_err(format!("no output {name:?}")))?;
-        let (shape, data) = v
-            .try_extract_tensor::<f32>()
-            .map_err(|e| sess_err(format!("output {name:?}: {e}")))?;
-        Ok((shape.iter().copied().collect(), data.to_vec()))
+        output_f32(plan, &outputs, name).map(|(shape, data)| (shape, data.to_vec()))
     };
     let (shape, mut logits) = extract(&plan.target)?;
     if shape.first() != Some(&(n as i64)) || logits.len() != n * plan.axis {
@@ -1148,23 +1161,11 @@ fn process_text(
     }
     let outputs = session.run(values).map_err(|e| sess_err(e.to_string()))?;
     let extract = |name: &str| -> Result<(Vec<i64>, Vec<f32>)> {
-        let v = outputs
-            .get(name)
-            .ok_or_else(|| sess_err(format!("no output {name:?}")))?;
-        let (shape, data) = v
-            .try_extract_tensor::<f32>()
-            .map_err(|e| sess_err(format!("output {name:?}: {e}")))?;
-        Ok((shape.iter().copied().collect(), data.to_vec()))
+        output_f32(plan, &outputs, name).map(|(shape, data)| (shape, data.to_vec()))
     };
     // The vocabulary-sized output is read in place (no copy): it is the largest buffer of a
     // language-model build.
-    let target_value = outputs
-        .get(&plan.target)
-        .ok_or_else(|| sess_err(format!("no output {:?}", plan.target)))?;
-    let (shape, raw) = target_value
-        .try_extract_tensor::<f32>()
-        .map_err(|e| sess_err(format!("output {:?}: {e}", plan.target)))?;
-    let shape: Vec<i64> = shape.iter().copied().collect();
+    let (shape, raw) = output_f32(plan, &outputs, &plan.target)?;
     if shape != [n as i64, l as i64, plan.axis as i64] {
         return Err(sess_err(format!(
             "output {:?} has shape {shape:?}; expected [{n}, {l}, {}]",
