@@ -57,6 +57,64 @@ def grad(s, *args):
     return g
 
 
+# Relation losses, transcribed from RepDistiller (HobbitLong/RepDistiller, distiller_zoo):
+# RKDLoss.pdist / forward, Similarity, PKT. Written with analytic operations only (sqrt of a sum
+# of squares instead of abs/norm, real-part comparisons) so the complex step goes through.
+
+def smooth_l1(x):
+    return np.where(np.abs(x.real) < 1, 0.5 * x * x, np.sign(x.real) * x - 0.5).mean()
+
+
+def pdist(e):
+    sq = (e * e).sum(1)
+    d2 = sq[:, None] + sq[None, :] - 2 * e @ e.T
+    n = len(e)
+    d = np.zeros((n, n), dtype=e.dtype)
+    off = ~np.eye(n, dtype=bool)
+    d[off] = np.sqrt(d2[off])
+    return d
+
+
+def rkd_distance(s, t):
+    td = pdist(t)
+    td = td / td[td.real > 0].mean()
+    d = pdist(s)
+    d = d / d[d.real > 0].mean()
+    return smooth_l1(d - td)
+
+
+def unit_diff(x):
+    v = x[None, :, :] - x[:, None, :]          # v[i, j] = x_j - x_i
+    n = np.sqrt((v * v).sum(2, keepdims=True))
+    n = np.where(n.real > 1e-12, n, 1e-12)
+    return v / n
+
+
+def rkd_angle(s, t):
+    et, es = unit_diff(t), unit_diff(s)
+    return smooth_l1(np.einsum("ijd,ikd->ijk", es, es) - np.einsum("ijd,ikd->ijk", et, et))
+
+
+def sp(s, t):
+    def g(x):
+        m = x @ x.T
+        return m / np.sqrt((m * m).sum(1, keepdims=True))
+    d = g(t) - g(s)
+    return (d * d).sum() / len(s) ** 2
+
+
+def pkt(s, t, eps=1e-7):
+    def p(x):
+        x = x / (np.sqrt((x * x).sum(1, keepdims=True)) + eps)
+        m = (x @ x.T + 1) / 2
+        return m / m.sum(1, keepdims=True)
+    ps, pt = p(s), p(t)
+    return np.mean(pt * np.log((pt + eps) / (ps + eps)))
+
+
+RELATIONS = {"rkd_distance": rkd_distance, "rkd_angle": rkd_angle, "sp": sp, "pkt": pkt}
+
+
 def main():
     rng = np.random.default_rng(1234)
     cases = []
@@ -95,8 +153,21 @@ def main():
                 g[i] = f(x).imag / 1e-20
             feats.append({"loss_name": name, "dim": dim, "student": s.tolist(), "teacher": t.tolist(),
                           "loss": float(f(s)), "grad": g.tolist()})
+    rels = []
+    for rows, ds, dt in [(6, 5, 9), (12, 16, 8)]:
+        s = rng.normal(size=(rows, ds)).astype(np.float32).astype(np.float64)
+        t = (rng.normal(size=(rows, dt)) * 2).astype(np.float32).astype(np.float64)
+        for name, f in RELATIONS.items():
+            g = np.zeros_like(s)
+            for i in range(rows):
+                for j in range(ds):
+                    x = s.astype(np.complex128)
+                    x[i, j] += 1e-20j
+                    g[i, j] = f(x, t).imag / 1e-20
+            rels.append({"loss_name": name, "student": s.tolist(), "teacher": t.tolist(),
+                         "loss": float(f(s, t).real), "grad": g.tolist()})
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"made_by": "scripts/kd_reference.py (NumPy, complex-step gradients)", "cases": cases, "feature_cases": feats}) + "\n")
+    OUT.write_text(json.dumps({"made_by": "scripts/kd_reference.py (NumPy, complex-step gradients)", "cases": cases, "feature_cases": feats, "relation_cases": rels}) + "\n")
     print(f"wrote {len(cases)} cases to {OUT}")
 
 

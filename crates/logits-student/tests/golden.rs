@@ -115,3 +115,54 @@ fn feature_losses_match_numpy_reference() {
         }
     }
 }
+
+#[test]
+fn relation_losses_match_numpy_reference() {
+    use logits_student::losses::relation::Relation;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/golden/kd_response.json"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("json");
+    let cases = v["relation_cases"].as_array().expect("relation cases");
+    assert_eq!(cases.len(), 8);
+    let matrix = |x: &serde_json::Value| -> ndarray::Array2<f32> {
+        let rows: Vec<Vec<f32>> = x
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect();
+        ndarray::Array2::from_shape_fn((rows.len(), rows[0].len()), |(i, j)| rows[i][j])
+    };
+    for (n, c) in cases.iter().enumerate() {
+        let (s, t) = (matrix(&c["student"]), matrix(&c["teacher"]));
+        let rel = match c["loss_name"].as_str().unwrap() {
+            "rkd_distance" => Relation::RkdDistance,
+            "rkd_angle" => Relation::RkdAngle,
+            "sp" => Relation::Sp,
+            _ => Relation::Pkt,
+        };
+        let (l, g) = rel.loss(s.view(), t.view());
+        let want = c["loss"].as_f64().unwrap();
+        assert!(
+            (l - want).abs() <= 1e-6 * want.abs(),
+            "case {n} {rel:?}: loss {l} vs {want}"
+        );
+        let wg = matrix(&c["grad"]);
+        let gmax = wg.iter().fold(0.0f32, |a, b| a.max(b.abs())) as f64;
+        for ((i, a), b) in g.indexed_iter().zip(wg.iter()) {
+            assert!(
+                (*a as f64 - *b as f64).abs() <= 1e-6 * gmax + 1e-9,
+                "case {n} {rel:?} grad {i:?}: {a} vs {b}"
+            );
+        }
+    }
+}
