@@ -9,6 +9,7 @@
 //!   (`scripts/gen-onnx-proto.sh`; committed so that building needs no `protoc`).
 //! - [`model`]: loading, encoding, and a readable summary of inputs, outputs and the
 //!   intermediate tensors that can be captured.
+//! - [`builder`]: writing new models (the student's export) node by node.
 //! - [`surgery`]: exposing intermediate tensors as graph outputs, and finding a softmax at an
 //!   output.
 //!
@@ -17,6 +18,7 @@
 #[allow(missing_docs, clippy::all)]
 pub mod onnx;
 
+pub mod builder;
 pub mod model;
 pub mod surgery;
 

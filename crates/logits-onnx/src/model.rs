@@ -319,3 +319,13 @@ pub fn summary(m: &ModelProto) -> ModelSummary {
         opset,
     }
 }
+
+/// Number of scalar parameters: the elements of every initializer (weights and constants).
+pub fn parameter_count(m: &ModelProto) -> u64 {
+    m.graph.as_ref().map_or(0, |g| {
+        g.initializer
+            .iter()
+            .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>())
+            .sum()
+    })
+}

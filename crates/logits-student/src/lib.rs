@@ -11,5 +11,16 @@
 //! Dependencies, and why: `ndarray` (tensors and GEMM), `rand`/`rand_chacha` (seeded,
 //! platform-stable initialisation), `thiserror` (typed errors).
 
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod export;
 pub mod losses;
 pub mod mlp;
+pub mod optim;
+pub mod params;
+pub mod student;
+pub mod train;
+
+pub use error::{Result, StudentError};

@@ -1,12 +1,19 @@
-//! The MLP student: linear layers with ReLU, GELU or tanh between them, forward and backward
-//! written with ndarray (GEMMs through `ndarray::linalg`, i.e. matrixmultiply).
+//! The MLP student: linear layers with, between them, optional layer norm, a nonlinearity
+//! (ReLU, GELU or tanh) and optional dropout. Forward and backward are written with ndarray
+//! (GEMMs through `ndarray::linalg`, i.e. matrixmultiply).
+//!
+//! Hidden layer i computes `h_i = act(LN(x·W + b))`; `h_i` is what feature and relation losses
+//! compare with the teacher (before dropout, so the comparison does not depend on the mask),
+//! and `dropout(h_i)` feeds the next layer.
 //!
 //! Initialisation (documented because results depend on it): weights uniform in
-//! ±sqrt(6 / (fan_in + fan_out)) (Glorot/Xavier uniform), biases 0, from a seeded ChaCha8 RNG,
-//! so the same seed gives the same student on every platform.
+//! ±sqrt(6 / (fan_in + fan_out)) (Glorot/Xavier uniform), biases 0, layer-norm gain 1 and
+//! shift 0, from a seeded ChaCha8 RNG, so the same seed gives the same student everywhere.
 
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView2, Axis, Zip};
 use rand::{RngExt, SeedableRng};
+
+use crate::params::Params;
 
 /// Nonlinearity between layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,19 +26,39 @@ pub enum Activation {
     Tanh,
 }
 
+const GELU_C: f32 = 0.797_884_6; // sqrt(2/π)
+
 impl Activation {
-    fn forward(self, x: f32) -> f32 {
+    /// The name used in configurations and exported files.
+    pub fn name(self) -> &'static str {
         match self {
-            Activation::Relu => x.max(0.0),
-            Activation::Tanh => x.tanh(),
-            Activation::Gelu => {
-                let c = (2.0f32 / std::f32::consts::PI).sqrt();
-                0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
-            }
+            Activation::Relu => "relu",
+            Activation::Gelu => "gelu",
+            Activation::Tanh => "tanh",
         }
     }
 
-    fn derivative(self, x: f32) -> f32 {
+    /// Parses [`Activation::name`].
+    pub fn parse(s: &str) -> Option<Activation> {
+        match s {
+            "relu" => Some(Activation::Relu),
+            "gelu" => Some(Activation::Gelu),
+            "tanh" => Some(Activation::Tanh),
+            _ => None,
+        }
+    }
+
+    /// The activation of one value.
+    pub fn forward(self, x: f32) -> f32 {
+        match self {
+            Activation::Relu => x.max(0.0),
+            Activation::Tanh => x.tanh(),
+            Activation::Gelu => 0.5 * x * (1.0 + (GELU_C * (x + 0.044715 * x * x * x)).tanh()),
+        }
+    }
+
+    /// Its derivative.
+    pub fn derivative(self, x: f32) -> f32 {
         match self {
             Activation::Relu => {
                 if x > 0.0 {
@@ -42,10 +69,9 @@ impl Activation {
             }
             Activation::Tanh => 1.0 - x.tanh().powi(2),
             Activation::Gelu => {
-                let c = (2.0f32 / std::f32::consts::PI).sqrt();
-                let u = c * (x + 0.044715 * x * x * x);
-                let th = u.tanh();
-                0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * c * (1.0 + 3.0 * 0.044715 * x * x)
+                let th = (GELU_C * (x + 0.044715 * x * x * x)).tanh();
+                0.5 * (1.0 + th)
+                    + 0.5 * x * (1.0 - th * th) * GELU_C * (1.0 + 3.0 * 0.044715 * x * x)
             }
         }
     }
@@ -60,162 +86,384 @@ pub struct Linear {
     pub b: Array1<f32>,
 }
 
-/// Gradients of a [`Linear`] layer.
+impl Linear {
+    /// A Glorot-uniform layer drawn from `rng`.
+    pub fn glorot(inputs: usize, outputs: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Linear {
+        let a = (6.0 / (inputs + outputs).max(1) as f32).sqrt();
+        Linear {
+            w: Array2::from_shape_fn((inputs, outputs), |_| rng.random_range(-a..=a)),
+            b: Array1::zeros(outputs),
+        }
+    }
+
+    /// A zero layer of the same shape (gradient accumulator).
+    pub fn zeros_like(&self) -> Linear {
+        Linear {
+            w: Array2::zeros(self.w.raw_dim()),
+            b: Array1::zeros(self.b.len()),
+        }
+    }
+
+    /// x·W + b.
+    pub fn forward(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        x.dot(&self.w) + &self.b
+    }
+
+    /// Accumulates ∂L/∂W, ∂L/∂b into `grad` and returns ∂L/∂x.
+    pub fn backward(
+        &self,
+        x: ArrayView2<f32>,
+        d: ArrayView2<f32>,
+        grad: &mut Linear,
+    ) -> Array2<f32> {
+        ndarray::linalg::general_mat_mul(1.0, &x.t(), &d, 1.0, &mut grad.w);
+        grad.b += &d.sum_axis(Axis(0));
+        d.dot(&self.w.t())
+    }
+}
+
+/// Layer normalisation over the last axis with a learned gain and shift (ε = 1e-5, as in
+/// PyTorch and ONNX's LayerNormalization).
 #[derive(Debug, Clone, PartialEq)]
-pub struct LinearGrad {
-    /// ∂L/∂W.
-    pub w: Array2<f32>,
-    /// ∂L/∂b.
-    pub b: Array1<f32>,
+pub struct LayerNorm {
+    /// Gain γ.
+    pub gamma: Array1<f32>,
+    /// Shift β.
+    pub beta: Array1<f32>,
+}
+
+/// The ε of [`LayerNorm`].
+pub const LN_EPS: f32 = 1e-5;
+
+impl LayerNorm {
+    /// γ = 1, β = 0.
+    pub fn new(width: usize) -> LayerNorm {
+        LayerNorm {
+            gamma: Array1::ones(width),
+            beta: Array1::zeros(width),
+        }
+    }
+
+    fn zeros_like(&self) -> LayerNorm {
+        LayerNorm {
+            gamma: Array1::zeros(self.gamma.len()),
+            beta: Array1::zeros(self.beta.len()),
+        }
+    }
+
+    /// Normalised input x̂ and 1/σ per row, then γ·x̂ + β.
+    fn forward(&self, z: &Array2<f32>) -> (Array2<f32>, Array1<f32>, Array2<f32>) {
+        let n = z.ncols().max(1) as f32;
+        let mut xhat = z.clone();
+        let mut inv = Array1::zeros(z.nrows());
+        for (mut r, iv) in xhat.axis_iter_mut(Axis(0)).zip(inv.iter_mut()) {
+            let mean = r.sum() / n;
+            r -= mean;
+            let var = r.iter().map(|v| v * v).sum::<f32>() / n;
+            *iv = 1.0 / (var + LN_EPS).sqrt();
+            r *= *iv;
+        }
+        let y = &xhat * &self.gamma + &self.beta;
+        (xhat, inv, y)
+    }
+
+    /// Backward from ∂L/∂y; accumulates γ, β gradients and returns ∂L/∂z.
+    fn backward(
+        &self,
+        xhat: &Array2<f32>,
+        inv: &Array1<f32>,
+        dy: &Array2<f32>,
+        grad: &mut LayerNorm,
+    ) -> Array2<f32> {
+        grad.gamma += &(dy * xhat).sum_axis(Axis(0));
+        grad.beta += &dy.sum_axis(Axis(0));
+        let n = dy.ncols().max(1) as f32;
+        let mut dz = dy * &self.gamma;
+        for ((mut r, xr), iv) in dz.axis_iter_mut(Axis(0)).zip(xhat.rows()).zip(inv) {
+            let mean = r.sum() / n;
+            let dot = r.iter().zip(xr).map(|(a, b)| a * b).sum::<f32>() / n;
+            Zip::from(&mut r)
+                .and(&xr)
+                .for_each(|d, &x| *d = iv * (*d - mean - x * dot));
+        }
+        dz
+    }
+}
+
+/// The shape of an MLP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlpSpec {
+    /// Widths: inputs, hidden layers..., outputs.
+    pub widths: Vec<usize>,
+    /// Nonlinearity after every hidden layer.
+    pub activation: Activation,
+    /// Layer norm before each hidden nonlinearity.
+    pub layer_norm: bool,
+    /// Dropout probability after each hidden layer while training (0 = none).
+    pub dropout: f32,
 }
 
 /// An MLP: `widths[0]` inputs, `widths.last()` outputs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mlp {
+    /// Its shape.
+    pub spec: MlpSpec,
     /// The layers, input to output.
     pub layers: Vec<Linear>,
-    /// The nonlinearity after every layer but the last.
-    pub activation: Activation,
+    /// One layer norm per hidden layer when `spec.layer_norm`, else empty.
+    pub norms: Vec<LayerNorm>,
 }
 
 /// What the forward pass keeps for the backward pass.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Cache {
-    /// Input of each layer (the activated output of the previous one).
+    /// Input of each layer (after the previous layer's dropout).
     pub inputs: Vec<Array2<f32>>,
-    /// Pre-activation output of each hidden layer.
-    pub pre: Vec<Array2<f32>>,
+    /// Hidden outputs h_i (activated, before dropout).
+    pub hidden: Vec<Array2<f32>>,
+    /// Input of each hidden nonlinearity (after layer norm).
+    act_in: Vec<Array2<f32>>,
+    /// Layer-norm x̂ and 1/σ per hidden layer.
+    ln: Vec<(Array2<f32>, Array1<f32>)>,
+    /// Dropout multipliers (0 or 1/(1−p)) per hidden layer, when training with dropout.
+    masks: Vec<Option<Array2<f32>>>,
 }
 
 impl Mlp {
     /// A seeded, Glorot-initialised MLP.
-    pub fn new(widths: &[usize], activation: Activation, seed: u64) -> Mlp {
+    pub fn new(spec: MlpSpec, seed: u64) -> Mlp {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let layers = widths
+        let layers = spec
+            .widths
             .windows(2)
-            .map(|io| {
-                let a = (6.0 / (io[0] + io[1]) as f32).sqrt();
-                Linear {
-                    w: Array2::from_shape_fn((io[0], io[1]), |_| rng.random_range(-a..a)),
-                    b: Array1::zeros(io[1]),
-                }
-            })
+            .map(|io| Linear::glorot(io[0], io[1], &mut rng))
             .collect();
-        Mlp { layers, activation }
-    }
-
-    /// Number of parameters.
-    pub fn parameters(&self) -> usize {
-        self.layers.iter().map(|l| l.w.len() + l.b.len()).sum()
-    }
-
-    /// Forward pass on a batch (`rows × inputs`): the logits and the cache.
-    pub fn forward(&self, x: ArrayView2<f32>) -> (Array2<f32>, Cache) {
-        let mut cache = Cache {
-            inputs: Vec::new(),
-            pre: Vec::new(),
+        let hidden = spec.widths.len().saturating_sub(2);
+        let norms = if spec.layer_norm {
+            spec.widths[1..1 + hidden]
+                .iter()
+                .map(|&w| LayerNorm::new(w))
+                .collect()
+        } else {
+            Vec::new()
         };
-        let mut h = x.to_owned();
+        Mlp {
+            spec,
+            layers,
+            norms,
+        }
+    }
+
+    /// A zero MLP of the same shape (gradient accumulator).
+    pub fn zeros_like(&self) -> Mlp {
+        Mlp {
+            spec: self.spec.clone(),
+            layers: self.layers.iter().map(Linear::zeros_like).collect(),
+            norms: self.norms.iter().map(LayerNorm::zeros_like).collect(),
+        }
+    }
+
+    /// Number of hidden layers.
+    pub fn hidden_layers(&self) -> usize {
+        self.layers.len().saturating_sub(1)
+    }
+
+    /// Inference: the logits of a batch (`rows × inputs`), no dropout.
+    pub fn predict(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        self.forward(x, None).0
+    }
+
+    /// Forward pass; with `dropout_rng`, dropout is applied (training).
+    pub fn forward(
+        &self,
+        x: ArrayView2<f32>,
+        mut dropout_rng: Option<&mut rand_chacha::ChaCha8Rng>,
+    ) -> (Array2<f32>, Cache) {
+        let mut cache = Cache::default();
+        let mut input = x.to_owned();
         let last = self.layers.len().saturating_sub(1);
         for (i, l) in self.layers.iter().enumerate() {
-            let z = h.dot(&l.w) + &l.b;
-            cache.inputs.push(h);
+            let mut z = l.forward(input.view());
+            cache.inputs.push(input);
             if i == last {
                 return (z, cache);
             }
-            h = z.mapv(|v| self.activation.forward(v));
-            cache.pre.push(z);
+            if let Some(ln) = self.norms.get(i) {
+                let (xhat, inv, y) = ln.forward(&z);
+                cache.ln.push((xhat, inv));
+                z = y;
+            }
+            let h = z.mapv(|v| self.spec.activation.forward(v));
+            cache.act_in.push(z);
+            let p = self.spec.dropout;
+            let mask = match dropout_rng.as_deref_mut() {
+                Some(rng) if p > 0.0 => {
+                    let keep = 1.0 / (1.0 - p);
+                    Some(Array2::from_shape_fn(h.raw_dim(), |_| {
+                        if rng.random::<f32>() < p { 0.0 } else { keep }
+                    }))
+                }
+                _ => None,
+            };
+            input = match &mask {
+                Some(m) => &h * m,
+                None => h.clone(),
+            };
+            cache.masks.push(mask);
+            cache.hidden.push(h);
         }
-        (h, cache)
+        (input, cache)
     }
 
-    /// The activated output of hidden layer `i` (0-based) from a cache: what feature and
-    /// relation losses compare with the teacher.
-    pub fn hidden<'a>(&self, cache: &'a Cache, i: usize) -> Option<&'a Array2<f32>> {
-        cache.inputs.get(i + 1)
-    }
-
-    /// Backward pass from ∂L/∂logits; `extra_hidden[i]`, when given, is added to ∂L/∂(hidden
-    /// layer i's activated output) — where feature and relation losses enter.
+    /// Backward pass from ∂L/∂logits; `extra_hidden[i]`, when given, is added to ∂L/∂h_i —
+    /// where feature and relation losses enter. Gradients accumulate into `grad`.
     pub fn backward(
         &self,
         cache: &Cache,
         dlogits: Array2<f32>,
         extra_hidden: &[Option<Array2<f32>>],
-    ) -> Vec<LinearGrad> {
-        let mut grads = Vec::with_capacity(self.layers.len());
+        grad: &mut Mlp,
+    ) {
         let mut d = dlogits;
         for i in (0..self.layers.len()).rev() {
-            let l = &self.layers[i];
-            let x = &cache.inputs[i];
-            grads.push(LinearGrad {
-                w: x.t().dot(&d),
-                b: d.sum_axis(Axis(0)),
-            });
+            let dx = self.layers[i].backward(cache.inputs[i].view(), d.view(), &mut grad.layers[i]);
             if i == 0 {
                 break;
             }
-            let mut dh = d.dot(&l.w.t());
-            if let Some(Some(e)) = extra_hidden.get(i - 1) {
+            let j = i - 1;
+            let mut dh = match &cache.masks[j] {
+                Some(m) => dx * m,
+                None => dx,
+            };
+            if let Some(Some(e)) = extra_hidden.get(j) {
                 dh += e;
             }
-            let pre = &cache.pre[i - 1];
-            d = ndarray::Zip::from(&dh)
-                .and(pre)
-                .map_collect(|g, z| g * self.activation.derivative(*z));
+            let act = self.spec.activation;
+            d = Zip::from(&dh)
+                .and(&cache.act_in[j])
+                .map_collect(|g, z| g * act.derivative(*z));
+            if let Some(ln) = self.norms.get(j) {
+                let (xhat, inv) = &cache.ln[j];
+                d = ln.backward(xhat, inv, &d, &mut grad.norms[j]);
+            }
         }
-        grads.reverse();
-        grads
     }
+}
+
+impl Params for Mlp {
+    fn tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            out.push((
+                format!("layers.{i}.weight"),
+                l.w.shape().to_vec(),
+                slice(&l.w),
+            ));
+            out.push((format!("layers.{i}.bias"), vec![l.b.len()], slice1(&l.b)));
+        }
+        for (i, n) in self.norms.iter().enumerate() {
+            out.push((
+                format!("norms.{i}.gamma"),
+                vec![n.gamma.len()],
+                slice1(&n.gamma),
+            ));
+            out.push((
+                format!("norms.{i}.beta"),
+                vec![n.beta.len()],
+                slice1(&n.beta),
+            ));
+        }
+        out
+    }
+
+    fn tensors_mut(&mut self) -> Vec<&mut [f32]> {
+        let mut out: Vec<&mut [f32]> = Vec::new();
+        for l in &mut self.layers {
+            out.push(slice_mut(&mut l.w));
+            out.push(slice1_mut(&mut l.b));
+        }
+        for n in &mut self.norms {
+            out.push(slice1_mut(&mut n.gamma));
+            out.push(slice1_mut(&mut n.beta));
+        }
+        out
+    }
+}
+
+// Parameters are always created in standard layout (from_shape_fn / zeros / from_shape_vec),
+// so these views cannot fail; an empty slice would only make an optimizer step a no-op.
+pub(crate) fn slice(a: &Array2<f32>) -> &[f32] {
+    a.as_slice_memory_order().unwrap_or(&[])
+}
+pub(crate) fn slice1(a: &Array1<f32>) -> &[f32] {
+    a.as_slice_memory_order().unwrap_or(&[])
+}
+pub(crate) fn slice_mut(a: &mut Array2<f32>) -> &mut [f32] {
+    a.as_slice_memory_order_mut().unwrap_or(&mut [])
+}
+pub(crate) fn slice1_mut(a: &mut Array1<f32>) -> &mut [f32] {
+    a.as_slice_memory_order_mut().unwrap_or(&mut [])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// L = Σ logits ⊙ R + Σ hidden0 ⊙ S for fixed R, S: checks every weight's gradient
-    /// against central finite differences, for each activation.
+    fn spec(act: Activation, ln: bool, dropout: f32) -> MlpSpec {
+        MlpSpec {
+            widths: vec![5, 7, 6, 3],
+            activation: act,
+            layer_norm: ln,
+            dropout,
+        }
+    }
+
+    /// L = Σ logits ⊙ R + Σ h_0 ⊙ S for fixed R, S: checks every parameter's gradient against
+    /// central finite differences, for each activation, with and without layer norm, and with
+    /// dropout (the same mask on every evaluation, from the same seed).
     #[test]
     fn gradients_match_finite_differences() {
         for act in [Activation::Relu, Activation::Gelu, Activation::Tanh] {
-            let mut m = Mlp::new(&[5, 7, 6, 3], act, 11);
-            for l in &mut m.layers {
-                l.b.mapv_inplace(|_| 0.1);
-            }
-            let x = Array2::from_shape_fn((4, 5), |(i, j)| ((i * 5 + j) as f32 * 0.37).sin());
-            let r = Array2::from_shape_fn((4, 3), |(i, j)| ((i + 2 * j) as f32 * 0.71).cos());
-            let s = Array2::from_shape_fn((4, 7), |(i, j)| ((3 * i + j) as f32 * 0.23).sin());
-            let loss = |m: &Mlp| -> f64 {
-                let (y, c) = m.forward(x.view());
-                (&y * &r).sum() as f64 + (m.hidden(&c, 0).unwrap() * &s).sum() as f64
-            };
-            let (_, cache) = m.forward(x.view());
-            let g = m.backward(&cache, r.clone(), &[Some(s.clone()), None]);
-            for (li, gl) in g.iter().enumerate() {
-                for idx in 0..m.layers[li].w.len() {
-                    let (i, j) = (idx / m.layers[li].w.ncols(), idx % m.layers[li].w.ncols());
-                    let h = 1e-2f32;
-                    let (mut a, mut b) = (m.clone(), m.clone());
-                    a.layers[li].w[[i, j]] += h;
-                    b.layers[li].w[[i, j]] -= h;
-                    let fd = (loss(&a) - loss(&b)) / (2.0 * h as f64);
-                    let an = gl.w[[i, j]] as f64;
-                    assert!(
-                        (fd - an).abs() < 2e-2 * (1.0 + fd.abs()),
-                        "{act:?} layer {li} w[{i},{j}]: fd {fd} vs {an}"
-                    );
+            for (ln, p) in [(false, 0.0), (true, 0.0), (true, 0.3)] {
+                let mut m = Mlp::new(spec(act, ln, p), 11);
+                for l in &mut m.layers {
+                    l.b.mapv_inplace(|_| 0.1);
                 }
-                for j in 0..m.layers[li].b.len() {
-                    let h = 1e-2f32;
-                    let (mut a, mut b) = (m.clone(), m.clone());
-                    a.layers[li].b[j] += h;
-                    b.layers[li].b[j] -= h;
-                    let fd = (loss(&a) - loss(&b)) / (2.0 * h as f64);
-                    let an = gl.b[j] as f64;
-                    assert!(
-                        (fd - an).abs() < 2e-2 * (1.0 + fd.abs()),
-                        "{act:?} layer {li} b[{j}]: fd {fd} vs {an}"
-                    );
+                for n in &mut m.norms {
+                    n.gamma.mapv_inplace(|_| 1.3);
+                    n.beta.mapv_inplace(|_| -0.2);
+                }
+                let x = Array2::from_shape_fn((4, 5), |(i, j)| ((i * 5 + j) as f32 * 0.37).sin());
+                let r = Array2::from_shape_fn((4, 3), |(i, j)| ((i + 2 * j) as f32 * 0.71).cos());
+                let s = Array2::from_shape_fn((4, 7), |(i, j)| ((3 * i + j) as f32 * 0.23).sin());
+                let loss = |m: &Mlp| -> f64 {
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+                    let (y, c) = m.forward(x.view(), Some(&mut rng));
+                    (&y * &r).sum() as f64 + (&c.hidden[0] * &s).sum() as f64
+                };
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+                let (_, cache) = m.forward(x.view(), Some(&mut rng));
+                let mut g = m.zeros_like();
+                m.backward(&cache, r.clone(), &[Some(s.clone()), None], &mut g);
+                let analytic: Vec<Vec<f32>> = g
+                    .tensors()
+                    .into_iter()
+                    .map(|(_, _, v)| v.to_vec())
+                    .collect();
+                let names: Vec<String> = m.tensors().into_iter().map(|(n, _, _)| n).collect();
+                for (ti, name) in names.iter().enumerate() {
+                    for k in 0..analytic[ti].len() {
+                        let h = 2e-3f32;
+                        let (mut a, mut b) = (m.clone(), m.clone());
+                        a.tensors_mut()[ti][k] += h;
+                        b.tensors_mut()[ti][k] -= h;
+                        let fd = (loss(&a) - loss(&b)) / (2.0 * h as f64);
+                        let an = analytic[ti][k] as f64;
+                        assert!(
+                            (fd - an).abs() < 2e-2 * (1.0 + fd.abs()),
+                            "{act:?} ln={ln} p={p} {name}[{k}]: fd {fd} vs {an}"
+                        );
+                    }
                 }
             }
         }
@@ -223,9 +471,35 @@ mod tests {
 
     #[test]
     fn seeded_and_sized() {
-        let a = Mlp::new(&[64, 32, 10], Activation::Relu, 5);
-        assert_eq!(a, Mlp::new(&[64, 32, 10], Activation::Relu, 5));
-        assert_ne!(a, Mlp::new(&[64, 32, 10], Activation::Relu, 6));
-        assert_eq!(a.parameters(), 64 * 32 + 32 + 32 * 10 + 10);
+        let s = MlpSpec {
+            widths: vec![64, 32, 10],
+            activation: Activation::Relu,
+            layer_norm: false,
+            dropout: 0.0,
+        };
+        let a = Mlp::new(s.clone(), 5);
+        assert_eq!(a, Mlp::new(s.clone(), 5));
+        assert_ne!(a, Mlp::new(s.clone(), 6));
+        assert_eq!(a.parameter_count(), 64 * 32 + 32 + 32 * 10 + 10);
+        let ln = Mlp::new(
+            MlpSpec {
+                layer_norm: true,
+                ..s
+            },
+            5,
+        );
+        assert_eq!(ln.parameter_count(), a.parameter_count() + 64);
+    }
+
+    #[test]
+    fn dropout_only_in_training() {
+        let m = Mlp::new(spec(Activation::Relu, false, 0.5), 1);
+        let x = Array2::from_shape_fn((8, 5), |(i, j)| (i + j) as f32 * 0.1);
+        assert_eq!(m.predict(x.view()), m.forward(x.view(), None).0);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let (_, c) = m.forward(x.view(), Some(&mut rng));
+        let zeros = c.inputs[1].iter().filter(|v| **v == 0.0).count();
+        let hz = c.hidden[0].iter().filter(|v| **v == 0.0).count();
+        assert!(zeros > hz, "dropout zeroed nothing");
     }
 }

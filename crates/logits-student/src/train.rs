@@ -1,0 +1,670 @@
+//! The training loop: batches from the loader, the weighted sum of the configured losses, one
+//! backward pass, an optimizer step; metrics as JSON lines, checkpoints, exact resume.
+//!
+//! Determinism: initialisation, shuffling (seed + epoch) and dropout (seed + step) are all
+//! seeded, and matrixmultiply is single-threaded, so the same seed and data give the same
+//! weights; a resumed run replays the epoch's order and skips the batches already taken, so it
+//! ends bit-identical to an uninterrupted one (tested).
+//!
+//! Checkpoint layout under the output directory:
+//! `checkpoints/step-NNNNNNNN/{student.safetensors, optimizer.safetensors, state.json}` and
+//! `checkpoints/latest` naming the newest, written last (temporary file + rename), so a crash
+//! mid-checkpoint leaves the previous one in force.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use logits_format::Dataset;
+use ndarray::Array2;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::config::{FeatureKind, TrainConfig};
+use crate::data::{Batch, Loader, Needs};
+use crate::error::{Result, StudentError, io};
+use crate::losses::{feature, response};
+use crate::mlp::{Linear, Mlp};
+use crate::optim::Optimizer;
+use crate::params::Params;
+use crate::student::{self, Student, StudentInfo, read_safetensors, to_safetensors, write_atomic};
+
+/// Loss values of one step: each term unweighted, and the weighted total.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Terms {
+    /// Σ weight · term.
+    pub total: f64,
+    /// (name, unweighted value) of every active term.
+    pub parts: Vec<(String, f64)>,
+}
+
+/// The dataset rows a run trains on and evaluates on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    /// Training rows (None: all).
+    pub train: Option<std::ops::Range<u64>>,
+    /// Held-out rows (None: no held-out split declared).
+    pub holdout: Option<std::ops::Range<u64>>,
+}
+
+impl Split {
+    /// The split in effect: the run's `holdout_from`, else the dataset's.
+    pub fn of(ds: &Dataset, cfg: &TrainConfig) -> Split {
+        match cfg.data.holdout_from.or(ds.manifest().corpus.holdout_from) {
+            Some(h) => Split {
+                train: Some(0..h),
+                holdout: Some(h..u64::MAX),
+            },
+            None => Split {
+                train: None,
+                holdout: None,
+            },
+        }
+    }
+}
+
+/// What the losses of `cfg` need from a dataset.
+pub fn needs(cfg: &TrainConfig) -> Needs {
+    let mut features: Vec<String> = cfg
+        .loss
+        .features
+        .iter()
+        .map(|f| f.feature.clone())
+        .collect();
+    features.sort();
+    features.dedup();
+    Needs {
+        topk: cfg.loss.kd > 0.0,
+        sampled: cfg.loss.sampled > 0.0,
+        labels: cfg.loss.ce > 0.0,
+        features,
+    }
+}
+
+/// Refuses a configuration the dataset cannot serve beyond missing columns: a tail-bucket
+/// response loss at a temperature whose logZ was not stored.
+pub fn check_against(ds: &Dataset, cfg: &TrainConfig) -> Result<()> {
+    let t = cfg.loss.temperature;
+    if cfg.loss.kd > 0.0
+        && cfg.topk_mode() == response::TopKMode::TailBucket
+        && let Some(spec) = &ds.manifest().targets
+        && t != 1.0
+        && !spec.temperatures.contains(&t)
+    {
+        let stored: Vec<String> = std::iter::once(1.0)
+            .chain(spec.temperatures.iter().copied())
+            .map(|x| x.to_string())
+            .collect();
+        return Err(StudentError::Dataset {
+            dataset: ds.root().to_path_buf(),
+            what: format!(
+                "the tail-bucket loss at T={t} needs logZ at that temperature, but the dataset stores it only at T = {}; train at one of those, use loss.topk = \"renormalize\", or rebuild with --temperatures {t}",
+                stored.join(", ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A fresh student for `cfg` on a dataset with `inputs` input values and `classes` outputs;
+/// projections are sized from the stored feature widths.
+pub fn init_student(
+    ds: &Dataset,
+    cfg: &TrainConfig,
+    inputs: usize,
+    classes: usize,
+) -> Result<Student> {
+    let mlp = Mlp::new(cfg.mlp_spec(inputs, classes), cfg.seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x005e_ed0f_9e07);
+    let mut projections = Vec::new();
+    for f in &cfg.loss.features {
+        projections.push(match f.kind {
+            FeatureKind::Hint | FeatureKind::Cosine => {
+                let spec = ds
+                    .manifest()
+                    .features
+                    .iter()
+                    .find(|s| s.name == f.feature)
+                    .ok_or_else(|| StudentError::Dataset {
+                        dataset: ds.root().to_path_buf(),
+                        what: format!("no teacher feature named {:?}", f.feature),
+                    })?;
+                Some(Linear::glorot(
+                    cfg.model.hidden[f.layer],
+                    spec.width(),
+                    &mut rng,
+                ))
+            }
+            _ => None,
+        });
+    }
+    Ok(Student { mlp, projections })
+}
+
+fn feature_term_name(f: &crate::config::FeatureLoss) -> String {
+    let kind = serde_json::to_value(f.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    format!("{kind}:{}@{}", f.feature, f.layer)
+}
+
+/// Loss and gradient of one batch: fills `grad` (zeroed first) and returns the terms.
+pub fn loss_and_grad(
+    s: &Student,
+    grad: &mut Student,
+    batch: &Batch,
+    cfg: &TrainConfig,
+    sampled_t: f64,
+    dropout: Option<&mut ChaCha8Rng>,
+    step: u64,
+) -> Result<Terms> {
+    grad.zero();
+    let rows = batch.len();
+    let inv = 1.0 / rows.max(1) as f64;
+    let (logits, cache) = s.mlp.forward(batch.x.view(), dropout);
+    let classes = logits.ncols();
+    let mut dlogits = Array2::<f32>::zeros(logits.raw_dim());
+    let mut terms = Terms::default();
+    let t = cfg.loss.temperature;
+    let nonfinite = |term: &str, row: Option<u64>| StudentError::NonFinite {
+        step,
+        term: term.to_string(),
+        row,
+    };
+    let bad_id = |row: u64, id: u64| StudentError::Dataset {
+        dataset: PathBuf::new(),
+        what: format!("row {row}: class id {id} is outside the student's {classes} outputs"),
+    };
+    if cfg.loss.kd > 0.0
+        && let Some(tr) = &batch.teacher
+    {
+        let (div, mode) = (cfg.divergence(), cfg.topk_mode());
+        let mut sum = 0.0;
+        for r in 0..rows {
+            let ids = tr.ids(r);
+            if let Some(&m) = ids.iter().find(|&&i| i as usize >= classes) {
+                return Err(bad_id(batch.row_ids[r], m as u64));
+            }
+            let lp = match mode {
+                response::TopKMode::TailBucket => tr
+                    .logprobs(r, t)
+                    .ok_or_else(|| StudentError::Config(format!("logZ at T={t} is not stored")))?,
+                response::TopKMode::Renormalize => tr.renormalised_logprobs(r, t),
+            };
+            if lp.iter().any(|x| !x.is_finite()) {
+                return Err(nonfinite("teacher targets", Some(batch.row_ids[r])));
+            }
+            let srow = logits.row(r);
+            let srow = srow.as_slice().unwrap_or(&[]);
+            let mut g = dlogits.row_mut(r);
+            let g = g.as_slice_mut().unwrap_or(&mut []);
+            let teacher = response::TeacherTargets { ids, logprobs: &lp };
+            sum += response::response_loss(srow, teacher, t, div, mode, cfg.loss.kd * inv, g);
+        }
+        terms.parts.push(("kd".into(), sum * inv));
+        terms.total += cfg.loss.kd * sum * inv;
+    }
+    if cfg.loss.ce > 0.0
+        && let Some(labels) = &batch.labels
+    {
+        let n = labels.iter().flatten().count().max(1) as f64;
+        let mut sum = 0.0;
+        for (r, l) in labels.iter().enumerate() {
+            let Some(l) = *l else { continue };
+            if l < 0 || l as usize >= classes {
+                return Err(bad_id(batch.row_ids[r], l as u64));
+            }
+            let srow = logits.row(r);
+            let mut g = dlogits.row_mut(r);
+            sum += response::cross_entropy(
+                srow.as_slice().unwrap_or(&[]),
+                l as usize,
+                cfg.loss.ce / n,
+                g.as_slice_mut().unwrap_or(&mut []),
+            );
+        }
+        terms.parts.push(("ce".into(), sum / n));
+        terms.total += cfg.loss.ce * sum / n;
+    }
+    if cfg.loss.sampled > 0.0
+        && let Some(sm) = &batch.sampled
+    {
+        let mut sum = 0.0;
+        for r in 0..rows {
+            let (a, b) = (sm.offsets[r], sm.offsets[r + 1]);
+            if let Some(&m) = sm.ids[a..b].iter().find(|&&i| i as usize >= classes) {
+                return Err(bad_id(batch.row_ids[r], m as u64));
+            }
+            let srow = logits.row(r);
+            let mut g = dlogits.row_mut(r);
+            sum += response::sampled_kd(
+                srow.as_slice().unwrap_or(&[]),
+                &sm.ids[a..b],
+                &sm.counts[a..b],
+                sampled_t,
+                cfg.loss.sampled * inv,
+                g.as_slice_mut().unwrap_or(&mut []),
+            );
+        }
+        terms.parts.push(("sampled".into(), sum * inv));
+        terms.total += cfg.loss.sampled * sum * inv;
+    }
+    let mut extra: Vec<Option<Array2<f32>>> = vec![None; s.mlp.hidden_layers()];
+    for (i, f) in cfg.loss.features.iter().enumerate() {
+        let w = f.weight();
+        let target = batch
+            .features
+            .get(&f.feature)
+            .ok_or_else(|| StudentError::Config(format!("feature {:?} not loaded", f.feature)))?;
+        if target.iter().any(|v| !v.is_finite()) {
+            return Err(nonfinite(&format!("teacher feature {}", f.feature), None));
+        }
+        let h = &cache.hidden[f.layer];
+        let (l, dh) = match (
+            f.kind.relation(),
+            &s.projections[i],
+            &mut grad.projections[i],
+        ) {
+            (Some(rel), _, _) => {
+                let (l, g) = rel.loss(h.view(), target.view());
+                (l, g * (w as f32))
+            }
+            (None, Some(p), Some(gp)) => {
+                let y = p.forward(h.view());
+                let mut dy = Array2::<f32>::zeros(y.raw_dim());
+                let (ys, ts) = (
+                    y.as_slice().unwrap_or(&[]),
+                    target.as_slice().unwrap_or(&[]),
+                );
+                let ds = dy.as_slice_mut().unwrap_or(&mut []);
+                let l = if f.kind == FeatureKind::Hint {
+                    feature::mse(ys, ts, w, ds)
+                } else {
+                    feature::cosine(ys, ts, target.ncols(), w, ds)
+                };
+                (l, p.backward(h.view(), dy.view(), gp))
+            }
+            _ => return Err(StudentError::Config("feature projection missing".into())),
+        };
+        terms.parts.push((feature_term_name(f), l));
+        terms.total += w * l;
+        match &mut extra[f.layer] {
+            Some(e) => *e += &dh,
+            slot => *slot = Some(dh),
+        }
+    }
+    if !terms.total.is_finite() {
+        let worst = terms
+            .parts
+            .iter()
+            .find(|(_, v)| !v.is_finite())
+            .map_or("total".to_string(), |(n, _)| n.clone());
+        return Err(nonfinite(&worst, None));
+    }
+    s.mlp.backward(&cache, dlogits, &extra, &mut grad.mlp);
+    Ok(terms)
+}
+
+/// Saved with every checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    /// Steps taken.
+    pub step: u64,
+    /// Epoch of the next batch.
+    pub epoch: u64,
+    /// Batches of that epoch already taken.
+    pub batch_in_epoch: u64,
+    /// Training rows.
+    pub train_rows: u64,
+    /// The dataset trained on.
+    pub dataset_id: String,
+    /// sha256 of the dataset's teacher.
+    pub teacher_sha256: String,
+    /// The run's configuration.
+    pub config: TrainConfig,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The trained student.
+    pub student: Student,
+    /// Its description (for saving).
+    pub info: StudentInfo,
+    /// Steps taken in total.
+    pub steps: u64,
+    /// Rows trained on per epoch.
+    pub train_rows: u64,
+    /// The last metrics line.
+    pub last: Option<Value>,
+}
+
+/// Where a run keeps its files.
+#[derive(Debug, Clone)]
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    /// `checkpoints/`.
+    pub fn checkpoints(&self) -> PathBuf {
+        self.0.join("checkpoints")
+    }
+    /// `metrics.jsonl`.
+    pub fn metrics(&self) -> PathBuf {
+        self.0.join("metrics.jsonl")
+    }
+    /// The newest checkpoint directory, if any.
+    pub fn latest(&self) -> Result<Option<PathBuf>> {
+        let p = self.checkpoints().join("latest");
+        match std::fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(self.checkpoints().join(s.trim()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StudentError::Io { path: p, source: e }),
+        }
+    }
+}
+
+fn count_rows(ds: &Dataset, range: Option<std::ops::Range<u64>>) -> Result<u64> {
+    let mut s = ds.stream(&logits_format::ReadOptions {
+        columns: Some(Vec::new()),
+        batch_size: 65536,
+        row_range: range,
+        ..Default::default()
+    })?;
+    let mut n = 0u64;
+    while let Some(b) = s.next_rows() {
+        n += b?.len() as u64;
+    }
+    Ok(n)
+}
+
+fn save_checkpoint(
+    dir: &RunDir,
+    s: &Student,
+    opt: &Optimizer,
+    state: &State,
+    info: &StudentInfo,
+) -> Result<()> {
+    let name = format!("step-{:08}", state.step);
+    let d = dir.checkpoints().join(&name);
+    std::fs::create_dir_all(&d).map_err(io(&d))?;
+    student::save(&d.join("student.safetensors"), s, info)?;
+    let names: Vec<String> = s.tensors().into_iter().map(|(n, _, _)| n).collect();
+    let shapes: Vec<Vec<usize>> = s.tensors().into_iter().map(|(_, sh, _)| sh).collect();
+    let mut t: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        t.push((format!("m.{n}"), shapes[i].clone(), &opt.m[i]));
+        if let Some(v) = opt.v.get(i) {
+            t.push((format!("v.{n}"), shapes[i].clone(), v));
+        }
+    }
+    let mut meta = HashMap::new();
+    meta.insert("step".to_string(), opt.step.to_string());
+    write_atomic(&d.join("optimizer.safetensors"), &to_safetensors(&t, meta)?)?;
+    let js = serde_json::to_vec_pretty(state).map_err(|e| StudentError::Config(e.to_string()))?;
+    write_atomic(&d.join("state.json"), &js)?;
+    write_atomic(&dir.checkpoints().join("latest"), name.as_bytes())
+}
+
+fn load_checkpoint(d: &Path, template: &Student, opt: &mut Optimizer) -> Result<(Student, State)> {
+    let sp = d.join("state.json");
+    let state: State =
+        serde_json::from_slice(&std::fs::read(&sp).map_err(io(&sp))?).map_err(|e| {
+            StudentError::Checkpoint {
+                path: sp.clone(),
+                why: e.to_string(),
+            }
+        })?;
+    let (mut s, _) = student::load(&d.join("student.safetensors"), Some(template))?;
+    s.mlp.spec.dropout = template.mlp.spec.dropout;
+    let op = d.join("optimizer.safetensors");
+    let (mut t, _) = read_safetensors(&op)?;
+    let names: Vec<String> = s.tensors().into_iter().map(|(n, _, _)| n).collect();
+    for (i, n) in names.iter().enumerate() {
+        let mut take = |k: String, len: usize| -> Result<Vec<f32>> {
+            match t.remove(&k) {
+                Some((_, v)) if v.len() == len => Ok(v),
+                _ => Err(StudentError::Checkpoint {
+                    path: op.clone(),
+                    why: format!("optimizer state {k} is missing or has the wrong size"),
+                }),
+            }
+        };
+        let len = opt.m[i].len();
+        opt.m[i] = take(format!("m.{n}"), len)?;
+        if i < opt.v.len() {
+            opt.v[i] = take(format!("v.{n}"), len)?;
+        }
+    }
+    opt.step = state.step;
+    Ok((s, state))
+}
+
+/// Trains a student on `ds` as `cfg` says, writing metrics and checkpoints under `out`;
+/// `on_log` sees every metrics line (for a progress bar). With `resume`, continues from the
+/// newest checkpoint, refusing one from another dataset, teacher or configuration.
+pub fn train(
+    ds: &Dataset,
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    on_log: &mut dyn FnMut(u64, u64, &Value),
+) -> Result<Run> {
+    cfg.check()?;
+    check_against(ds, cfg)?;
+    let split = Split::of(ds, cfg);
+    let loader = Loader::new(ds, cfg.model.input.as_deref(), needs(cfg))?;
+    let m = ds.manifest();
+    let info = StudentInfo {
+        kind: "mlp".into(),
+        widths: cfg.mlp_spec(loader.input_width, loader.classes).widths,
+        activation: cfg.mlp_spec(1, 1).activation.name().into(),
+        layer_norm: cfg.model.layer_norm,
+        input: loader.input.clone(),
+        dataset_id: m.dataset_id.clone(),
+        teacher_sha256: m.teacher.sha256.clone(),
+    };
+    let dir = RunDir(out.to_path_buf());
+    std::fs::create_dir_all(dir.checkpoints()).map_err(io(dir.checkpoints()))?;
+    let latest = dir.latest()?;
+    if latest.is_some() && !resume {
+        return Err(StudentError::Config(format!(
+            "{} already holds a training run; pass --resume to continue it or choose another output directory",
+            out.display()
+        )));
+    }
+    let train_rows = count_rows(ds, split.train.clone())?;
+    if train_rows == 0 {
+        return Err(StudentError::Dataset {
+            dataset: ds.root().to_path_buf(),
+            what: "no training rows (is holdout_from 0?)".into(),
+        });
+    }
+    let bs = cfg.data.batch_size as u64;
+    let per_epoch = train_rows.div_ceil(bs);
+    let total = cfg.data.steps.unwrap_or(per_epoch * cfg.data.epochs);
+    let fresh = init_student(ds, cfg, loader.input_width, loader.classes)?;
+    let mut opt = Optimizer::new(
+        cfg.method(),
+        cfg.schedule(total),
+        cfg.optim.weight_decay,
+        cfg.optim.clip_norm,
+        &fresh,
+    );
+    let (mut s, mut epoch, mut skip) = (fresh.clone(), 0u64, 0u64);
+    if resume && let Some(d) = &latest {
+        let (ls, st) = load_checkpoint(d, &fresh, &mut opt)?;
+        let refuse = |why: String| StudentError::Checkpoint {
+            path: d.clone(),
+            why,
+        };
+        if st.teacher_sha256 != m.teacher.sha256 {
+            return Err(refuse(format!(
+                "the checkpoint was trained from a dataset of teacher {}, this dataset's teacher is {}: refusing to resume",
+                st.teacher_sha256, m.teacher.sha256
+            )));
+        }
+        if st.dataset_id != m.dataset_id {
+            return Err(refuse(format!(
+                "the checkpoint was trained on dataset {}, this is {}: refusing to resume",
+                st.dataset_id, m.dataset_id
+            )));
+        }
+        if st.config != *cfg {
+            return Err(refuse(
+                "the configuration differs from the checkpoint's (the run's config.toml holds the saved one); resume with the same settings".into(),
+            ));
+        }
+        s = ls;
+        epoch = st.epoch;
+        skip = st.batch_in_epoch;
+        truncate_metrics(&dir.metrics(), st.step)?;
+    } else {
+        let _ = std::fs::remove_file(dir.metrics());
+    }
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.metrics())
+        .map_err(io(dir.metrics()))?;
+    let sampled_t = m
+        .targets
+        .as_ref()
+        .and_then(|t| t.sampled.as_ref())
+        .map_or(1.0, |s| s.temperature);
+    let mut grad = s.zeros_like();
+    let mut last = None;
+    let mut window = (Instant::now(), 0u64);
+    let log_every = cfg.run.log_every.max(1);
+    let in_memory = if cfg.data.in_memory {
+        Some(loader.load(split.train.clone())?)
+    } else {
+        None
+    };
+    'epochs: while opt.step < total {
+        let batches: Box<dyn Iterator<Item = Result<Batch>>> = match &in_memory {
+            Some(all) => Box::new(memory_batches(all, cfg, epoch)),
+            None => Box::new(loader.stream(
+                split.train.clone(),
+                cfg.data.batch_size,
+                Some(cfg.seed.wrapping_add(epoch)),
+                cfg.data.shuffle_buffer,
+                cfg.data.prefetch,
+            )?),
+        };
+        let mut b_in_epoch = 0u64;
+        for b in batches {
+            if b_in_epoch < skip {
+                b_in_epoch += 1;
+                continue;
+            }
+            let b = b?;
+            let step = opt.step;
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(cfg.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let terms = loss_and_grad(&s, &mut grad, &b, cfg, sampled_t, Some(&mut rng), step)
+                .map_err(|e| with_dataset(e, ds))?;
+            let si = opt.step(&mut s, &grad);
+            b_in_epoch += 1;
+            window.1 += b.len() as u64;
+            let done = opt.step;
+            if done.is_multiple_of(log_every) || done == total {
+                let secs = window.0.elapsed().as_secs_f64().max(1e-9);
+                let mut line = json!({
+                    "step": done, "epoch": epoch, "lr": si.lr, "loss": terms.total,
+                    "grad_norm": si.grad_norm, "samples_per_s": window.1 as f64 / secs,
+                });
+                for (k, v) in &terms.parts {
+                    line[k] = json!(v);
+                }
+                writeln!(metrics, "{line}").map_err(io(dir.metrics()))?;
+                on_log(done, total, &line);
+                last = Some(line);
+                window = (Instant::now(), 0);
+            }
+            let every = cfg.run.checkpoint_every;
+            let (next_epoch, next_b) = if b_in_epoch >= per_epoch {
+                (epoch + 1, 0)
+            } else {
+                (epoch, b_in_epoch)
+            };
+            if (every > 0 && done.is_multiple_of(every)) || done == total {
+                let state = State {
+                    step: done,
+                    epoch: next_epoch,
+                    batch_in_epoch: next_b,
+                    train_rows,
+                    dataset_id: m.dataset_id.clone(),
+                    teacher_sha256: m.teacher.sha256.clone(),
+                    config: cfg.clone(),
+                };
+                metrics.flush().map_err(io(dir.metrics()))?;
+                save_checkpoint(&dir, &s, &opt, &state, &info)?;
+            }
+            if done >= total {
+                break 'epochs;
+            }
+        }
+        epoch += 1;
+        skip = 0;
+    }
+    Ok(Run {
+        student: s,
+        info,
+        steps: opt.step,
+        train_rows,
+        last,
+    })
+}
+
+fn with_dataset(e: StudentError, ds: &Dataset) -> StudentError {
+    match e {
+        StudentError::Dataset { dataset, what } if dataset.as_os_str().is_empty() => {
+            StudentError::Dataset {
+                dataset: ds.root().to_path_buf(),
+                what,
+            }
+        }
+        other => other,
+    }
+}
+
+/// Batches of an in-memory copy of the training rows, shuffled by (seed, epoch).
+fn memory_batches<'a>(
+    all: &'a Batch,
+    cfg: &TrainConfig,
+    epoch: u64,
+) -> impl Iterator<Item = Result<Batch>> + 'a {
+    use rand::seq::SliceRandom;
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(epoch)));
+    let bs = cfg.data.batch_size.max(1);
+    let chunks: Vec<Vec<usize>> = order.chunks(bs).map(|c| c.to_vec()).collect();
+    chunks.into_iter().map(move |idx| Ok(gather(all, &idx)))
+}
+
+/// Rows `idx` of a batch, in that order.
+pub fn gather(all: &Batch, idx: &[usize]) -> Batch {
+    let parts: Vec<Batch> = idx.iter().map(|&i| all.slice(i..i + 1)).collect();
+    crate::data::concat(parts, all.x.ncols())
+}
+
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())
+}

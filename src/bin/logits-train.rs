@@ -1,0 +1,683 @@
+//! `logits-train`: train a student from a logits dataset, evaluate it against the teacher and
+//! export it. A thin front door over `logits_student`; the exported ONNX file is checked
+//! through ONNX Runtime here, where the two sides meet.
+//!
+//! Exit codes: 0 success; 1 error (the message names the dataset, column, file or step);
+//! 2 usage error; 3 the exported ONNX disagrees with the ndarray forward beyond 1e-5.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use logits::onnx_run::OnnxModel;
+use logits_format::Dataset;
+use logits_student::config::{FeatureLoss, TrainConfig, parse_name};
+use logits_student::data::Loader;
+use logits_student::eval::{self, Evaluation};
+use logits_student::train::{self, Split};
+use serde::{Deserialize, Serialize};
+
+/// Train a small student from a logits dataset, without the teacher.
+#[derive(Parser, Debug)]
+#[command(name = "logits-train", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train, then evaluate on the held-out rows and export (student.onnx, student.safetensors).
+    Train(Box<TrainArgs>),
+    /// Evaluate a trained student on a dataset.
+    Eval(EvalArgs),
+    /// Export a student or checkpoint file to ONNX and safetensors.
+    Export {
+        /// A student.safetensors (a run's output or a checkpoint's).
+        #[arg(long)]
+        student: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print runs' reports side by side (teacher first), e.g. label-only vs distilled.
+    Table {
+        /// Run directories written by `train`.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// The dataset directory.
+    dataset: PathBuf,
+    /// Output directory: config.toml, metrics.jsonl, checkpoints/, student.onnx,
+    /// student.safetensors, report.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// A TOML configuration (see README); flags given here win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run in --out from its newest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// The teacher's ONNX file, to time it beside the student (never needed to train).
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// Seed for initialisation, shuffling and dropout.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Hidden widths, comma-separated (e.g. 128,64).
+    #[arg(long, value_delimiter = ',')]
+    hidden: Option<Vec<usize>>,
+    /// relu, gelu or tanh.
+    #[arg(long)]
+    activation: Option<String>,
+    /// Layer norm before each hidden nonlinearity.
+    #[arg(long)]
+    layer_norm: bool,
+    /// Dropout after each hidden layer.
+    #[arg(long)]
+    dropout: Option<f32>,
+    /// The stored input to train from (default: the only one).
+    #[arg(long)]
+    input: Option<String>,
+    /// Weight of the response (KD) loss on top-k targets.
+    #[arg(long)]
+    kd: Option<f64>,
+    /// Weight of cross-entropy on labels.
+    #[arg(long)]
+    ce: Option<f64>,
+    /// Weight of the RS-KD loss on sampled targets.
+    #[arg(long)]
+    sampled: Option<f64>,
+    /// Distillation temperature.
+    #[arg(long, short = 'T')]
+    temperature: Option<f64>,
+    /// forward_kl, reverse_kl or jsd.
+    #[arg(long)]
+    divergence: Option<String>,
+    /// β of the generalised JSD.
+    #[arg(long)]
+    jsd_beta: Option<f64>,
+    /// tail (exact tail bucket) or renormalize.
+    #[arg(long)]
+    topk: Option<String>,
+    /// Feature or relation loss KIND:FEATURE@LAYER[=WEIGHT] (KIND: hint, cosine, rkd_distance,
+    /// rkd_angle, sp, pkt); repeatable; replaces the configuration file's list.
+    #[arg(long = "feature-loss")]
+    feature_loss: Vec<String>,
+    /// adamw or sgd.
+    #[arg(long)]
+    optimizer: Option<String>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// SGD momentum.
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// SGD Nesterov momentum.
+    #[arg(long)]
+    nesterov: bool,
+    /// Weight decay (matrices only).
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Clip the global gradient norm (0 disables).
+    #[arg(long)]
+    clip_norm: Option<f64>,
+    /// Warm-up steps.
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// cosine, linear or constant.
+    #[arg(long)]
+    decay: Option<String>,
+    /// Rows per step.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Passes over the training rows.
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Total steps (overrides --epochs).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Rows with id ≥ N are held out (default: the dataset's split).
+    #[arg(long)]
+    holdout_from: Option<u64>,
+    /// Decode the training rows once and train from memory.
+    #[arg(long)]
+    in_memory: bool,
+    /// Checkpoint every N steps (always at the end).
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Metrics line every N steps.
+    #[arg(long)]
+    log_every: Option<u64>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// The dataset directory.
+    dataset: PathBuf,
+    /// The student.safetensors to evaluate.
+    #[arg(long)]
+    student: PathBuf,
+    /// Its exported ONNX file, to check and time through ONNX Runtime.
+    #[arg(long)]
+    onnx: Option<PathBuf>,
+    /// The teacher's ONNX file, to time it.
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// Rows with id ≥ N are evaluated (default: the dataset's split; all rows without one).
+    #[arg(long)]
+    holdout_from: Option<u64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One side of the comparison.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+struct Side {
+    params: Option<u64>,
+    bytes: Option<u64>,
+    latency_us: Option<f64>,
+    latency_onnx_us: Option<f64>,
+}
+
+/// What `train` and `eval` print and save.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Report {
+    dataset: String,
+    rows_evaluated: String,
+    evaluation: serde_json::Value,
+    teacher: Side,
+    student: Side,
+    onnx_max_abs_diff: Option<f64>,
+    steps: Option<u64>,
+    train_seconds: Option<f64>,
+    losses: Option<String>,
+}
+
+const ONNX_TOLERANCE: f64 = 1e-5;
+
+fn main() -> ExitCode {
+    // SAFETY: setting a signal disposition before any other thread exists.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("logits-train: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Train(a) => train_cmd(*a),
+        Command::Eval(a) => eval_cmd(a),
+        Command::Export { student, out } => {
+            let (s, info) = logits_student::student::load(&student, None)?;
+            let (o, st) = logits_student::export::export(&s.mlp, &info, &out)?;
+            println!("wrote {} and {}", o.display(), st.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Table { runs } => table(&runs),
+    }
+}
+
+fn name<T: serde::de::DeserializeOwned>(what: &str, s: &str, choices: &str) -> anyhow::Result<T> {
+    parse_name(s).with_context(|| format!("--{what} {s:?}: expected one of {choices}"))
+}
+
+fn resolve(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    let saved = a.out.join("config.toml");
+    let base = match (&a.config, a.resume && saved.is_file()) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => Some(saved),
+        (None, false) => None,
+    };
+    let mut c: TrainConfig = match base {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("{}", p.display()))?
+        }
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($flag:expr, $field:expr) => {
+            if let Some(v) = $flag.clone() {
+                $field = v;
+            }
+        };
+    }
+    set!(a.seed, c.seed);
+    set!(a.hidden, c.model.hidden);
+    if let Some(s) = &a.activation {
+        c.model.activation = name("activation", s, "relu, gelu, tanh")?;
+    }
+    c.model.layer_norm |= a.layer_norm;
+    set!(a.dropout, c.model.dropout);
+    if a.input.is_some() {
+        c.model.input = a.input.clone();
+    }
+    set!(a.kd, c.loss.kd);
+    set!(a.ce, c.loss.ce);
+    set!(a.sampled, c.loss.sampled);
+    set!(a.temperature, c.loss.temperature);
+    if let Some(s) = &a.divergence {
+        c.loss.divergence = name("divergence", s, "forward_kl, reverse_kl, jsd")?;
+    }
+    set!(a.jsd_beta, c.loss.jsd_beta);
+    if let Some(s) = &a.topk {
+        c.loss.topk = name("topk", s, "tail, renormalize")?;
+    }
+    if !a.feature_loss.is_empty() {
+        c.loss.features = a
+            .feature_loss
+            .iter()
+            .map(|s| FeatureLoss::parse(s))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(s) = &a.optimizer {
+        c.optim.method = name("optimizer", s, "adamw, sgd")?;
+    }
+    set!(a.lr, c.optim.lr);
+    set!(a.momentum, c.optim.momentum);
+    c.optim.nesterov |= a.nesterov;
+    set!(a.weight_decay, c.optim.weight_decay);
+    if let Some(v) = a.clip_norm {
+        c.optim.clip_norm = (v > 0.0).then_some(v);
+    }
+    set!(a.warmup, c.optim.warmup);
+    if let Some(s) = &a.decay {
+        c.optim.decay = name("decay", s, "cosine, linear, constant")?;
+    }
+    set!(a.batch_size, c.data.batch_size);
+    set!(a.epochs, c.data.epochs);
+    if a.steps.is_some() {
+        c.data.steps = a.steps;
+    }
+    if a.holdout_from.is_some() {
+        c.data.holdout_from = a.holdout_from;
+    }
+    c.data.in_memory |= a.in_memory;
+    set!(a.checkpoint_every, c.run.checkpoint_every);
+    set!(a.log_every, c.run.log_every);
+    c.check()?;
+    Ok(c)
+}
+
+fn describe_losses(c: &TrainConfig) -> String {
+    let mut v = Vec::new();
+    if c.loss.kd > 0.0 {
+        v.push(format!(
+            "kd {} ({:?}, T={}, {:?})",
+            c.loss.kd,
+            c.divergence(),
+            c.loss.temperature,
+            c.topk_mode()
+        ));
+    }
+    if c.loss.ce > 0.0 {
+        v.push(format!("ce {}", c.loss.ce));
+    }
+    if c.loss.sampled > 0.0 {
+        v.push(format!("sampled {}", c.loss.sampled));
+    }
+    for f in &c.loss.features {
+        v.push(format!(
+            "{:?} {}@{} ×{}",
+            f.kind,
+            f.feature,
+            f.layer,
+            f.weight()
+        ));
+    }
+    v.join(" + ")
+}
+
+fn train_cmd(a: TrainArgs) -> anyhow::Result<ExitCode> {
+    let cfg = resolve(&a)?;
+    let ds = Dataset::open(&a.dataset)?;
+    let lic = &ds.manifest().license;
+    eprintln!(
+        "dataset {} (teacher {}): license/terms: {}",
+        a.dataset.display(),
+        ds.manifest().teacher.file,
+        serde_json::to_string(lic)?
+    );
+    std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
+    let cfg_path = a.out.join("config.toml");
+    if !a.resume || !cfg_path.is_file() {
+        logits_student::student::write_atomic(&cfg_path, toml::to_string(&cfg)?.as_bytes())?;
+    }
+    let bar = if a.quiet || a.json {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed}<{eta}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    };
+    let t0 = Instant::now();
+    let run = train::train(&ds, &cfg, &a.out, a.resume, &mut |step, total, line| {
+        bar.set_length(total);
+        bar.set_position(step);
+        bar.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} rows/s",
+            line["loss"].as_f64().unwrap_or(f64::NAN),
+            line["lr"].as_f64().unwrap_or(0.0),
+            line["samples_per_s"].as_f64().unwrap_or(0.0)
+        ));
+    })?;
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let (onnx, st) = logits_student::export::export(&run.student.mlp, &run.info, &a.out)?;
+    let mut report = evaluate(
+        &ds,
+        &st,
+        Some(&onnx),
+        a.teacher.as_deref(),
+        cfg.data.holdout_from,
+    )?;
+    report.steps = Some(run.steps);
+    report.train_seconds = Some(secs);
+    report.losses = Some(describe_losses(&cfg));
+    logits_student::student::write_atomic(
+        &a.out.join("report.json"),
+        &serde_json::to_vec_pretty(&report)?,
+    )?;
+    finish(&report, a.json, Some(&a.out))
+}
+
+fn eval_cmd(a: EvalArgs) -> anyhow::Result<ExitCode> {
+    let ds = Dataset::open(&a.dataset)?;
+    let report = evaluate(
+        &ds,
+        &a.student,
+        a.onnx.as_deref(),
+        a.teacher.as_deref(),
+        a.holdout_from,
+    )?;
+    finish(&report, a.json, None)
+}
+
+fn finish(r: &Report, json: bool, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+    } else {
+        print_report(r, out);
+    }
+    if let Some(d) = r.onnx_max_abs_diff
+        && (d.is_nan() || d > ONNX_TOLERANCE)
+    {
+        eprintln!(
+            "logits-train: the exported ONNX differs from the ndarray forward by {d:.3e} (> {ONNX_TOLERANCE:e})"
+        );
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn evaluate(
+    ds: &Dataset,
+    student_file: &Path,
+    onnx: Option<&Path>,
+    teacher: Option<&Path>,
+    holdout_from: Option<u64>,
+) -> anyhow::Result<Report> {
+    let (s, info) = logits_student::student::load(student_file, None)?;
+    let m = ds.manifest();
+    if info.teacher_sha256 != m.teacher.sha256 {
+        eprintln!(
+            "warning: {} was trained from teacher {}, this dataset's teacher is {}",
+            student_file.display(),
+            info.teacher_sha256,
+            m.teacher.sha256
+        );
+    }
+    let cfg = TrainConfig {
+        loss: logits_student::config::LossConfig {
+            kd: if m.targets.is_some() { 1.0 } else { 0.0 },
+            ce: if m.labels.is_some() { 1.0 } else { 0.0 },
+            ..Default::default()
+        },
+        data: logits_student::config::DataConfig {
+            holdout_from,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let needs = train::needs(&cfg);
+    let loader = Loader::new(ds, Some(&info.input), needs)?;
+    if loader.input_width != info.widths[0] {
+        bail!(
+            "{}: the student reads {} values, the dataset's input {:?} has {}",
+            student_file.display(),
+            info.widths[0],
+            info.input,
+            loader.input_width
+        );
+    }
+    let split = Split::of(ds, &cfg);
+    let (range, rows_label) = match split.holdout {
+        Some(r) => (
+            Some(r.clone()),
+            format!("held-out rows (row id ≥ {})", r.start),
+        ),
+        None => (
+            None,
+            "all rows (no held-out split declared: these are training rows)".to_string(),
+        ),
+    };
+    let batch = loader.load(range)?;
+    if batch.is_empty() {
+        bail!(
+            "{}: no rows to evaluate in {rows_label}",
+            ds.root().display()
+        );
+    }
+    let logits = s.mlp.predict(batch.x.view());
+    let e: Evaluation = eval::evaluate(&logits, &batch);
+    let row = batch.x.slice(ndarray::s![0..1, ..]).to_owned();
+    let (params, _) = eval::size(&s.mlp);
+    let mut student = Side {
+        params: Some(params as u64),
+        bytes: std::fs::metadata(student_file).ok().map(|m| m.len()),
+        latency_us: Some(eval::latency_us(&s.mlp, &row, 2000)),
+        latency_onnx_us: None,
+    };
+    let mut diff = None;
+    if let Some(o) = onnx {
+        let mut om = OnnxModel::open(o)?;
+        let y = om.run(&batch.x, None)?;
+        let d = y
+            .iter()
+            .zip(logits.iter())
+            .map(|(a, b)| (a - b).abs() as f64)
+            .fold(0.0, f64::max);
+        diff = Some(d);
+        student.latency_onnx_us = Some(om.latency_us(&row, None, 2000)?);
+        student.bytes = std::fs::metadata(o).ok().map(|m| m.len());
+    }
+    let mut t = Side {
+        bytes: Some(m.teacher.bytes),
+        ..Default::default()
+    };
+    if let Some(tp) = teacher {
+        let proto = logits_onnx::load(tp)?;
+        t.params = Some(logits_onnx::model::parameter_count(&proto));
+        let mut tm = OnnxModel::open(tp)?;
+        let shape: Vec<usize> = m
+            .inputs
+            .iter()
+            .find(|i| i.name == info.input)
+            .map(|i| {
+                i.shape
+                    .iter()
+                    .filter_map(|d| match d {
+                        logits_format::manifest::Dim::Fixed(n) => Some(*n as usize),
+                        logits_format::manifest::Dim::Named(_) => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        t.latency_onnx_us = Some(tm.latency_us(&row, Some(&shape), 2000)?);
+    }
+    Ok(Report {
+        dataset: ds.root().display().to_string(),
+        rows_evaluated: format!("{} {rows_label}", batch.len()),
+        evaluation: serde_json::to_value(&e)?,
+        teacher: t,
+        student,
+        onnx_max_abs_diff: diff,
+        steps: None,
+        train_seconds: None,
+        losses: None,
+    })
+}
+
+fn pct(v: &serde_json::Value) -> String {
+    v.as_f64()
+        .map_or("-".into(), |x| format!("{:.1}%", 100.0 * x))
+}
+
+fn num(v: Option<f64>, fmt: impl Fn(f64) -> String) -> String {
+    v.map_or("-".into(), fmt)
+}
+
+fn print_report(r: &Report, out: Option<&Path>) {
+    let e = &r.evaluation;
+    println!("evaluated on {} of {}", r.rows_evaluated, r.dataset);
+    if let Some(l) = &r.losses {
+        println!(
+            "losses: {l}; {} steps in {:.1}s",
+            r.steps.unwrap_or(0),
+            r.train_seconds.unwrap_or(0.0)
+        );
+    }
+    println!(
+        "teacher: accuracy {} (stored top-1), ECE {}, params {}, bytes {}, latency {} (ONNX Runtime)",
+        pct(&e["teacher_accuracy"]),
+        num(e["teacher_ece"].as_f64(), |x| format!("{x:.3}")),
+        num(r.teacher.params.map(|x| x as f64), |x| format!("{x:.0}")),
+        num(r.teacher.bytes.map(|x| x as f64), |x| format!("{x:.0}")),
+        num(r.teacher.latency_onnx_us, |x| format!("{x:.1} µs")),
+    );
+    println!(
+        "student: accuracy {}, agreement with teacher {}, KL(teacher‖student) {}, ECE {}, params {}, bytes {}, latency {} (ndarray) / {} (ONNX Runtime)",
+        pct(&e["accuracy"]),
+        pct(&e["agreement"]),
+        num(e["kl"].as_f64(), |x| format!("{x:.4}")),
+        num(e["ece"].as_f64(), |x| format!("{x:.3}")),
+        num(r.student.params.map(|x| x as f64), |x| format!("{x:.0}")),
+        num(r.student.bytes.map(|x| x as f64), |x| format!("{x:.0}")),
+        num(r.student.latency_us, |x| format!("{x:.1} µs")),
+        num(r.student.latency_onnx_us, |x| format!("{x:.1} µs")),
+    );
+    if let Some(c) = e["confusion"].as_array() {
+        let worst = c
+            .iter()
+            .enumerate()
+            .flat_map(|(l, row)| {
+                row.as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                    .filter(move |(p, _)| *p != l)
+                    .map(move |(p, n)| (n.as_u64().unwrap_or(0), l, p))
+            })
+            .filter(|x| x.0 > 0)
+            .max();
+        match worst {
+            Some((n, l, p)) => {
+                println!("most frequent confusion: label {l} predicted as {p} ({n} rows)")
+            }
+            None => println!("no confusions"),
+        }
+    }
+    if let Some(d) = r.onnx_max_abs_diff {
+        let verdict = if d <= ONNX_TOLERANCE { "ok" } else { "FAILED" };
+        println!(
+            "exported ONNX vs ndarray: max |difference| {d:.2e} (≤ {ONNX_TOLERANCE:e}: {verdict})"
+        );
+    }
+    if let Some(o) = out {
+        println!(
+            "wrote {}/student.onnx, student.safetensors, report.json, metrics.jsonl, config.toml",
+            o.display()
+        );
+    }
+}
+
+fn table(runs: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut reports = Vec::new();
+    for r in runs {
+        let p = r.join("report.json");
+        let text = std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))?;
+        let rep: Report =
+            serde_json::from_str(&text).with_context(|| format!("{}", p.display()))?;
+        reports.push((
+            r.file_name()
+                .map_or("run".into(), |n| n.to_string_lossy().to_string()),
+            rep,
+        ));
+    }
+    let Some((_, first)) = reports.first() else {
+        bail!("no runs given");
+    };
+    println!(
+        "{:<22} {:>9} {:>10} {:>9} {:>10} {:>10} {:>12} {:>12}",
+        "model", "accuracy", "agreement", "KL", "params", "bytes", "latency", "ONNX check"
+    );
+    let e = &first.evaluation;
+    println!(
+        "{:<22} {:>9} {:>10} {:>9} {:>10} {:>10} {:>12} {:>12}",
+        "teacher",
+        pct(&e["teacher_accuracy"]),
+        "-",
+        "-",
+        num(first.teacher.params.map(|x| x as f64), |x| format!(
+            "{x:.0}"
+        )),
+        num(first.teacher.bytes.map(|x| x as f64), |x| format!("{x:.0}")),
+        num(first.teacher.latency_onnx_us, |x| format!("{x:.1}µs ort")),
+        "-"
+    );
+    for (n, r) in &reports {
+        let e = &r.evaluation;
+        println!(
+            "{:<22} {:>9} {:>10} {:>9} {:>10} {:>10} {:>12} {:>12}",
+            n,
+            pct(&e["accuracy"]),
+            pct(&e["agreement"]),
+            num(e["kl"].as_f64(), |x| format!("{x:.4}")),
+            num(r.student.params.map(|x| x as f64), |x| format!("{x:.0}")),
+            num(r.student.bytes.map(|x| x as f64), |x| format!("{x:.0}")),
+            num(r.student.latency_onnx_us, |x| format!("{x:.1}µs ort")),
+            num(r.onnx_max_abs_diff, |d| format!(
+                "{d:.1e} {}",
+                if d <= ONNX_TOLERANCE { "ok" } else { "FAIL" }
+            )),
+        );
+    }
+    println!("(evaluated on {})", first.rows_evaluated);
+    Ok(ExitCode::SUCCESS)
+}

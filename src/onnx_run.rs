@@ -1,0 +1,79 @@
+//! Running one f32 input through an ONNX file with ONNX Runtime, for checking an exported
+//! student against its ndarray forward and for timing models on single rows.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use ndarray::{Array2, ArrayD, IxDyn};
+
+/// An ONNX Runtime session over one model file with one f32 input.
+pub struct OnnxModel {
+    session: ort::session::Session,
+    input: String,
+    path: std::path::PathBuf,
+}
+
+impl OnnxModel {
+    /// Opens `path` (one intra-op thread: the single-row latency a small server sees).
+    pub fn open(path: &Path) -> Result<OnnxModel> {
+        let m = logits_teacher::TeacherModel::open(path, &[])?;
+        let input = m
+            .summary
+            .inputs
+            .first()
+            .map(|i| i.name.clone())
+            .with_context(|| format!("{}: the model has no inputs", path.display()))?;
+        Ok(OnnxModel {
+            session: m.session(1)?,
+            input,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Runs `x` (`rows × width`; reshaped to `row_shape` per row when given) and returns the
+    /// first output as `rows × rest`.
+    pub fn run(&mut self, x: &Array2<f32>, row_shape: Option<&[usize]>) -> Result<Array2<f32>> {
+        let rows = x.nrows();
+        let mut dims = vec![rows];
+        match row_shape {
+            Some(s) => dims.extend(s),
+            None => dims.push(x.ncols()),
+        }
+        let a = ArrayD::from_shape_vec(IxDyn(&dims), x.iter().copied().collect())
+            .with_context(|| format!("{}: input shape {dims:?}", self.path.display()))?;
+        let v = ort::value::Tensor::from_array(a)?;
+        let out = self
+            .session
+            .run(vec![(
+                self.input.clone(),
+                ort::session::SessionInputValue::from(v),
+            )])
+            .with_context(|| format!("{}: run failed", self.path.display()))?;
+        let (shape, data) = out[0]
+            .try_extract_tensor::<f32>()
+            .with_context(|| format!("{}: first output is not f32", self.path.display()))?;
+        let cols = shape.iter().skip(1).product::<i64>().max(1) as usize;
+        Ok(Array2::from_shape_vec((rows, cols), data.to_vec())?)
+    }
+
+    /// Median single-row latency in microseconds over `iters` runs (after warm-up).
+    pub fn latency_us(
+        &mut self,
+        row: &Array2<f32>,
+        row_shape: Option<&[usize]>,
+        iters: usize,
+    ) -> Result<f64> {
+        for _ in 0..10 {
+            self.run(row, row_shape)?;
+        }
+        let mut t = Vec::with_capacity(iters);
+        for _ in 0..iters.max(1) {
+            let s = Instant::now();
+            self.run(row, row_shape)?;
+            t.push(s.elapsed().as_secs_f64() * 1e6);
+        }
+        t.sort_by(f64::total_cmp);
+        Ok(t[t.len() / 2])
+    }
+}
