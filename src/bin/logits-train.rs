@@ -361,6 +361,12 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<ExitCode> {
         ds.manifest().teacher.file,
         serde_json::to_string(lic)?
     );
+    if !a.resume && train::RunDir(a.out.clone()).latest()?.is_some() {
+        bail!(
+            "{} already holds a training run; pass --resume to continue it or choose another --out",
+            a.out.display()
+        );
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
     let cfg_path = a.out.join("config.toml");
     if !a.resume || !cfg_path.is_file() {

@@ -1,0 +1,248 @@
+//! End-to-end tests of `logits-train` on a dataset built by `logits-build` from the digits
+//! fixture teacher: a real run learns (held-out accuracy and agreement), its exported ONNX runs
+//! in ONNX Runtime and matches the ndarray forward, a resumed run ends bit-identical to an
+//! uninterrupted one, feature and relation losses train, and bad requests are refused with a
+//! message naming what is wrong.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// One digits dataset for all tests: train + holdout corpus, held out from row 1437,
+/// top-5 with logZ at T = 2, 4, a teacher feature, labels.
+fn dataset() -> &'static Path {
+    static DS: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DS.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("digits");
+        let f = |p: &str| root().join(p).display().to_string();
+        let o = Command::new(env!("CARGO_BIN_EXE_logits-build"))
+            .args([
+                "build",
+                "--model",
+                &f("fixtures/digits/digits_teacher.onnx"),
+                "--corpus",
+                &f("fixtures/digits/train.parquet"),
+                &f("fixtures/digits/holdout.parquet"),
+                "--holdout-from",
+                "1437",
+                "--label-column",
+                "label",
+                "-k",
+                "5",
+                "--temperatures",
+                "2,4",
+                "--feature",
+                "penult=hidden2:f16",
+                "--quiet",
+                "--out",
+                &out.display().to_string(),
+            ])
+            .output()
+            .expect("run logits-build");
+        assert!(o.status.success(), "{}", text(&o));
+        (dir, out)
+    })
+    .1
+}
+
+fn train(out: &Path, extra: &[&str]) -> Output {
+    let ds = dataset().display().to_string();
+    let o = out.display().to_string();
+    let mut args = vec!["train", &ds, "--out", &o, "--quiet", "--hidden", "32"];
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_logits-train"))
+        .args(&args)
+        .output()
+        .expect("run logits-train")
+}
+
+fn report(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("report.json")).expect("report.json"))
+        .expect("report json")
+}
+
+#[test]
+fn distils_evaluates_and_exports_a_student_that_onnx_runtime_agrees_with() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let o = train(&out, &["--epochs", "30", "--lr", "1e-2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("license/terms"), "license not printed: {t}");
+    assert!(t.contains("exported ONNX vs ndarray"), "{t}");
+    let r = report(&out);
+    let e = &r["evaluation"];
+    assert_eq!(e["rows"], 360, "evaluated on the 360 held-out rows");
+    // A 64-32-10 student distilled for 30 epochs: a real run, not a constant predictor.
+    assert!(e["accuracy"].as_f64().unwrap() > 0.9, "{e}");
+    assert!(e["agreement"].as_f64().unwrap() > 0.9, "{e}");
+    assert!(e["teacher_accuracy"].as_f64().unwrap() > 0.95, "{e}");
+    assert!(e["kl"].as_f64().unwrap() < 0.5, "{e}");
+    let d = r["onnx_max_abs_diff"].as_f64().unwrap();
+    assert!(d <= 1e-5, "ONNX Runtime vs ndarray: {d}");
+    assert_eq!(r["student"]["params"], 64 * 32 + 32 + 32 * 10 + 10);
+    // Metrics: one line per 10 steps, with every loss term.
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    for k in ["kd", "ce", "lr", "loss", "samples_per_s", "grad_norm"] {
+        assert!(last.get(k).is_some(), "metrics line lacks {k}: {last}");
+    }
+    // The saved configuration trains the same run again.
+    let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(cfg.contains("temperature = 4.0"), "{cfg}");
+    // eval and export work from the files alone.
+    let ev = Command::new(env!("CARGO_BIN_EXE_logits-train"))
+        .args([
+            "eval",
+            &dataset().display().to_string(),
+            "--student",
+            &out.join("student.safetensors").display().to_string(),
+            "--onnx",
+            &out.join("student.onnx").display().to_string(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(ev.status.success(), "{}", text(&ev));
+    let er: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    assert_eq!(er["evaluation"]["accuracy"], e["accuracy"]);
+}
+
+#[test]
+fn resumed_run_ends_identical_to_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let common = [
+        "--steps",
+        "40",
+        "--batch-size",
+        "32",
+        "--dropout",
+        "0.1",
+        "--seed",
+        "7",
+    ];
+    let o = train(&a, &common);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut args = common.to_vec();
+    args.extend(["--checkpoint-every", "15"]);
+    let o = train(&b, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    // Pretend the run died after step 30: drop the final checkpoint.
+    let ck = b.join("checkpoints");
+    std::fs::remove_dir_all(ck.join("step-00000040")).unwrap();
+    std::fs::write(ck.join("latest"), "step-00000030").unwrap();
+    // Resuming without --resume is refused; with it, the run completes.
+    let o = train(&b, &common);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--resume"), "{}", text(&o));
+    let mut args = common.to_vec();
+    args.push("--resume");
+    let o = train(&b, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let wa = std::fs::read(a.join("student.safetensors")).unwrap();
+    let wb = std::fs::read(b.join("student.safetensors")).unwrap();
+    assert!(
+        wa == wb,
+        "resumed weights differ from the uninterrupted run"
+    );
+    // A resume with other settings is refused.
+    let mut args = common.to_vec();
+    args.extend(["--resume", "--lr", "0.5"]);
+    let o = train(&b, &args);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("configuration differs"), "{}", text(&o));
+}
+
+#[test]
+fn feature_and_relation_losses_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("f");
+    let o = train(
+        &out,
+        &[
+            "--epochs",
+            "3",
+            "--feature-loss",
+            "hint:penult@0=1",
+            "--feature-loss",
+            "rkd_distance:penult@0",
+            "--feature-loss",
+            "rkd_angle:penult@0",
+            "--feature-loss",
+            "sp:penult@0",
+            "--feature-loss",
+            "pkt:penult@0",
+            "--feature-loss",
+            "cosine:penult@0",
+            "--layer-norm",
+            "--activation",
+            "gelu",
+            "--batch-size",
+            "32",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    for k in [
+        "hint:penult@0",
+        "rkd_distance:penult@0",
+        "rkd_angle:penult@0",
+        "sp:penult@0",
+        "pkt:penult@0",
+        "cosine:penult@0",
+    ] {
+        assert!(
+            first[k].as_f64().is_some_and(f64::is_finite),
+            "{k}: {first}"
+        );
+    }
+    let r = report(&out);
+    assert!(r["onnx_max_abs_diff"].as_f64().unwrap() <= 1e-5, "{r}");
+}
+
+#[test]
+fn refusals_name_what_is_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["-T", "3"], "stores it only at T = 1, 2, 4"),
+        (
+            &["--feature-loss", "hint:nope@0"],
+            "no teacher feature named \"nope\"",
+        ),
+        (&["--feature-loss", "sp:penult@4"], "hidden layer 4"),
+        (&["--input", "pixelz"], "no stored input named \"pixelz\""),
+        (&["--divergence", "kl"], "expected one of forward_kl"),
+        (&["--kd", "0", "--ce", "0"], "nothing to train"),
+        (&["--sampled", "1"], "no sampled targets"),
+    ];
+    for (i, (args, want)) in cases.iter().enumerate() {
+        let o = train(&tmp.path().join(format!("r{i}")), args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains(want),
+            "{args:?}: wanted {want:?} in {}",
+            text(&o)
+        );
+    }
+    // Renormalised targets need no stored logZ, so T = 3 trains there.
+    let o = train(
+        &tmp.path().join("renorm"),
+        &["-T", "3", "--topk", "renormalize", "--steps", "5"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+}
