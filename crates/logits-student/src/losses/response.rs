@@ -69,13 +69,17 @@ pub fn response_loss(
     let q = softmax(s, t);
     let k = teacher.ids.len();
     let qk: Vec<f64> = teacher.ids.iter().map(|&i| q[i as usize]).collect();
+    // The student's rest mass summed over the unkept ids, not as 1 − Σ kept: when the kept
+    // ids hold nearly all the mass, the difference is rounding noise and its reciprocal (in
+    // the KL gradient) would swamp everything else.
+    let q_rest = rest_mass(&q, teacher.ids);
     let pk: Vec<f64> = teacher.logprobs.iter().map(|&l| l.exp()).collect();
     let (p, qb) = match mode {
         TopKMode::TailBucket => {
             let mut p = pk.clone();
             p.push((1.0 - pk.iter().sum::<f64>()).max(0.0));
             let mut qb = qk.clone();
-            qb.push((1.0 - qk.iter().sum::<f64>()).max(TINY));
+            qb.push(q_rest.max(TINY));
             (p, qb)
         }
         TopKMode::Renormalize => {
@@ -102,24 +106,55 @@ pub fn response_loss(
             (g.iter().map(|gi| (gi - mean) / sq).collect(), 0.0)
         }
     };
-    backprop(&q, teacher.ids, &gk, g_rest, t, w * scale, grad);
+    backprop(&q, teacher.ids, &gk, g_rest, q_rest, t, w * scale, grad);
     loss * scale
 }
 
+/// Σ of `q` over the ids not in `ids`.
+fn rest_mass(q: &[f64], ids: &[u32]) -> f64 {
+    let mut kept = vec![false; q.len()];
+    for &i in ids {
+        if let Some(k) = kept.get_mut(i as usize) {
+            *k = true;
+        }
+    }
+    q.iter()
+        .zip(&kept)
+        .filter(|(_, k)| !**k)
+        .map(|(v, _)| v)
+        .sum()
+}
+
 /// Chain rule through q = softmax(s/T) for a loss whose gradient is `gk[i]` on the kept
-/// student probabilities q_{ids[i]} and `g_rest` on q_rest = 1 − Σ kept q:
-/// ∂L/∂s_m = (1/T)·( [m kept]·(g_m − g_rest)·q_m − q_m·Σ_i (g_i − g_rest)·q_i ).
-pub fn backprop(q: &[f64], ids: &[u32], gk: &[f64], g_rest: f64, t: f64, w: f64, grad: &mut [f32]) {
-    let c: f64 = ids
+/// student probabilities q_{ids[i]} and `g_rest` on the rest mass q_rest (every other id):
+/// with G_m = g_m for kept m and g_rest otherwise,
+/// ∂L/∂s_m = (1/T)·q_m·(G_m − Σ_j q_j·G_j), where Σ_j q_j·G_j = Σ_kept q_i·g_i + q_rest·g_rest.
+/// Written this way no two large terms cancel (g_rest can be huge when q_rest is tiny, but
+/// q_rest·g_rest stays finite).
+#[allow(clippy::too_many_arguments)]
+pub fn backprop(
+    q: &[f64],
+    ids: &[u32],
+    gk: &[f64],
+    g_rest: f64,
+    q_rest: f64,
+    t: f64,
+    w: f64,
+    grad: &mut [f32],
+) {
+    let mean: f64 = ids
         .iter()
         .zip(gk)
-        .map(|(&i, g)| (g - g_rest) * q[i as usize])
-        .sum();
-    for (m, gm) in grad.iter_mut().enumerate() {
-        *gm -= (w * q[m] * c / t) as f32;
+        .map(|(&i, g)| g * q[i as usize])
+        .sum::<f64>()
+        + q_rest * g_rest;
+    let mut big_g = vec![g_rest; q.len()];
+    for (&i, &g) in ids.iter().zip(gk) {
+        big_g[i as usize] = g;
     }
-    for (&i, g) in ids.iter().zip(gk) {
-        grad[i as usize] += (w * (g - g_rest) * q[i as usize] / t) as f32;
+    let c = w / t;
+    for ((gm, &qm), &gg) in grad.iter_mut().zip(q).zip(&big_g) {
+        *gm += (c * qm * (gg - mean)) as f32;
     }
 }
 
@@ -289,6 +324,42 @@ mod tests {
                     g[m]
                 );
             }
+        }
+    }
+
+    /// Every class kept (k = axis) but the stored log-probs, rounded through f32, sum to
+    /// 1 − 1e-7: the teacher's "tail" is rounding noise and the student's is exactly 0. The
+    /// gradient must still be the closed form of forward KL at T = 1, q_m − p_m (the rest
+    /// bucket is constant). Computing the student's rest as 1 − Σ kept made it ~1e23 here.
+    #[test]
+    fn tail_bucket_gradient_is_stable_when_every_id_is_kept() {
+        let z: Vec<f64> = vec![16.0, 0.5, -0.2, -1.5, -2.8, -3.5, -5.1, -6.7, -6.9, -16.0];
+        let lz = z.iter().map(|x| x.exp()).sum::<f64>().ln();
+        let ids: Vec<u32> = (0..10).collect();
+        let lp: Vec<f64> = z.iter().map(|&v| ((v - lz) as f32) as f64 - 1e-7).collect();
+        let s: Vec<f32> = vec![12.0, 1.0, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -14.0];
+        let mut g = vec![0.0f32; 10];
+        let tt = TeacherTargets {
+            ids: &ids,
+            logprobs: &lp,
+        };
+        response_loss(
+            &s,
+            tt,
+            1.0,
+            Divergence::ForwardKl,
+            TopKMode::TailBucket,
+            1.0,
+            &mut g,
+        );
+        let q = softmax(&s, 1.0);
+        for m in 0..10 {
+            let want = q[m] - lp[m].exp();
+            assert!(
+                (g[m] as f64 - want).abs() < 1e-6,
+                "logit {m}: {} vs {want}",
+                g[m]
+            );
         }
     }
 
