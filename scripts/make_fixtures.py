@@ -108,6 +108,9 @@ def main():
     }
     (OUT / "FIXTURES.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))
+    # The mostly-unlabelled copy of the training corpus that the demo distils on.
+    import make_few_labels
+    make_few_labels.main()
 
 
 if __name__ == "__main__":
