@@ -106,53 +106,6 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.row_ids.is_empty()
     }
-
-    /// Rows `range` of this batch as a new batch.
-    pub fn slice(&self, range: Range<usize>) -> Batch {
-        let teacher = self.teacher.as_ref().map(|t| {
-            let (a, b) = (t.offsets[range.start], t.offsets[range.end]);
-            let nt = t.temps.len();
-            TeacherRows {
-                offsets: t.offsets[range.start..=range.end]
-                    .iter()
-                    .map(|o| o - a)
-                    .collect(),
-                ids: t.ids[a..b].to_vec(),
-                logits: t.logits[a..b].to_vec(),
-                logz: t.logz[range.clone()].to_vec(),
-                logz_temps: t.logz_temps[range.start * nt..range.end * nt].to_vec(),
-                temps: t.temps.clone(),
-            }
-        });
-        let sampled = self.sampled.as_ref().map(|s| {
-            let (a, b) = (s.offsets[range.start], s.offsets[range.end]);
-            SampledEntries {
-                offsets: s.offsets[range.start..=range.end]
-                    .iter()
-                    .map(|o| o - a)
-                    .collect(),
-                ids: s.ids[a..b].to_vec(),
-                counts: s.counts[a..b].to_vec(),
-            }
-        });
-        Batch {
-            row_ids: self.row_ids[range.clone()].to_vec(),
-            x: self.x.slice(ndarray::s![range.clone(), ..]).to_owned(),
-            labels: self.labels.as_ref().map(|l| l[range.clone()].to_vec()),
-            teacher,
-            sampled,
-            features: self
-                .features
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        v.slice(ndarray::s![range.clone(), ..]).to_owned(),
-                    )
-                })
-                .collect(),
-        }
-    }
 }
 
 /// Reads batches of one per-example dataset for a student.

@@ -116,9 +116,14 @@ impl Linear {
         d: ArrayView2<f32>,
         grad: &mut Linear,
     ) -> Array2<f32> {
+        self.backward_weights(x, d, grad);
+        d.dot(&self.w.t())
+    }
+
+    /// Accumulates ∂L/∂W, ∂L/∂b only (the first layer needs no ∂L/∂x: one GEMM saved).
+    pub fn backward_weights(&self, x: ArrayView2<f32>, d: ArrayView2<f32>, grad: &mut Linear) {
         ndarray::linalg::general_mat_mul(1.0, &x.t(), &d, 1.0, &mut grad.w);
         grad.b += &d.sum_axis(Axis(0));
-        d.dot(&self.w.t())
     }
 }
 
@@ -326,10 +331,15 @@ impl Mlp {
     ) {
         let mut d = dlogits;
         for i in (0..self.layers.len()).rev() {
-            let dx = self.layers[i].backward(cache.inputs[i].view(), d.view(), &mut grad.layers[i]);
             if i == 0 {
+                self.layers[0].backward_weights(
+                    cache.inputs[0].view(),
+                    d.view(),
+                    &mut grad.layers[0],
+                );
                 break;
             }
+            let dx = self.layers[i].backward(cache.inputs[i].view(), d.view(), &mut grad.layers[i]);
             let j = i - 1;
             let mut dh = match &cache.masks[j] {
                 Some(m) => dx * m,
@@ -452,13 +462,13 @@ mod tests {
                     .collect();
                 let names: Vec<String> = m.tensors().into_iter().map(|(n, _, _)| n).collect();
                 for (ti, name) in names.iter().enumerate() {
-                    for k in 0..analytic[ti].len() {
+                    for (k, &an) in analytic[ti].iter().enumerate() {
                         let h = 2e-3f32;
                         let (mut a, mut b) = (m.clone(), m.clone());
                         a.tensors_mut()[ti][k] += h;
                         b.tensors_mut()[ti][k] -= h;
                         let fd = (loss(&a) - loss(&b)) / (2.0 * h as f64);
-                        let an = analytic[ti][k] as f64;
+                        let an = an as f64;
                         assert!(
                             (fd - an).abs() < 2e-2 * (1.0 + fd.abs()),
                             "{act:?} ln={ln} p={p} {name}[{k}]: fd {fd} vs {an}"

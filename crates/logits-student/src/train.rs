@@ -648,8 +648,53 @@ fn memory_batches<'a>(
 
 /// Rows `idx` of a batch, in that order.
 pub fn gather(all: &Batch, idx: &[usize]) -> Batch {
-    let parts: Vec<Batch> = idx.iter().map(|&i| all.slice(i..i + 1)).collect();
-    crate::data::concat(parts, all.x.ncols())
+    use ndarray::Axis;
+    let teacher = all.teacher.as_ref().map(|t| {
+        let nt = t.temps.len();
+        let mut out = crate::data::TeacherRows {
+            offsets: vec![0],
+            temps: t.temps.clone(),
+            ..Default::default()
+        };
+        for &i in idx {
+            let (a, b) = (t.offsets[i], t.offsets[i + 1]);
+            out.ids.extend_from_slice(&t.ids[a..b]);
+            out.logits.extend_from_slice(&t.logits[a..b]);
+            out.offsets.push(out.ids.len());
+            out.logz.push(t.logz[i]);
+            out.logz_temps
+                .extend_from_slice(&t.logz_temps[i * nt..(i + 1) * nt]);
+        }
+        out
+    });
+    let sampled = all.sampled.as_ref().map(|s| {
+        let mut out = logits_format::rows::SampledEntries {
+            offsets: vec![0],
+            ..Default::default()
+        };
+        for &i in idx {
+            let (a, b) = (s.offsets[i], s.offsets[i + 1]);
+            out.ids.extend_from_slice(&s.ids[a..b]);
+            out.counts.extend_from_slice(&s.counts[a..b]);
+            out.offsets.push(out.ids.len());
+        }
+        out
+    });
+    Batch {
+        row_ids: idx.iter().map(|&i| all.row_ids[i]).collect(),
+        x: all.x.select(Axis(0), idx),
+        labels: all
+            .labels
+            .as_ref()
+            .map(|l| idx.iter().map(|&i| l[i]).collect()),
+        teacher,
+        sampled,
+        features: all
+            .features
+            .iter()
+            .map(|(k, v)| (k.clone(), v.select(Axis(0), idx)))
+            .collect(),
+    }
 }
 
 fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
