@@ -321,3 +321,72 @@ fn distillation_beats_labels_alone_on_the_few_labels_corpus() {
     let params = kd["student"]["params"].as_f64().unwrap();
     assert!(params * 10.0 < 301_066.0, "{params}");
 }
+
+/// A dataset built without its inputs (restricted data) trains when joined with the corpus:
+/// by row id (hash-checked: the corpus in another order is refused, naming the row) or by
+/// input hash (any order works).
+#[test]
+fn joins_a_dataset_built_without_inputs_with_its_corpus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("noinputs");
+    let f = |p: &str| root().join(p).display().to_string();
+    let (tr, ho) = (f("fixtures/digits/train.parquet"), f("fixtures/digits/holdout.parquet"));
+    let o = Command::new(env!("CARGO_BIN_EXE_logits-build"))
+        .args([
+            "build",
+            "--model",
+            &f("fixtures/digits/digits_teacher.onnx"),
+            "--corpus",
+            &tr,
+            &ho,
+            "--holdout-from",
+            "1437",
+            "--no-inputs",
+            "-k",
+            "5",
+            "--temperatures",
+            "4",
+            "--quiet",
+            "--out",
+            &ds.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let run = |name: &str, extra: &[&str]| -> Output {
+        let out = tmp.path().join(name);
+        let mut args: Vec<String> = vec![
+            "train".into(),
+            ds.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--quiet".into(),
+            "--ce".into(),
+            "0".into(),
+            "--kd".into(),
+            "1".into(),
+            "--epochs".into(),
+            "20".into(),
+            "--lr".into(),
+            "1e-2".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Command::new(env!("CARGO_BIN_EXE_logits-train"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let o = run("none", &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("stores no inputs"), "{}", text(&o));
+    let o = run("byid", &["--join-corpus", &tr, &ho]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = report(&tmp.path().join("byid"));
+    assert!(r["evaluation"]["agreement"].as_f64().unwrap() > 0.9, "{r}");
+    // The corpus in another order: row 0 is now a holdout image.
+    let o = run("swapped", &["--join-corpus", &ho, &tr]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("input hash differs"), "{}", text(&o));
+    let o = run("byhash", &["--join-corpus", &ho, &tr, "--join-by", "hash"]);
+    assert!(o.status.success(), "{}", text(&o));
+}

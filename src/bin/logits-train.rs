@@ -15,10 +15,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use logits::onnx_run::OnnxModel;
 use logits_format::Dataset;
 use logits_student::config::{FeatureLoss, TrainConfig, parse_name};
-use logits_student::data::Loader;
+use logits_student::data::{Join, JoinBy, Loader};
 use logits_student::eval::{self, Evaluation};
 use logits_student::train::{self, Split};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Train a small student from a logits dataset, without the teacher.
 #[derive(Parser, Debug)]
@@ -156,12 +157,44 @@ struct TrainArgs {
     /// Metrics line every N steps.
     #[arg(long)]
     log_every: Option<u64>,
+    #[command(flatten)]
+    join: JoinArgs,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Inputs of a dataset built without them (`logits-build --no-inputs`): read from the corpus.
+#[derive(Args, Debug, Clone)]
+struct JoinArgs {
+    /// The corpus the dataset was built from (Parquet, in the same order), held elsewhere.
+    #[arg(long = "join-corpus", num_args = 1..)]
+    join_corpus: Vec<PathBuf>,
+    /// row-id (corpus position, hash checked) or hash (look rows up by input hash).
+    #[arg(long, default_value = "row-id")]
+    join_by: String,
+}
+
+impl JoinArgs {
+    fn open(&self, ds: &Dataset, input: Option<&str>) -> anyhow::Result<Option<Arc<Join>>> {
+        if self.join_corpus.is_empty() {
+            return Ok(None);
+        }
+        let by = match self.join_by.as_str() {
+            "row-id" => JoinBy::RowId,
+            "hash" => JoinBy::Hash,
+            other => bail!("--join-by {other:?}: expected row-id or hash"),
+        };
+        Ok(Some(Arc::new(Join::open(
+            ds,
+            &self.join_corpus,
+            input,
+            by,
+        )?)))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -180,6 +213,8 @@ struct EvalArgs {
     /// Rows with id ≥ N are evaluated (default: the dataset's split; all rows without one).
     #[arg(long)]
     holdout_from: Option<u64>,
+    #[command(flatten)]
+    join: JoinArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -382,17 +417,25 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<ExitCode> {
         );
         b
     };
+    let join = a.join.open(&ds, cfg.model.input.as_deref())?;
     let t0 = Instant::now();
-    let run = train::train(&ds, &cfg, &a.out, a.resume, &mut |step, total, line| {
-        bar.set_length(total);
-        bar.set_position(step);
-        bar.set_message(format!(
-            "loss {:.4} lr {:.2e} {:.0} rows/s",
-            line["loss"].as_f64().unwrap_or(f64::NAN),
-            line["lr"].as_f64().unwrap_or(0.0),
-            line["samples_per_s"].as_f64().unwrap_or(0.0)
-        ));
-    })?;
+    let run = train::train(
+        &ds,
+        &cfg,
+        &a.out,
+        a.resume,
+        join.clone(),
+        &mut |step, total, line| {
+            bar.set_length(total);
+            bar.set_position(step);
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} rows/s",
+                line["loss"].as_f64().unwrap_or(f64::NAN),
+                line["lr"].as_f64().unwrap_or(0.0),
+                line["samples_per_s"].as_f64().unwrap_or(0.0)
+            ));
+        },
+    )?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     let (onnx, st) = logits_student::export::export(&run.student.mlp, &run.info, &a.out)?;
@@ -402,6 +445,7 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<ExitCode> {
         Some(&onnx),
         a.teacher.as_deref(),
         cfg.data.holdout_from,
+        join,
     )?;
     report.steps = Some(run.steps);
     report.train_seconds = Some(secs);
@@ -415,12 +459,15 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<ExitCode> {
 
 fn eval_cmd(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let ds = Dataset::open(&a.dataset)?;
+    let (_, info) = logits_student::student::load(&a.student, None)?;
+    let join = a.join.open(&ds, Some(&info.input))?;
     let report = evaluate(
         &ds,
         &a.student,
         a.onnx.as_deref(),
         a.teacher.as_deref(),
         a.holdout_from,
+        join,
     )?;
     finish(&report, a.json, None)
 }
@@ -448,6 +495,7 @@ fn evaluate(
     onnx: Option<&Path>,
     teacher: Option<&Path>,
     holdout_from: Option<u64>,
+    join: Option<Arc<Join>>,
 ) -> anyhow::Result<Report> {
     let (s, info) = logits_student::student::load(student_file, None)?;
     let m = ds.manifest();
@@ -472,7 +520,10 @@ fn evaluate(
         ..Default::default()
     };
     let needs = train::needs(&cfg);
-    let loader = Loader::new(ds, Some(&info.input), needs)?;
+    let loader = match join {
+        Some(j) => Loader::joined(ds, j, needs)?,
+        None => Loader::new(ds, Some(&info.input), needs)?,
+    };
     if loader.input_width != info.widths[0] {
         bail!(
             "{}: the student reads {} values, the dataset's input {:?} has {}",

@@ -103,6 +103,17 @@ pub enum FormatError {
     /// The background prefetch thread stopped unexpectedly.
     #[error("reader thread failed: {0}")]
     Reader(String),
+    /// A corpus file is unreadable or does not fit the model or the dataset.
+    #[error("{path}: {message}")]
+    Corpus {
+        /// The corpus file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Corpus options do not fit the model (an unknown input name, no file given).
+    #[error("{0}")]
+    CorpusOptions(String),
 }
 
 impl FormatError {

@@ -17,6 +17,8 @@
 //! - [`writer`]: shard files and the commit protocol (temporary names, fsync, rename,
 //!   completion records, manifest last).
 //! - [`reader`]: opening datasets and streaming rows (projection, shuffle, prefetch).
+//! - [`corpus`]: Parquet tensor corpora (read by the teacher pass, and joined by students
+//!   with datasets built without their inputs).
 //! - [`validate`]: full validation. [`stats`]: target-quality statistics.
 //!
 //! Dependencies, and why: `arrow-*` and `parquet` (the storage, without the heavy `arrow`
@@ -25,6 +27,7 @@
 //! platforms and versions), `time` (RFC 3339 timestamps), `thiserror` (typed errors).
 
 pub mod codec;
+pub mod corpus;
 pub mod error;
 pub mod manifest;
 pub mod reader;

@@ -110,7 +110,7 @@ fn train_samples_per_s(ds: &Dataset, steps: u64, in_memory: bool) -> f64 {
     cfg.run.log_every = 5;
     let out = tempfile::tempdir().expect("tempdir");
     let mut rates = Vec::new();
-    logits_student::train::train(ds, &cfg, out.path(), false, &mut |_, _, line| {
+    logits_student::train::train(ds, &cfg, out.path(), false, None, &mut |_, _, line| {
         rates.push(line["samples_per_s"].as_f64().unwrap_or(0.0));
     })
     .expect("train");

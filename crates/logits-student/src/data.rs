@@ -108,6 +108,170 @@ impl Batch {
     }
 }
 
+/// How a dataset row finds its corpus row when the dataset was built without its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinBy {
+    /// Row id = position in the corpus files (as `logits-build` numbered them); the row's
+    /// stored input hash must match the corpus row's.
+    RowId,
+    /// The corpus row whose `sha256-v1` input hash equals the row's stored hash (the corpus
+    /// may have been reordered or extended).
+    Hash,
+}
+
+/// A corpus held outside the dataset (restricted data), joined to it for training. The chosen
+/// input column is held in memory as f32 (rows × width); every row's `sha256-v1` hash is
+/// computed as the builder computed it, so a row whose inputs differ is refused.
+#[derive(Debug)]
+pub struct Join {
+    path: PathBuf,
+    by: JoinBy,
+    input: String,
+    width: usize,
+    values: Vec<f32>,
+    hashes: Vec<[u8; 32]>,
+    by_hash: std::collections::HashMap<[u8; 32], usize>,
+}
+
+impl Join {
+    /// Reads `files` (the corpus the dataset was built from, or a copy of it) for `ds`; `input`
+    /// names the model input the student reads (default: the only one).
+    pub fn open(ds: &Dataset, files: &[PathBuf], input: Option<&str>, by: JoinBy) -> Result<Join> {
+        use logits_format::corpus::{ColumnMap, Flat, TensorCorpus};
+        let m = ds.manifest();
+        let path = files.first().cloned().unwrap_or_default();
+        let refuse = |what: String| StudentError::Dataset {
+            dataset: ds.root().to_path_buf(),
+            what,
+        };
+        if m.row_keys.input_hash.as_deref() != Some("sha256-v1") {
+            return Err(refuse(
+                "the dataset stores no sha256-v1 input hashes, so a corpus cannot be joined to it safely".into(),
+            ));
+        }
+        let names: Vec<String> = m.teacher.inputs.iter().map(|i| i.name.clone()).collect();
+        let input = match input {
+            Some(n) if names.iter().any(|x| x == n) => n.to_string(),
+            Some(n) => {
+                return Err(refuse(format!(
+                    "the teacher has no input {n:?} (inputs: {})",
+                    names.join(", ")
+                )));
+            }
+            None if names.len() == 1 => names[0].clone(),
+            None => {
+                return Err(refuse(format!(
+                    "the teacher has several inputs ({}); choose one with --input",
+                    names.join(", ")
+                )));
+            }
+        };
+        // The column mapping the build used, from the manifest.
+        let mapping: Vec<(String, String)> = m.corpus.options["inputs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let map = ColumnMap {
+            inputs: mapping,
+            label: None,
+            id: None,
+        };
+        let corpus = TensorCorpus::open(files, &names, &map)?;
+        let mut values = Vec::new();
+        let mut hashes = Vec::new();
+        let mut width = None;
+        let mut failure = None;
+        corpus.read_each(0..corpus.rows(), 4096, |b| {
+            let rows = b.row_ids.len();
+            let mut parts: Vec<Vec<(String, Vec<u8>, usize)>> = vec![Vec::new(); rows];
+            for name in &names {
+                let Some((offsets, flat)) = b.inputs.get(name) else {
+                    continue;
+                };
+                let tv = match flat {
+                    Flat::F32(v) => logits_format::rows::TensorValues::F32(v.clone()),
+                    Flat::I64(v) => logits_format::rows::TensorValues::I64(v.clone()),
+                };
+                for (r, part) in parts.iter_mut().enumerate() {
+                    let range = offsets[r]..offsets[r + 1];
+                    part.push((name.clone(), tv.le_bytes(range.clone()), range.len()));
+                    if *name == input {
+                        let w = *width.get_or_insert(range.len());
+                        if w != range.len() {
+                            failure = Some((
+                                b.row_ids[r],
+                                format!(
+                                    "input {input:?} has {} values, earlier rows {w}",
+                                    range.len()
+                                ),
+                            ));
+                            return false;
+                        }
+                        values.extend(tv.to_f32(range));
+                    }
+                }
+            }
+            for part in parts {
+                let refs: Vec<(&str, Vec<u8>, usize)> = part
+                    .iter()
+                    .map(|(n, b, l)| (n.as_str(), b.clone(), *l))
+                    .collect();
+                hashes.push(logits_format::rows::input_hash_v1(&refs));
+            }
+            true
+        })?;
+        if let Some((row, why)) = failure {
+            return Err(StudentError::Join { path, row, why });
+        }
+        let by_hash = match by {
+            JoinBy::Hash => hashes.iter().enumerate().map(|(i, h)| (*h, i)).collect(),
+            JoinBy::RowId => Default::default(),
+        };
+        Ok(Join {
+            path,
+            by,
+            input,
+            width: width.unwrap_or(0),
+            values,
+            hashes,
+            by_hash,
+        })
+    }
+
+    /// The corpus row of dataset row `row_id` whose stored hash is `hash`, or the reason there
+    /// is none.
+    fn row(&self, row_id: u64, hash: &[u8; 32]) -> Result<usize> {
+        let fail = |why: String| StudentError::Join {
+            path: self.path.clone(),
+            row: row_id,
+            why,
+        };
+        match self.by {
+            JoinBy::RowId => {
+                let i = row_id as usize;
+                let h = self.hashes.get(i).ok_or_else(|| {
+                    fail(format!("the corpus has only {} rows", self.hashes.len()))
+                })?;
+                if h != hash {
+                    return Err(fail(
+                        "the corpus row's input hash differs from the one the teacher saw (a different or modified corpus); refusing it".into(),
+                    ));
+                }
+                Ok(i)
+            }
+            JoinBy::Hash => self
+                .by_hash
+                .get(hash)
+                .copied()
+                .ok_or_else(|| fail("no corpus row has the input hash the teacher saw".into())),
+        }
+    }
+}
+
 /// Reads batches of one per-example dataset for a student.
 #[derive(Debug)]
 pub struct Loader<'a> {
@@ -120,55 +284,85 @@ pub struct Loader<'a> {
     pub classes: usize,
     needs: Needs,
     columns: Vec<String>,
+    join: Option<std::sync::Arc<Join>>,
 }
 
 impl<'a> Loader<'a> {
+    /// Like [`Loader::new`], for a dataset built without its inputs: they come from `join`.
+    pub fn joined(ds: &'a Dataset, join: std::sync::Arc<Join>, needs: Needs) -> Result<Loader<'a>> {
+        let mut l = Loader::with_input(ds, None, needs, Some(&join))?;
+        l.join = Some(join);
+        Ok(l)
+    }
+
     /// Checks that `ds` has what `needs` asks for and prepares the column projection; `input`
     /// names the stored input (default: the only one).
     pub fn new(ds: &'a Dataset, input: Option<&str>, needs: Needs) -> Result<Loader<'a>> {
+        Loader::with_input(ds, input, needs, None)
+    }
+
+    fn with_input(
+        ds: &'a Dataset,
+        input: Option<&str>,
+        needs: Needs,
+        join: Option<&Join>,
+    ) -> Result<Loader<'a>> {
         let m = ds.manifest();
         let refuse = |what: String| StudentError::Dataset {
             dataset: ds.root().to_path_buf(),
             what,
         };
-        let spec = match input {
-            Some(name) => m.inputs.iter().find(|i| i.name == name).ok_or_else(|| {
-                refuse(format!(
-                    "no stored input named {name:?} (stored inputs: {})",
-                    names(m.inputs.iter().map(|i| i.name.as_str()))
-                ))
-            })?,
-            None => match m.inputs.as_slice() {
-                [one] => one,
-                [] => {
-                    return Err(refuse(
+        let stored = |input: Option<&str>| -> Result<(String, u64, String)> {
+            let spec = match input {
+                Some(name) => m.inputs.iter().find(|i| i.name == name).ok_or_else(|| {
+                    refuse(format!(
+                        "no stored input named {name:?} (stored inputs: {})",
+                        names(m.inputs.iter().map(|i| i.name.as_str()))
+                    ))
+                })?,
+                None => match m.inputs.as_slice() {
+                    [one] => one,
+                    [] => {
+                        return Err(refuse(
                         "the dataset stores no inputs (built with --no-inputs); join it with the corpus it was built from".into(),
                     ));
-                }
-                many => {
-                    return Err(refuse(format!(
-                        "the dataset stores several inputs ({}); choose one with --input",
-                        names(many.iter().map(|i| i.name.as_str()))
-                    )));
-                }
-            },
+                    }
+                    many => {
+                        return Err(refuse(format!(
+                            "the dataset stores several inputs ({}); choose one with --input",
+                            names(many.iter().map(|i| i.name.as_str()))
+                        )));
+                    }
+                },
+            };
+            let width: u64 = spec
+                .shape
+                .iter()
+                .map(|d| match d {
+                    logits_format::manifest::Dim::Fixed(n) => Some(*n),
+                    logits_format::manifest::Dim::Named(_) => None,
+                })
+                .product::<Option<u64>>()
+                .filter(|&w| w > 0)
+                .ok_or_else(|| {
+                    refuse(format!(
+                        "input {:?} has a variable shape {:?}; the MLP student needs a fixed width",
+                        spec.name, spec.shape
+                    ))
+                })?;
+            Ok((spec.name.clone(), width, spec.column.clone()))
         };
-        let width: u64 = spec
-            .shape
-            .iter()
-            .map(|d| match d {
-                logits_format::manifest::Dim::Fixed(n) => Some(*n),
-                logits_format::manifest::Dim::Named(_) => None,
-            })
-            .product::<Option<u64>>()
-            .filter(|&w| w > 0)
-            .ok_or_else(|| {
-                refuse(format!(
-                    "input {:?} has a variable shape {:?}; the MLP student needs a fixed width",
-                    spec.name, spec.shape
-                ))
-            })?;
-        let mut columns = vec![spec.column.clone()];
+        let (input_name, width, mut columns) = match join {
+            Some(j) => (
+                j.input.clone(),
+                j.width as u64,
+                vec![schema::INPUT_HASH.to_string()],
+            ),
+            None => {
+                let (n, w, c) = stored(input)?;
+                (n, w, vec![c])
+            }
+        };
         let classes;
         match &m.targets {
             Some(t) => {
@@ -247,7 +441,8 @@ impl<'a> Loader<'a> {
         }
         Ok(Loader {
             ds,
-            input: spec.name.clone(),
+            join: None,
+            input: input_name,
             input_width: width as usize,
             classes,
             needs,
@@ -288,6 +483,22 @@ impl<'a> Loader<'a> {
     fn convert(&self, rb: RowBatch) -> Result<Batch> {
         let root = || self.ds.root().to_path_buf();
         let rows = rb.len();
+        let mut x = Array2::<f32>::zeros((rows, self.input_width));
+        if let Some(j) = &self.join {
+            let hashes = rb
+                .input_hashes
+                .as_ref()
+                .ok_or_else(|| StudentError::Dataset {
+                    dataset: root(),
+                    what: "input_hash was not read".into(),
+                })?;
+            for (r, mut row) in x.rows_mut().into_iter().enumerate() {
+                let i = j.row(rb.row_ids[r], &hashes[r])?;
+                let w = self.input_width;
+                row.assign(&ndarray::ArrayView1::from(&j.values[i * w..(i + 1) * w]));
+            }
+            return self.finish(rb, x);
+        }
         let iv = rb
             .inputs
             .get(&self.input)
@@ -295,7 +506,6 @@ impl<'a> Loader<'a> {
                 dataset: root(),
                 what: format!("input {:?} was not read", self.input),
             })?;
-        let mut x = Array2::<f32>::zeros((rows, self.input_width));
         for (r, mut row) in x.rows_mut().into_iter().enumerate() {
             let range = iv.offsets[r]..iv.offsets[r + 1];
             if range.len() != self.input_width {
@@ -314,6 +524,12 @@ impl<'a> Loader<'a> {
                 *d = v;
             }
         }
+        self.finish(rb, x)
+    }
+
+    fn finish(&self, rb: RowBatch, x: Array2<f32>) -> Result<Batch> {
+        let root = || self.ds.root().to_path_buf();
+        let rows = rb.len();
         let temps: Vec<f64> = self
             .ds
             .manifest()

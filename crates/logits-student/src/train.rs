@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::{FeatureKind, TrainConfig};
-use crate::data::{Batch, Loader, Needs};
+use crate::data::{Batch, Join, Loader, Needs};
 use crate::error::{Result, StudentError, io};
 use crate::losses::{feature, response};
 use crate::mlp::{Linear, Mlp};
@@ -445,18 +445,23 @@ fn load_checkpoint(d: &Path, template: &Student, opt: &mut Optimizer) -> Result<
 
 /// Trains a student on `ds` as `cfg` says, writing metrics and checkpoints under `out`;
 /// `on_log` sees every metrics line (for a progress bar). With `resume`, continues from the
-/// newest checkpoint, refusing one from another dataset, teacher or configuration.
+/// newest checkpoint, refusing one from another dataset, teacher or configuration. `join`
+/// supplies the inputs of a dataset built without them.
 pub fn train(
     ds: &Dataset,
     cfg: &TrainConfig,
     out: &Path,
     resume: bool,
+    join: Option<std::sync::Arc<Join>>,
     on_log: &mut dyn FnMut(u64, u64, &Value),
 ) -> Result<Run> {
     cfg.check()?;
     check_against(ds, cfg)?;
     let split = Split::of(ds, cfg);
-    let loader = Loader::new(ds, cfg.model.input.as_deref(), needs(cfg))?;
+    let loader = match join {
+        Some(j) => Loader::joined(ds, j, needs(cfg))?,
+        None => Loader::new(ds, cfg.model.input.as_deref(), needs(cfg))?,
+    };
     let m = ds.manifest();
     let info = StudentInfo {
         kind: "mlp".into(),

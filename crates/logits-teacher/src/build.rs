@@ -236,7 +236,7 @@ impl Source {
 
     fn fingerprint(&self) -> Result<(Vec<Source_>, String)> {
         match self {
-            Source::Tensor(c) => c.fingerprint(),
+            Source::Tensor(c) => Ok(c.fingerprint()?),
             Source::Text(c) => c.fingerprint(),
         }
     }
@@ -248,7 +248,7 @@ impl Source {
         mut each: impl FnMut(Payload) -> bool,
     ) -> Result<()> {
         match self {
-            Source::Tensor(c) => c.read_each(range, batch, |b| each(Payload::Tensor(b))),
+            Source::Tensor(c) => Ok(c.read_each(range, batch, |b| each(Payload::Tensor(b)))?),
             Source::Text(c) => c.read_each(range, batch, |w| each(Payload::Text(w))),
         }
     }

@@ -7,7 +7,8 @@
 //! Rooms:
 //! - [`runtime`]: finding and loading the ONNX Runtime library (`ort`, `load-dynamic`).
 //! - [`teacher`]: the model file, its summary, graph rewriting for features, sessions.
-//! - [`corpus`]: corpus readers (Parquet tensor columns).
+//! - [`corpus`]: Parquet tensor corpora (re-exported from `logits-format`, which students use
+//!   too); [`text`]: text corpora and tokenizers.
 //! - [`build`]: the pipeline (reader thread, one session per worker thread, ordered writer),
 //!   resume, job-array workers and the merge step.
 //!
@@ -18,7 +19,8 @@
 //! fields), `thiserror` (typed errors).
 
 pub mod build;
-pub mod corpus;
+/// Parquet tensor corpora: the reader lives in the format crate, shared with the student side.
+pub use logits_format::corpus;
 pub mod error;
 pub mod runtime;
 pub mod teacher;

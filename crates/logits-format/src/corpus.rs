@@ -1,6 +1,11 @@
 //! Tensor corpora: Parquet files whose numeric list (or fixed-size-list) columns are mapped to
 //! the model's inputs by name, with optional label and id columns. Row ids are positions in
 //! the concatenation of the files, in the order given.
+//!
+//! Both sides read corpora: the teacher side runs the teacher over one; the student side joins
+//! a dataset built without its inputs (restricted data) with the corpus held elsewhere, by row
+//! id or `sha256-v1` input hash. That is why the reader lives here, with the format, rather
+//! than on either side.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,7 +19,7 @@ use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sha2::{Digest, Sha256};
 
-use crate::error::{Result, TeacherError};
+use crate::error::{FormatError, Result};
 
 /// Which corpus column feeds which model input, and which columns hold labels and ids.
 #[derive(Debug, Clone, Default)]
@@ -62,8 +67,8 @@ pub struct TensorCorpus {
     pub id: Option<String>,
 }
 
-fn corpus_err(path: &Path, message: impl Into<String>) -> TeacherError {
-    TeacherError::Corpus {
+fn corpus_err(path: &Path, message: impl Into<String>) -> FormatError {
+    FormatError::Corpus {
         path: path.to_path_buf(),
         message: message.into(),
     }
@@ -73,7 +78,7 @@ impl TensorCorpus {
     /// Opens the files and resolves the column map against the model's input names.
     pub fn open(files: &[PathBuf], inputs: &[String], map: &ColumnMap) -> Result<TensorCorpus> {
         if files.is_empty() {
-            return Err(TeacherError::Options("no corpus file given".into()));
+            return Err(FormatError::CorpusOptions("no corpus file given".into()));
         }
         let mut file_rows = Vec::new();
         let mut first_schema = None;
@@ -86,12 +91,13 @@ impl TensorCorpus {
                 first_schema = Some(b.schema().clone());
             }
         }
-        let schema = first_schema.ok_or_else(|| TeacherError::Options("no corpus file".into()))?;
+        let schema =
+            first_schema.ok_or_else(|| FormatError::CorpusOptions("no corpus file".into()))?;
         let has = |c: &str| schema.field_with_name(c).is_ok();
         let cols: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         for (input, _) in &map.inputs {
             if !inputs.contains(input) {
-                return Err(TeacherError::Options(format!(
+                return Err(FormatError::CorpusOptions(format!(
                     "--input {input}=...: the model has no input {input:?} (inputs: {})",
                     inputs.join(", ")
                 )));
@@ -146,20 +152,20 @@ impl TensorCorpus {
     }
 
     /// sha256 and size of each file, and a fingerprint over them and the column map.
-    pub fn fingerprint(&self) -> Result<(Vec<logits_format::manifest::Source>, String)> {
+    pub fn fingerprint(&self) -> Result<(Vec<crate::manifest::Source>, String)> {
         let mut sources = Vec::new();
         let mut h = Sha256::new();
         for f in &self.files {
-            let (bytes, sha) = logits_format::writer::file_sha256(f)?;
+            let (bytes, sha) = crate::writer::file_sha256(f)?;
             h.update(sha.as_bytes());
-            sources.push(logits_format::manifest::Source {
+            sources.push(crate::manifest::Source {
                 path: f.display().to_string(),
                 sha256: Some(sha),
                 bytes: Some(bytes),
             });
         }
         h.update(format!("{:?}|{:?}|{:?}", self.mapping, self.label, self.id).as_bytes());
-        Ok((sources, crate::teacher::hex(&h.finalize())))
+        Ok((sources, crate::writer::hex(&h.finalize())))
     }
 
     /// Reads rows `range` in batches of at most `batch` rows, handing each to `each`, which
