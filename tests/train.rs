@@ -165,6 +165,45 @@ fn resumed_run_ends_identical_to_an_uninterrupted_one() {
     let o = train(&b, &args);
     assert!(!o.status.success());
     assert!(text(&o).contains("configuration differs"), "{}", text(&o));
+    // A resume on a dataset from another teacher is refused.
+    let other = tmp.path().join("other");
+    let f = |p: &str| root().join(p).display().to_string();
+    let o = Command::new(env!("CARGO_BIN_EXE_logits-build"))
+        .args([
+            "build",
+            "--model",
+            &f("fixtures/digits/digits_teacher_softmax.onnx"),
+            "--corpus",
+            &f("fixtures/digits/holdout.parquet"),
+            "--label-column",
+            "label",
+            "-k",
+            "5",
+            "--temperatures",
+            "2,4",
+            "--quiet",
+            "--out",
+            &other.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        other.display().to_string(),
+        "--out".into(),
+        b.display().to_string(),
+        "--resume".into(),
+        "--quiet".into(),
+    ];
+    args.extend(common.iter().map(|s| s.to_string()));
+    let o = Command::new(env!("CARGO_BIN_EXE_logits-train"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("teacher"), "{}", text(&o));
+    assert!(text(&o).contains("refusing to resume"), "{}", text(&o));
 }
 
 #[test]
@@ -330,7 +369,10 @@ fn joins_a_dataset_built_without_inputs_with_its_corpus() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = tmp.path().join("noinputs");
     let f = |p: &str| root().join(p).display().to_string();
-    let (tr, ho) = (f("fixtures/digits/train.parquet"), f("fixtures/digits/holdout.parquet"));
+    let (tr, ho) = (
+        f("fixtures/digits/train.parquet"),
+        f("fixtures/digits/holdout.parquet"),
+    );
     let o = Command::new(env!("CARGO_BIN_EXE_logits-build"))
         .args([
             "build",
