@@ -22,5 +22,6 @@ pub mod optim;
 pub mod params;
 pub mod student;
 pub mod train;
+pub mod transformer;
 
 pub use error::{Result, StudentError};

@@ -149,7 +149,7 @@ impl LayerNorm {
         }
     }
 
-    fn zeros_like(&self) -> LayerNorm {
+    pub(crate) fn zeros_like(&self) -> LayerNorm {
         LayerNorm {
             gamma: Array1::zeros(self.gamma.len()),
             beta: Array1::zeros(self.beta.len()),
@@ -157,7 +157,7 @@ impl LayerNorm {
     }
 
     /// Normalised input x̂ and 1/σ per row, then γ·x̂ + β.
-    fn forward(&self, z: &Array2<f32>) -> (Array2<f32>, Array1<f32>, Array2<f32>) {
+    pub(crate) fn forward(&self, z: &Array2<f32>) -> (Array2<f32>, Array1<f32>, Array2<f32>) {
         let n = z.ncols().max(1) as f32;
         let mut xhat = z.clone();
         let mut inv = Array1::zeros(z.nrows());
@@ -173,7 +173,7 @@ impl LayerNorm {
     }
 
     /// Backward from ∂L/∂y; accumulates γ, β gradients and returns ∂L/∂z.
-    fn backward(
+    pub(crate) fn backward(
         &self,
         xhat: &Array2<f32>,
         inv: &Array1<f32>,
