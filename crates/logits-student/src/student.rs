@@ -151,14 +151,59 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// Saves a student (with its projections, for checkpoints) or just its MLP (for export).
-pub fn save(path: &Path, params: &dyn Params, info: &StudentInfo) -> Result<()> {
+/// The safetensors metadata that makes a student file self-describing.
+pub fn metadata(info: &impl Serialize) -> Result<HashMap<String, String>> {
     let mut meta = HashMap::new();
     meta.insert(
         "logits.student".to_string(),
         serde_json::to_string(info).map_err(|e| StudentError::Config(e.to_string()))?,
     );
-    write_atomic(path, &to_safetensors(&params.tensors(), meta)?)
+    Ok(meta)
+}
+
+/// Saves a student (with its projections, for checkpoints) or just its model (for export).
+pub fn save(path: &Path, params: &dyn Params, info: &impl Serialize) -> Result<()> {
+    write_atomic(path, &to_safetensors(&params.tensors(), metadata(info)?)?)
+}
+
+/// Loads every tensor of `model` (by name and shape) from a safetensors file; returns the
+/// file's metadata.
+pub fn load_into(path: &Path, model: &mut dyn Params) -> Result<HashMap<String, String>> {
+    let (mut tensors, meta) = read_safetensors(path)?;
+    let wanted: Vec<(String, Vec<usize>)> = model
+        .tensors()
+        .into_iter()
+        .map(|(n, s, _)| (n, s))
+        .collect();
+    for ((name, shape), dst) in wanted.into_iter().zip(model.tensors_mut()) {
+        let (s, v) = tensors
+            .remove(&name)
+            .ok_or_else(|| StudentError::Checkpoint {
+                path: path.to_path_buf(),
+                why: format!("tensor {name} is missing"),
+            })?;
+        if s != shape || v.len() != dst.len() {
+            return Err(StudentError::Checkpoint {
+                path: path.to_path_buf(),
+                why: format!("tensor {name} has shape {s:?}, expected {shape:?}"),
+            });
+        }
+        dst.copy_from_slice(&v);
+    }
+    Ok(meta)
+}
+
+/// The `logits.student` description of a student file, parsed as `T`.
+pub fn read_info<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let (_, meta) = read_safetensors(path)?;
+    let bad = |why: String| StudentError::Checkpoint {
+        path: path.to_path_buf(),
+        why,
+    };
+    let s = meta.get("logits.student").ok_or_else(|| {
+        bad("no logits.student metadata: not a student written by logits-train".into())
+    })?;
+    serde_json::from_str(s).map_err(|e| bad(format!("logits.student metadata: {e}")))
 }
 
 /// Loads a student file: its description and the MLP (projections, when present, are loaded

@@ -381,35 +381,43 @@ fn count_rows(ds: &Dataset, range: Option<std::ops::Range<u64>>) -> Result<u64> 
     Ok(n)
 }
 
-fn save_checkpoint(
+/// Writes a checkpoint of `model` (weights with `meta` as its self-description), the
+/// optimizer's moments and the run state, then points `checkpoints/latest` at it.
+pub(crate) fn save_checkpoint(
     dir: &RunDir,
-    s: &Student,
+    model: &dyn Params,
     opt: &Optimizer,
     state: &State,
-    info: &StudentInfo,
+    meta: &HashMap<String, String>,
 ) -> Result<()> {
     let name = format!("step-{:08}", state.step);
     let d = dir.checkpoints().join(&name);
     std::fs::create_dir_all(&d).map_err(io(&d))?;
-    student::save(&d.join("student.safetensors"), s, info)?;
-    let names: Vec<String> = s.tensors().into_iter().map(|(n, _, _)| n).collect();
-    let shapes: Vec<Vec<usize>> = s.tensors().into_iter().map(|(_, sh, _)| sh).collect();
+    write_atomic(
+        &d.join("student.safetensors"),
+        &to_safetensors(&model.tensors(), meta.clone())?,
+    )?;
     let mut t: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
-    for (i, n) in names.iter().enumerate() {
-        t.push((format!("m.{n}"), shapes[i].clone(), &opt.m[i]));
+    for (i, (n, shape, _)) in model.tensors().into_iter().enumerate() {
+        t.push((format!("m.{n}"), shape.clone(), &opt.m[i]));
         if let Some(v) = opt.v.get(i) {
-            t.push((format!("v.{n}"), shapes[i].clone(), v));
+            t.push((format!("v.{n}"), shape, v));
         }
     }
-    let mut meta = HashMap::new();
-    meta.insert("step".to_string(), opt.step.to_string());
-    write_atomic(&d.join("optimizer.safetensors"), &to_safetensors(&t, meta)?)?;
+    let mut om = HashMap::new();
+    om.insert("step".to_string(), opt.step.to_string());
+    write_atomic(&d.join("optimizer.safetensors"), &to_safetensors(&t, om)?)?;
     let js = serde_json::to_vec_pretty(state).map_err(|e| StudentError::Config(e.to_string()))?;
     write_atomic(&d.join("state.json"), &js)?;
     write_atomic(&dir.checkpoints().join("latest"), name.as_bytes())
 }
 
-fn load_checkpoint(d: &Path, template: &Student, opt: &mut Optimizer) -> Result<(Student, State)> {
+/// Loads the checkpoint in `d` into `model` (same shape) and `opt`; returns its state.
+pub(crate) fn load_checkpoint(
+    d: &Path,
+    model: &mut dyn Params,
+    opt: &mut Optimizer,
+) -> Result<State> {
     let sp = d.join("state.json");
     let state: State =
         serde_json::from_slice(&std::fs::read(&sp).map_err(io(&sp))?).map_err(|e| {
@@ -418,11 +426,10 @@ fn load_checkpoint(d: &Path, template: &Student, opt: &mut Optimizer) -> Result<
                 why: e.to_string(),
             }
         })?;
-    let (mut s, _) = student::load(&d.join("student.safetensors"), Some(template))?;
-    s.mlp.spec.dropout = template.mlp.spec.dropout;
+    student::load_into(&d.join("student.safetensors"), model)?;
     let op = d.join("optimizer.safetensors");
     let (mut t, _) = read_safetensors(&op)?;
-    let names: Vec<String> = s.tensors().into_iter().map(|(n, _, _)| n).collect();
+    let names: Vec<String> = model.tensors().into_iter().map(|(n, _, _)| n).collect();
     for (i, n) in names.iter().enumerate() {
         let mut take = |k: String, len: usize| -> Result<Vec<f32>> {
             match t.remove(&k) {
@@ -440,7 +447,7 @@ fn load_checkpoint(d: &Path, template: &Student, opt: &mut Optimizer) -> Result<
         }
     }
     opt.step = state.step;
-    Ok((s, state))
+    Ok(state)
 }
 
 /// Trains a student on `ds` as `cfg` says, writing metrics and checkpoints under `out`;
@@ -472,6 +479,7 @@ pub fn train(
         dataset_id: m.dataset_id.clone(),
         teacher_sha256: m.teacher.sha256.clone(),
     };
+    let meta = student::metadata(&info)?;
     let dir = RunDir(out.to_path_buf());
     std::fs::create_dir_all(dir.checkpoints()).map_err(io(dir.checkpoints()))?;
     let latest = dir.latest()?;
@@ -501,7 +509,8 @@ pub fn train(
     );
     let (mut s, mut epoch, mut skip) = (fresh.clone(), 0u64, 0u64);
     if resume && let Some(d) = &latest {
-        let (ls, st) = load_checkpoint(d, &fresh, &mut opt)?;
+        let mut ls = fresh.clone();
+        let st = load_checkpoint(d, &mut ls, &mut opt)?;
         let refuse = |why: String| StudentError::Checkpoint {
             path: d.clone(),
             why,
@@ -607,7 +616,7 @@ pub fn train(
                     config: cfg.clone(),
                 };
                 metrics.flush().map_err(io(dir.metrics()))?;
-                save_checkpoint(&dir, &s, &opt, &state, &info)?;
+                save_checkpoint(&dir, &s, &opt, &state, &meta)?;
             }
             if done >= total {
                 break 'epochs;
