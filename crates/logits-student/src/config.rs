@@ -17,8 +17,10 @@ use crate::optim::{Decay, Method, Schedule};
 pub struct TrainConfig {
     /// Seed for initialisation, shuffling and dropout.
     pub seed: u64,
-    /// The student's shape.
+    /// The MLP student's shape (per-example datasets).
     pub model: ModelConfig,
+    /// The transformer student's shape (per-token datasets).
+    pub lm: LmModelConfig,
     /// Which losses, with which weights.
     pub loss: LossConfig,
     /// Optimizer and schedule.
@@ -43,6 +45,34 @@ pub struct ModelConfig {
     pub dropout: f32,
     /// The stored input to train from (default: the dataset's only input).
     pub input: Option<String>,
+}
+
+/// The transformer student's shape (vocabulary and context come from the dataset).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LmModelConfig {
+    /// Residual width.
+    pub dim: usize,
+    /// Blocks.
+    pub layers: usize,
+    /// Attention heads (dividing `dim`).
+    pub heads: usize,
+    /// Longest sequence (default: the dataset's window).
+    pub context: Option<usize>,
+    /// Tie the LM head to the token embedding.
+    pub tied: bool,
+}
+
+impl Default for LmModelConfig {
+    fn default() -> Self {
+        LmModelConfig {
+            dim: 64,
+            layers: 2,
+            heads: 4,
+            context: None,
+            tied: true,
+        }
+    }
 }
 
 /// Serde names of [`Activation`].
@@ -373,22 +403,48 @@ impl TrainConfig {
         if self.model.hidden.contains(&0) {
             return bad("model.hidden widths must be positive".into());
         }
-        for f in &self.loss.features {
-            if f.layer >= self.model.hidden.len() {
-                return bad(format!(
-                    "feature loss on {:?} uses student hidden layer {}, but the student has {} hidden layers (0-based)",
-                    f.feature,
-                    f.layer,
-                    self.model.hidden.len()
-                ));
-            }
-        }
         let any = self.loss.kd > 0.0
             || self.loss.ce > 0.0
             || self.loss.sampled > 0.0
             || self.loss.features.iter().any(|f| f.weight() > 0.0);
         if !any {
             return bad("every loss weight is 0: nothing to train".into());
+        }
+        Ok(())
+    }
+
+    /// Checks what only the MLP student needs: feature losses on existing hidden layers.
+    pub fn check_mlp(&self) -> Result<()> {
+        for f in &self.loss.features {
+            if f.layer >= self.model.hidden.len() {
+                return Err(StudentError::Config(format!(
+                    "feature loss on {:?} uses student hidden layer {}, but the student has {} hidden layers (0-based)",
+                    f.feature,
+                    f.layer,
+                    self.model.hidden.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what only the transformer student needs: a valid shape, and hidden-state losses
+    /// (hint or cosine) on the final hidden state, written `@0`.
+    pub fn check_lm(&self) -> Result<()> {
+        let l = &self.lm;
+        if l.dim == 0 || l.layers == 0 || l.heads == 0 || l.dim % l.heads != 0 {
+            return Err(StudentError::Config(format!(
+                "lm: dim {} must be a positive multiple of heads {}, with at least one layer",
+                l.dim, l.heads
+            )));
+        }
+        for f in &self.loss.features {
+            if !matches!(f.kind, FeatureKind::Hint | FeatureKind::Cosine) || f.layer != 0 {
+                return Err(StudentError::Config(format!(
+                    "feature loss {:?} on {:?}: the language-model student distils its final hidden state with hint or cosine, written KIND:FEATURE@0",
+                    f.kind, f.feature
+                )));
+            }
         }
         Ok(())
     }
@@ -482,7 +538,7 @@ mod tests {
         let mut c = TrainConfig::default();
         c.check().unwrap();
         c.loss.features.push(FeatureLoss::parse("sp:f@3").unwrap());
-        let e = c.check().unwrap_err().to_string();
+        let e = c.check_mlp().unwrap_err().to_string();
         assert!(e.contains("hidden layer 3"), "{e}");
         let mut c = TrainConfig::default();
         c.loss.kd = 0.0;

@@ -16,6 +16,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod lm;
 pub mod losses;
 pub mod mlp;
 pub mod optim;

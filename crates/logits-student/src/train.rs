@@ -450,6 +450,37 @@ pub(crate) fn load_checkpoint(
     Ok(state)
 }
 
+/// Refuses to resume from a checkpoint of another teacher, dataset or configuration.
+pub(crate) fn refuse_foreign(
+    d: &Path,
+    st: &State,
+    m: &logits_format::Manifest,
+    cfg: &TrainConfig,
+) -> Result<()> {
+    let refuse = |why: String| StudentError::Checkpoint {
+        path: d.to_path_buf(),
+        why,
+    };
+    if st.teacher_sha256 != m.teacher.sha256 {
+        return Err(refuse(format!(
+            "the checkpoint was trained from a dataset of teacher {}, this dataset's teacher is {}: refusing to resume",
+            st.teacher_sha256, m.teacher.sha256
+        )));
+    }
+    if st.dataset_id != m.dataset_id {
+        return Err(refuse(format!(
+            "the checkpoint was trained on dataset {}, this is {}: refusing to resume",
+            st.dataset_id, m.dataset_id
+        )));
+    }
+    if st.config != *cfg {
+        return Err(refuse(
+            "the configuration differs from the checkpoint's (the run's config.toml holds the saved one); resume with the same settings".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Trains a student on `ds` as `cfg` says, writing metrics and checkpoints under `out`;
 /// `on_log` sees every metrics line (for a progress bar). With `resume`, continues from the
 /// newest checkpoint, refusing one from another dataset, teacher or configuration. `join`
@@ -463,6 +494,7 @@ pub fn train(
     on_log: &mut dyn FnMut(u64, u64, &Value),
 ) -> Result<Run> {
     cfg.check()?;
+    cfg.check_mlp()?;
     check_against(ds, cfg)?;
     let split = Split::of(ds, cfg);
     let loader = match join {
@@ -511,27 +543,7 @@ pub fn train(
     if resume && let Some(d) = &latest {
         let mut ls = fresh.clone();
         let st = load_checkpoint(d, &mut ls, &mut opt)?;
-        let refuse = |why: String| StudentError::Checkpoint {
-            path: d.clone(),
-            why,
-        };
-        if st.teacher_sha256 != m.teacher.sha256 {
-            return Err(refuse(format!(
-                "the checkpoint was trained from a dataset of teacher {}, this dataset's teacher is {}: refusing to resume",
-                st.teacher_sha256, m.teacher.sha256
-            )));
-        }
-        if st.dataset_id != m.dataset_id {
-            return Err(refuse(format!(
-                "the checkpoint was trained on dataset {}, this is {}: refusing to resume",
-                st.dataset_id, m.dataset_id
-            )));
-        }
-        if st.config != *cfg {
-            return Err(refuse(
-                "the configuration differs from the checkpoint's (the run's config.toml holds the saved one); resume with the same settings".into(),
-            ));
-        }
+        refuse_foreign(d, &st, m, cfg)?;
         s = ls;
         epoch = st.epoch;
         skip = st.batch_in_epoch;
@@ -711,7 +723,7 @@ pub fn gather(all: &Batch, idx: &[usize]) -> Batch {
     }
 }
 
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };

@@ -1,0 +1,696 @@
+//! The language-model student's room: per-token datasets (rows are token windows, targets are
+//! per real token) → batches of right-padded sequences → the transformer student, trained with
+//! the same losses, optimizer, metrics and checkpoints as the MLP student.
+//!
+//! Positions: a row's stored input ids are the window's real tokens and its targets hold one
+//! position per token (the teacher's distribution of the *next* token), so padding never
+//! reaches a loss. Next-token cross-entropy uses the window's own next token (the last position
+//! of a window has none and is left out of that term only).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Instant;
+
+use logits_format::manifest::{DType, FeatureEncoding, Granularity, ValueEncoding};
+use logits_format::rows::{SampledEntries, TensorValues};
+use logits_format::{Dataset, ReadOptions, RowBatch, schema};
+use ndarray::Array2;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::config::{FeatureKind, TrainConfig};
+use crate::data::{Needs, TeacherRows};
+use crate::error::{Result, StudentError, io};
+use crate::losses::{feature, response};
+use crate::mlp::Linear;
+use crate::optim::Optimizer;
+use crate::params::Params;
+use crate::train::{RunDir, Split, State, Terms, check_against, load_checkpoint, needs, save_checkpoint};
+use crate::transformer::{Gpt, GptSpec, Tokens};
+
+/// A batch of token windows with their per-position targets.
+#[derive(Debug, Clone)]
+pub struct LmBatch {
+    /// Row ids.
+    pub row_ids: Vec<u64>,
+    /// The windows, right-padded.
+    pub tokens: Tokens,
+    /// For each stored position (row-major), its row in the logits (`sequence·length + t`).
+    pub pos: Vec<usize>,
+    /// The next token of each position, when the window holds one.
+    pub labels: Vec<Option<u32>>,
+    /// Top-k targets per position.
+    pub teacher: Option<TeacherRows>,
+    /// Sampled targets per position.
+    pub sampled: Option<SampledEntries>,
+    /// Teacher features per position, `positions × width`.
+    pub features: BTreeMap<String, Array2<f32>>,
+}
+
+/// Reads per-token datasets for the transformer student.
+#[derive(Debug)]
+pub struct LmLoader<'a> {
+    ds: &'a Dataset,
+    /// The stored token-id input.
+    pub input: String,
+    /// Vocabulary (the target axis).
+    pub vocab: usize,
+    /// Longest window in the dataset (from the build options, else measured).
+    pub window: usize,
+    needs: Needs,
+    columns: Vec<String>,
+}
+
+impl<'a> LmLoader<'a> {
+    /// Checks that `ds` is a per-token dataset with stored token ids and what `needs` asks
+    /// for, and prepares the projection.
+    pub fn new(ds: &'a Dataset, needs: Needs) -> Result<LmLoader<'a>> {
+        let m = ds.manifest();
+        let refuse = |what: String| StudentError::Dataset {
+            dataset: ds.root().to_path_buf(),
+            what,
+        };
+        let t = m.targets.as_ref().ok_or_else(|| {
+            refuse("the dataset stores no teacher targets; the language-model student needs per-token targets".into())
+        })?;
+        if t.granularity != Granularity::Position {
+            return Err(refuse("the targets are per example; the transformer student trains on per-token datasets".into()));
+        }
+        let spec = m
+            .inputs
+            .iter()
+            .find(|i| matches!(i.stored, DType::Uint32 | DType::Uint16 | DType::Int64 | DType::Int32))
+            .ok_or_else(|| {
+                refuse("the dataset stores no token ids (built with --no-inputs?); the language-model student reads the stored windows".into())
+            })?;
+        let mut columns = vec![spec.column.clone()];
+        if needs.topk {
+            if t.topk.is_none() {
+                return Err(refuse("the dataset has no top-k targets (column topk_ids), needed by loss.kd".into()));
+            }
+            columns.extend([schema::TOPK_IDS, schema::TOPK_VALUES, schema::LOGZ].map(String::from));
+            if t.values == ValueEncoding::Int8 {
+                columns.push(schema::TOPK_LOGTAIL.into());
+            }
+            if !t.temperatures.is_empty() {
+                columns.push(schema::LOGZ_TEMPS.into());
+            }
+        }
+        if needs.sampled {
+            if t.sampled.is_none() {
+                return Err(refuse("the dataset has no sampled targets (column sample_ids), needed by loss.sampled; build with --sample N".into()));
+            }
+            columns.extend([schema::SAMPLE_IDS, schema::SAMPLE_COUNTS, schema::LOGZ].map(String::from));
+        }
+        for f in &needs.features {
+            let fs = m.features.iter().find(|s| &s.name == f).ok_or_else(|| {
+                refuse(format!(
+                    "no teacher feature named {f:?} (stored: {}), needed by a feature loss",
+                    m.features.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            if fs.granularity != Granularity::Position {
+                return Err(refuse(format!("feature {f:?} is pooled per window; hidden-state distillation needs it per token")));
+            }
+            columns.push(fs.column.clone());
+            if fs.encoding == FeatureEncoding::Int8 {
+                columns.push(schema::scale_column(fs));
+            }
+        }
+        columns.dedup();
+        let window = m.corpus.options["window"].as_u64().unwrap_or(0) as usize;
+        Ok(LmLoader {
+            ds,
+            input: spec.name.clone(),
+            vocab: t.axis_size as usize,
+            window,
+            needs,
+            columns,
+        })
+    }
+
+    /// Streams rows of `range` in batches of `batch` windows, shuffled with `shuffle`.
+    pub fn stream(
+        &self,
+        range: Option<Range<u64>>,
+        batch: usize,
+        shuffle: Option<u64>,
+        shuffle_buffer: usize,
+        prefetch: usize,
+    ) -> Result<impl Iterator<Item = Result<LmBatch>> + '_> {
+        let mut s = self.ds.stream(&ReadOptions {
+            columns: Some(self.columns.clone()),
+            batch_size: batch,
+            shuffle,
+            shuffle_buffer,
+            prefetch,
+            row_range: range,
+        })?;
+        Ok(std::iter::from_fn(move || s.next_rows()).map(move |r| self.convert(r?)))
+    }
+
+    fn convert(&self, rb: RowBatch) -> Result<LmBatch> {
+        let root = || self.ds.root().to_path_buf();
+        let bad = |what: String| StudentError::Dataset {
+            dataset: root(),
+            what,
+        };
+        let iv = rb
+            .inputs
+            .get(&self.input)
+            .ok_or_else(|| bad(format!("input {:?} was not read", self.input)))?;
+        let rows = rb.len();
+        let lens: Vec<usize> = (0..rows).map(|r| iv.offsets[r + 1] - iv.offsets[r]).collect();
+        let t = lens.iter().copied().max().unwrap_or(0).max(1);
+        let mut ids = Array2::<u32>::zeros((rows, t));
+        let mut pos = Vec::new();
+        let mut labels = Vec::new();
+        for r in 0..rows {
+            let v: Vec<u32> = match &iv.values {
+                TensorValues::U32(v) => v[iv.offsets[r]..iv.offsets[r + 1]].to_vec(),
+                other => other
+                    .to_f32(iv.offsets[r]..iv.offsets[r + 1])
+                    .iter()
+                    .map(|&x| x as u32)
+                    .collect(),
+            };
+            if let Some(&big) = v.iter().find(|&&x| x as usize >= self.vocab) {
+                return Err(bad(format!(
+                    "row {}: token id {big} is outside the vocabulary of {}",
+                    rb.row_ids[r], self.vocab
+                )));
+            }
+            for (p, &x) in v.iter().enumerate() {
+                ids[[r, p]] = x;
+                pos.push(r * t + p);
+                labels.push(v.get(p + 1).copied());
+            }
+        }
+        let temps: Vec<f64> = self
+            .ds
+            .manifest()
+            .targets
+            .as_ref()
+            .map_or(Vec::new(), |t| t.temperatures.clone());
+        let (teacher, sampled) = match rb.targets {
+            Some(tg) => {
+                if tg.row_positions.len() == rows + 1 {
+                    for r in 0..rows {
+                        let n = tg.row_positions[r + 1] - tg.row_positions[r];
+                        if n != lens[r] {
+                            return Err(bad(format!(
+                                "row {}: {n} target positions for {} tokens",
+                                rb.row_ids[r], lens[r]
+                            )));
+                        }
+                    }
+                }
+                (
+                    tg.topk.filter(|_| self.needs.topk).map(|k| TeacherRows {
+                        offsets: k.offsets,
+                        ids: k.ids,
+                        logits: k.logits,
+                        logz: tg.logz.clone(),
+                        logz_temps: tg.logz_temps.clone(),
+                        temps: temps.clone(),
+                    }),
+                    tg.sampled.filter(|_| self.needs.sampled),
+                )
+            }
+            None => (None, None),
+        };
+        let mut features = BTreeMap::new();
+        for name in &self.needs.features {
+            let f = rb
+                .features
+                .get(name)
+                .ok_or_else(|| bad(format!("feature {name:?} was not read")))?;
+            let width = f.values.len() / pos.len().max(1);
+            let a = Array2::from_shape_vec((pos.len(), width), f.values.clone())
+                .map_err(|e| bad(format!("feature {name:?}: {e}")))?;
+            features.insert(name.clone(), a);
+        }
+        Ok(LmBatch {
+            row_ids: rb.row_ids,
+            tokens: Tokens { ids, lens },
+            pos,
+            labels,
+            teacher,
+            sampled,
+            features,
+        })
+    }
+}
+
+/// The trainable language-model student: the transformer and its training-only projections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LmStudent {
+    /// The model that is exported.
+    pub gpt: Gpt,
+    /// Hidden-state projections, aligned with the run's feature losses.
+    pub projections: Vec<Option<Linear>>,
+}
+
+impl LmStudent {
+    /// A zero student of the same shape.
+    pub fn zeros_like(&self) -> LmStudent {
+        LmStudent {
+            gpt: self.gpt.zeros_like(),
+            projections: self
+                .projections
+                .iter()
+                .map(|p| p.as_ref().map(Linear::zeros_like))
+                .collect(),
+        }
+    }
+}
+
+impl Params for LmStudent {
+    fn tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        let mut out = self.gpt.tensors();
+        for (i, p) in self.projections.iter().enumerate() {
+            if let Some(l) = p {
+                out.push((format!("proj.{i}.weight"), l.w.shape().to_vec(), crate::mlp::slice(&l.w)));
+                out.push((format!("proj.{i}.bias"), vec![l.b.len()], crate::mlp::slice1(&l.b)));
+            }
+        }
+        out
+    }
+
+    fn tensors_mut(&mut self) -> Vec<&mut [f32]> {
+        let mut out = self.gpt.tensors_mut();
+        for l in self.projections.iter_mut().flatten() {
+            out.push(crate::mlp::slice_mut(&mut l.w));
+            out.push(crate::mlp::slice1_mut(&mut l.b));
+        }
+        out
+    }
+}
+
+/// What a language-model student file says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LmInfo {
+    /// Always `gpt`.
+    pub kind: String,
+    /// The shape.
+    pub spec: GptSpec,
+    /// The dataset it was trained from.
+    pub dataset_id: String,
+    /// sha256 of the teacher that produced that dataset.
+    pub teacher_sha256: String,
+}
+
+/// The transformer shape `cfg` asks for on a dataset with `vocab` ids and windows of `window`.
+pub fn gpt_spec(cfg: &TrainConfig, vocab: usize, window: usize) -> GptSpec {
+    GptSpec {
+        vocab,
+        context: cfg.lm.context.unwrap_or(window.max(1)),
+        dim: cfg.lm.dim,
+        layers: cfg.lm.layers,
+        heads: cfg.lm.heads,
+        tied: cfg.lm.tied,
+    }
+}
+
+/// Loss and gradient of one batch (fills `grad`, zeroed first).
+pub fn loss_and_grad(
+    s: &LmStudent,
+    grad: &mut LmStudent,
+    b: &LmBatch,
+    cfg: &TrainConfig,
+    sampled_t: f64,
+    step: u64,
+) -> Result<Terms> {
+    grad.zero();
+    let (logits, cache) = s.gpt.forward(&b.tokens);
+    let v = logits.ncols();
+    let mut dlogits = Array2::<f32>::zeros(logits.raw_dim());
+    let n = b.pos.len().max(1) as f64;
+    let t = cfg.loss.temperature;
+    let mut terms = Terms::default();
+    let nonfinite = |term: &str, row: Option<u64>| StudentError::NonFinite {
+        step,
+        term: term.to_string(),
+        row,
+    };
+    let row_of = |k: usize| -> u64 {
+        let f = b.pos[k] / b.tokens.ids.ncols();
+        b.row_ids[f]
+    };
+    if cfg.loss.kd > 0.0
+        && let Some(tr) = &b.teacher
+    {
+        let (div, mode) = (cfg.divergence(), cfg.topk_mode());
+        let mut sum = 0.0;
+        for (k, &f) in b.pos.iter().enumerate() {
+            let lp = match mode {
+                response::TopKMode::TailBucket => tr
+                    .logprobs(k, t)
+                    .ok_or_else(|| StudentError::Config(format!("logZ at T={t} is not stored")))?,
+                response::TopKMode::Renormalize => tr.renormalised_logprobs(k, t),
+            };
+            if lp.iter().any(|x| !x.is_finite()) {
+                return Err(nonfinite("teacher targets", Some(row_of(k))));
+            }
+            let ids = tr.ids(k);
+            if ids.iter().any(|&i| i as usize >= v) {
+                return Err(StudentError::Config(format!("row {}: a target id is outside the vocabulary", row_of(k))));
+            }
+            let srow = logits.row(f);
+            let mut g = dlogits.row_mut(f);
+            sum += response::response_loss(
+                srow.as_slice().unwrap_or(&[]),
+                response::TeacherTargets { ids, logprobs: &lp },
+                t,
+                div,
+                mode,
+                cfg.loss.kd / n,
+                g.as_slice_mut().unwrap_or(&mut []),
+            );
+        }
+        terms.parts.push(("kd".into(), sum / n));
+        terms.total += cfg.loss.kd * sum / n;
+    }
+    if cfg.loss.ce > 0.0 {
+        let nl = b.labels.iter().flatten().count().max(1) as f64;
+        let mut sum = 0.0;
+        for (&f, l) in b.pos.iter().zip(&b.labels) {
+            let Some(l) = *l else { continue };
+            let srow = logits.row(f);
+            let mut g = dlogits.row_mut(f);
+            sum += response::cross_entropy(
+                srow.as_slice().unwrap_or(&[]),
+                l as usize,
+                cfg.loss.ce / nl,
+                g.as_slice_mut().unwrap_or(&mut []),
+            );
+        }
+        terms.parts.push(("ce".into(), sum / nl));
+        terms.total += cfg.loss.ce * sum / nl;
+    }
+    if cfg.loss.sampled > 0.0
+        && let Some(sm) = &b.sampled
+    {
+        let mut sum = 0.0;
+        for (k, &f) in b.pos.iter().enumerate() {
+            let (a, e) = (sm.offsets[k], sm.offsets[k + 1]);
+            let srow = logits.row(f);
+            let mut g = dlogits.row_mut(f);
+            sum += response::sampled_kd(
+                srow.as_slice().unwrap_or(&[]),
+                &sm.ids[a..e],
+                &sm.counts[a..e],
+                sampled_t,
+                cfg.loss.sampled / n,
+                g.as_slice_mut().unwrap_or(&mut []),
+            );
+        }
+        terms.parts.push(("sampled".into(), sum / n));
+        terms.total += cfg.loss.sampled * sum / n;
+    }
+    let mut dhidden: Option<Array2<f32>> = None;
+    for (i, f) in cfg.loss.features.iter().enumerate() {
+        let w = f.weight();
+        let target = b
+            .features
+            .get(&f.feature)
+            .ok_or_else(|| StudentError::Config(format!("feature {:?} not loaded", f.feature)))?;
+        let (Some(p), Some(gp)) = (&s.projections[i], &mut grad.projections[i]) else {
+            return Err(StudentError::Config("feature projection missing".into()));
+        };
+        let h = cache.hidden.select(ndarray::Axis(0), &b.pos);
+        let y = p.forward(h.view());
+        let mut dy = Array2::<f32>::zeros(y.raw_dim());
+        let (ys, ts) = (y.as_slice().unwrap_or(&[]), target.as_slice().unwrap_or(&[]));
+        let l = if f.kind == FeatureKind::Hint {
+            feature::mse(ys, ts, w, dy.as_slice_mut().unwrap_or(&mut []))
+        } else {
+            feature::cosine(ys, ts, target.ncols(), w, dy.as_slice_mut().unwrap_or(&mut []))
+        };
+        let dh = p.backward(h.view(), dy.view(), gp);
+        let acc = dhidden.get_or_insert_with(|| Array2::zeros(cache.hidden.raw_dim()));
+        for (k, &row) in b.pos.iter().enumerate() {
+            let mut r = acc.row_mut(row);
+            r += &dh.row(k);
+        }
+        terms.parts.push((format!("{}:{}", serde_json::to_value(f.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(), f.feature), l));
+        terms.total += w * l;
+    }
+    if !terms.total.is_finite() {
+        return Err(nonfinite("total", None));
+    }
+    s.gpt.backward(&b.tokens, &cache, dlogits.view(), dhidden.as_ref(), &mut grad.gpt);
+    Ok(terms)
+}
+
+/// Held-out quality of a language-model student against its teacher.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LmEvaluation {
+    /// Windows evaluated.
+    pub rows: usize,
+    /// Positions with a teacher target.
+    pub positions: usize,
+    /// exp(mean next-token cross-entropy) over positions whose next token is in the window.
+    pub perplexity: f64,
+    /// The teacher's perplexity on the same tokens, from its stored targets (a next token
+    /// outside the teacher's top-k is charged the tail mass, an upper bound).
+    pub teacher_perplexity: Option<f64>,
+    /// Share of positions where the student's top-1 is the teacher's.
+    pub agreement: Option<f64>,
+    /// Mean KL(teacher‖student) at T = 1 over the kept ids plus the exact tail bucket.
+    pub kl: Option<f64>,
+}
+
+/// Evaluates `gpt` on the batches of a split.
+pub fn evaluate(gpt: &Gpt, batches: &[LmBatch]) -> LmEvaluation {
+    let (mut ce, mut nce, mut tce, mut agree, mut kl, mut npos, mut rows) = (0.0, 0usize, 0.0, 0usize, 0.0, 0usize, 0usize);
+    let mut have_teacher = false;
+    for b in batches {
+        rows += b.row_ids.len();
+        let logits = gpt.predict(&b.tokens);
+        for (k, &f) in b.pos.iter().enumerate() {
+            let row = logits.row(f).to_vec();
+            let q = response::softmax(&row, 1.0);
+            npos += 1;
+            if let Some(l) = b.labels[k] {
+                ce -= q[l as usize].max(1e-30).ln();
+                nce += 1;
+            }
+            if let Some(tr) = &b.teacher {
+                have_teacher = true;
+                let ids = tr.ids(k);
+                let lp = tr.logprobs(k, 1.0).unwrap_or_else(|| tr.renormalised_logprobs(k, 1.0));
+                let top = (0..row.len()).fold(0, |bi, i| if row[i] > row[bi] { i } else { bi });
+                agree += (ids.first().map(|&i| i as usize) == Some(top)) as usize;
+                let (mut qk, mut pk) = (0.0, 0.0);
+                for (&i, &l) in ids.iter().zip(&lp) {
+                    let qi = q[i as usize].max(1e-30);
+                    kl += l.exp() * (l - qi.ln());
+                    qk += qi;
+                    pk += l.exp();
+                }
+                let (pt, qt) = ((1.0 - pk).max(0.0), (1.0 - qk).max(1e-30));
+                if pt > 0.0 {
+                    kl += pt * (pt.ln() - qt.ln());
+                }
+                if let Some(l) = b.labels[k] {
+                    let p = ids
+                        .iter()
+                        .position(|&i| i == l)
+                        .map(|j| lp[j].exp())
+                        .unwrap_or(pt);
+                    tce -= p.max(1e-30).ln();
+                }
+            }
+        }
+    }
+    let npos_f = npos.max(1) as f64;
+    LmEvaluation {
+        rows,
+        positions: npos,
+        perplexity: (ce / nce.max(1) as f64).exp(),
+        teacher_perplexity: have_teacher.then(|| (tce / nce.max(1) as f64).exp()),
+        agreement: have_teacher.then(|| agree as f64 / npos_f),
+        kl: have_teacher.then(|| kl / npos_f),
+    }
+}
+
+/// The result of a language-model run.
+#[derive(Debug, Clone)]
+pub struct LmRun {
+    /// The trained student.
+    pub student: LmStudent,
+    /// Its description.
+    pub info: LmInfo,
+    /// Steps taken.
+    pub steps: u64,
+    /// The last metrics line.
+    pub last: Option<Value>,
+}
+
+/// Loads the held-out (or, without a split, all) windows for evaluation.
+pub fn load_split(loader: &LmLoader, range: Option<Range<u64>>) -> Result<Vec<LmBatch>> {
+    let mut out = Vec::new();
+    for b in loader.stream(range, 16, None, 0, 2)? {
+        out.push(b?);
+    }
+    Ok(out)
+}
+
+/// Trains the transformer student on a per-token dataset; the same contract as
+/// [`crate::train::train`] (metrics, checkpoints, exact resume, refusals).
+pub fn train(ds: &Dataset, cfg: &TrainConfig, out: &Path, resume: bool, on_log: &mut dyn FnMut(u64, u64, &Value)) -> Result<LmRun> {
+    cfg.check()?;
+    cfg.check_lm()?;
+    check_against(ds, cfg)?;
+    let split = Split::of(ds, cfg);
+    let loader = LmLoader::new(ds, needs(cfg))?;
+    let m = ds.manifest();
+    let mut rows = 0u64;
+    let mut window = loader.window;
+    for b in loader.stream(split.train.clone(), 256, None, 0, 2)? {
+        let b = b?;
+        rows += b.row_ids.len() as u64;
+        window = window.max(b.tokens.ids.ncols());
+    }
+    if rows == 0 {
+        return Err(StudentError::Dataset {
+            dataset: ds.root().to_path_buf(),
+            what: "no training rows".into(),
+        });
+    }
+    let spec = gpt_spec(cfg, loader.vocab, window);
+    let info = LmInfo {
+        kind: "gpt".into(),
+        spec: spec.clone(),
+        dataset_id: m.dataset_id.clone(),
+        teacher_sha256: m.teacher.sha256.clone(),
+    };
+    let meta = crate::student::metadata(&info)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x005e_ed0f_9e07);
+    let mut projections = Vec::new();
+    for f in &cfg.loss.features {
+        let fs = m.features.iter().find(|s| s.name == f.feature).ok_or_else(|| StudentError::Dataset {
+            dataset: ds.root().to_path_buf(),
+            what: format!("no teacher feature named {:?}", f.feature),
+        })?;
+        projections.push(Some(Linear::glorot(spec.dim, fs.width(), &mut rng)));
+    }
+    let fresh = LmStudent {
+        gpt: Gpt::new(spec, cfg.seed),
+        projections,
+    };
+    let bs = cfg.data.batch_size as u64;
+    let per_epoch = rows.div_ceil(bs);
+    let total = cfg.data.steps.unwrap_or(per_epoch * cfg.data.epochs);
+    let mut opt = Optimizer::new(cfg.method(), cfg.schedule(total), cfg.optim.weight_decay, cfg.optim.clip_norm, &fresh);
+    let dir = RunDir(out.to_path_buf());
+    std::fs::create_dir_all(dir.checkpoints()).map_err(io(dir.checkpoints()))?;
+    let latest = dir.latest()?;
+    if latest.is_some() && !resume {
+        return Err(StudentError::Config(format!(
+            "{} already holds a training run; pass --resume to continue it or choose another output directory",
+            out.display()
+        )));
+    }
+    let (mut s, mut epoch, mut skip) = (fresh.clone(), 0u64, 0u64);
+    if resume && let Some(d) = &latest {
+        let st = load_checkpoint(d, &mut s, &mut opt)?;
+        crate::train::refuse_foreign(d, &st, m, cfg)?;
+        epoch = st.epoch;
+        skip = st.batch_in_epoch;
+        crate::train::truncate_metrics(&dir.metrics(), st.step)?;
+    } else {
+        let _ = std::fs::remove_file(dir.metrics());
+    }
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.metrics())
+        .map_err(io(dir.metrics()))?;
+    let sampled_t = m.targets.as_ref().and_then(|t| t.sampled.as_ref()).map_or(1.0, |s| s.temperature);
+    let mut grad = s.zeros_like();
+    let mut last = None;
+    let mut window_t = (Instant::now(), 0u64);
+    let log_every = cfg.run.log_every.max(1);
+    'epochs: while opt.step < total {
+        let mut b_in_epoch = 0u64;
+        for b in loader.stream(
+            split.train.clone(),
+            cfg.data.batch_size,
+            Some(cfg.seed.wrapping_add(epoch)),
+            cfg.data.shuffle_buffer,
+            cfg.data.prefetch,
+        )? {
+            if b_in_epoch < skip {
+                b_in_epoch += 1;
+                continue;
+            }
+            let b = b?;
+            let step = opt.step;
+            let terms = loss_and_grad(&s, &mut grad, &b, cfg, sampled_t, step)?;
+            let si = opt.step(&mut s, &grad);
+            b_in_epoch += 1;
+            window_t.1 += b.pos.len() as u64;
+            let done = opt.step;
+            if done.is_multiple_of(log_every) || done == total {
+                let secs = window_t.0.elapsed().as_secs_f64().max(1e-9);
+                let mut line = json!({
+                    "step": done, "epoch": epoch, "lr": si.lr, "loss": terms.total,
+                    "grad_norm": si.grad_norm, "tokens_per_s": window_t.1 as f64 / secs,
+                });
+                for (k, v) in &terms.parts {
+                    line[k] = json!(v);
+                }
+                writeln!(metrics, "{line}").map_err(io(dir.metrics()))?;
+                on_log(done, total, &line);
+                last = Some(line);
+                window_t = (Instant::now(), 0);
+            }
+            let (ne, nb) = if b_in_epoch >= per_epoch { (epoch + 1, 0) } else { (epoch, b_in_epoch) };
+            let every = cfg.run.checkpoint_every;
+            if (every > 0 && done.is_multiple_of(every)) || done == total {
+                metrics.flush().map_err(io(dir.metrics()))?;
+                let state = State {
+                    step: done,
+                    epoch: ne,
+                    batch_in_epoch: nb,
+                    train_rows: rows,
+                    dataset_id: m.dataset_id.clone(),
+                    teacher_sha256: m.teacher.sha256.clone(),
+                    config: cfg.clone(),
+                };
+                save_checkpoint(&dir, &s, &opt, &state, &meta)?;
+            }
+            if done >= total {
+                break 'epochs;
+            }
+        }
+        epoch += 1;
+        skip = 0;
+    }
+    Ok(LmRun {
+        student: s,
+        info,
+        steps: opt.step,
+        last,
+    })
+}
+
+/// Loads a language-model student file (the exported `student.safetensors`).
+pub fn load(path: &Path) -> Result<(Gpt, LmInfo)> {
+    let info: LmInfo = crate::student::read_info(path)?;
+    if info.kind != "gpt" {
+        return Err(StudentError::Checkpoint {
+            path: path.to_path_buf(),
+            why: format!("a {:?} student, not a language model", info.kind),
+        });
+    }
+    let mut g = Gpt::new(info.spec.clone(), 0);
+    crate::student::load_into(path, &mut g)?;
+    Ok((g, info))
+}
