@@ -57,6 +57,23 @@ impl OnnxModel {
         Ok(Array2::from_shape_vec((rows, cols), data.to_vec())?)
     }
 
+    /// Runs int64 token ids (`rows × length`) and returns the first output, flattened, with
+    /// its shape.
+    pub fn run_ids(&mut self, ids: &ndarray::Array2<i64>) -> Result<(Vec<i64>, Vec<f32>)> {
+        let v = ort::value::Tensor::from_array(ids.clone())?;
+        let out = self
+            .session
+            .run(vec![(
+                self.input.clone(),
+                ort::session::SessionInputValue::from(v),
+            )])
+            .with_context(|| format!("{}: run failed", self.path.display()))?;
+        let (shape, data) = out[0]
+            .try_extract_tensor::<f32>()
+            .with_context(|| format!("{}: first output is not f32", self.path.display()))?;
+        Ok((shape.iter().copied().collect(), data.to_vec()))
+    }
+
     /// Median single-row latency in microseconds over `iters` runs (after warm-up).
     pub fn latency_us(
         &mut self,

@@ -44,12 +44,42 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Sample text from a language-model student.
+    Generate(GenerateArgs),
     /// Print runs' reports side by side (teacher first), e.g. label-only vs distilled.
     Table {
         /// Run directories written by `train`.
         #[arg(required = true)]
         runs: Vec<PathBuf>,
     },
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    /// The student.safetensors of a language-model run.
+    #[arg(long)]
+    student: PathBuf,
+    /// The tokenizer.json of the dataset it was trained from.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// The text to continue.
+    #[arg(long)]
+    prompt: String,
+    /// Tokens to add at most.
+    #[arg(long, default_value_t = 40)]
+    max_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f64,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -87,6 +117,18 @@ struct TrainArgs {
     /// The stored input to train from (default: the only one).
     #[arg(long)]
     input: Option<String>,
+    /// Language-model student: residual width.
+    #[arg(long)]
+    lm_dim: Option<usize>,
+    /// Language-model student: blocks.
+    #[arg(long)]
+    lm_layers: Option<usize>,
+    /// Language-model student: attention heads.
+    #[arg(long)]
+    lm_heads: Option<usize>,
+    /// Language-model student: an untied LM head.
+    #[arg(long)]
+    lm_untied: bool,
     /// Weight of the response (KD) loss on top-k targets.
     #[arg(long)]
     kd: Option<f64>,
@@ -238,6 +280,8 @@ struct Report {
     teacher: Side,
     student: Side,
     onnx_max_abs_diff: Option<f64>,
+    /// The bound the ONNX check holds the export to.
+    onnx_tolerance: f64,
     steps: Option<u64>,
     train_seconds: Option<f64>,
     losses: Option<String>,
@@ -272,6 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Table { runs } => table(&runs),
+        Command::Generate(g) => generate_cmd(g),
     }
 }
 
@@ -309,6 +354,12 @@ fn resolve(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     set!(a.dropout, c.model.dropout);
     if a.input.is_some() {
         c.model.input = a.input.clone();
+    }
+    set!(a.lm_dim, c.lm.dim);
+    set!(a.lm_layers, c.lm.layers);
+    set!(a.lm_heads, c.lm.heads);
+    if a.lm_untied {
+        c.lm.tied = false;
     }
     set!(a.kd, c.loss.kd);
     set!(a.ce, c.loss.ce);
@@ -417,6 +468,14 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<ExitCode> {
         );
         b
     };
+    let per_token = ds
+        .manifest()
+        .targets
+        .as_ref()
+        .is_some_and(|t| t.granularity == logits_format::manifest::Granularity::Position);
+    if per_token {
+        return lm_train_cmd(&a, &cfg, &ds, bar);
+    }
     let join = a.join.open(&ds, cfg.model.input.as_deref())?;
     let t0 = Instant::now();
     let run = train::train(
@@ -459,6 +518,17 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<ExitCode> {
 
 fn eval_cmd(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let ds = Dataset::open(&a.dataset)?;
+    let kind: serde_json::Value = logits_student::student::read_info(&a.student)?;
+    if kind["kind"] == "gpt" {
+        let r = lm_evaluate(
+            &ds,
+            &a.student,
+            a.onnx.as_deref(),
+            a.teacher.as_deref(),
+            a.holdout_from,
+        )?;
+        return finish(&r, a.json, None);
+    }
     let (_, info) = logits_student::student::load(&a.student, None)?;
     let join = a.join.open(&ds, Some(&info.input))?;
     let report = evaluate(
@@ -479,10 +549,11 @@ fn finish(r: &Report, json: bool, out: Option<&Path>) -> anyhow::Result<ExitCode
         print_report(r, out);
     }
     if let Some(d) = r.onnx_max_abs_diff
-        && (d.is_nan() || d > ONNX_TOLERANCE)
+        && (d.is_nan() || d > r.onnx_tolerance)
     {
         eprintln!(
-            "logits-train: the exported ONNX differs from the ndarray forward by {d:.3e} (> {ONNX_TOLERANCE:e})"
+            "logits-train: the exported ONNX differs from the ndarray forward by {d:.3e} (> {:e})",
+            r.onnx_tolerance
         );
         return Ok(ExitCode::from(3));
     }
@@ -605,6 +676,7 @@ fn evaluate(
         teacher: t,
         student,
         onnx_max_abs_diff: diff,
+        onnx_tolerance: ONNX_TOLERANCE,
         steps: None,
         train_seconds: None,
         losses: None,
@@ -630,6 +702,41 @@ fn print_report(r: &Report, out: Option<&Path>) {
             r.train_seconds.unwrap_or(0.0)
         );
     }
+    if e.get("perplexity").is_some() {
+        println!(
+            "teacher: held-out perplexity {} (from its stored targets), params {}, bytes {}",
+            num(e["teacher_perplexity"].as_f64(), |x| format!("{x:.2}")),
+            num(r.teacher.params.map(|x| x as f64), |x| format!("{x:.0}")),
+            num(r.teacher.bytes.map(|x| x as f64), |x| format!("{x:.0}")),
+        );
+        println!(
+            "student: held-out perplexity {}, top-1 agreement with teacher {}, KL(teacher‖student) {}, params {}, bytes {}, window latency {} (ndarray) / {} (ONNX Runtime)",
+            num(e["perplexity"].as_f64(), |x| format!("{x:.2}")),
+            pct(&e["agreement"]),
+            num(e["kl"].as_f64(), |x| format!("{x:.4}")),
+            num(r.student.params.map(|x| x as f64), |x| format!("{x:.0}")),
+            num(r.student.bytes.map(|x| x as f64), |x| format!("{x:.0}")),
+            num(r.student.latency_us, |x| format!("{x:.0} µs")),
+            num(r.student.latency_onnx_us, |x| format!("{x:.0} µs")),
+        );
+    } else {
+        print_classifier(r);
+    }
+    if let Some(d) = r.onnx_max_abs_diff {
+        let tol = r.onnx_tolerance;
+        let verdict = if d <= tol { "ok" } else { "FAILED" };
+        println!("exported ONNX vs ndarray: max |difference| {d:.2e} (≤ {tol:e}: {verdict})");
+    }
+    if let Some(o) = out {
+        println!(
+            "wrote {}/student.onnx, student.safetensors, report.json, metrics.jsonl, config.toml",
+            o.display()
+        );
+    }
+}
+
+fn print_classifier(r: &Report) {
+    let e = &r.evaluation;
     println!(
         "teacher: accuracy {} (stored top-1), ECE {}, params {}, bytes {}, latency {} (ONNX Runtime)",
         pct(&e["teacher_accuracy"]),
@@ -669,18 +776,6 @@ fn print_report(r: &Report, out: Option<&Path>) {
             }
             None => println!("no confusions"),
         }
-    }
-    if let Some(d) = r.onnx_max_abs_diff {
-        let verdict = if d <= ONNX_TOLERANCE { "ok" } else { "FAILED" };
-        println!(
-            "exported ONNX vs ndarray: max |difference| {d:.2e} (≤ {ONNX_TOLERANCE:e}: {verdict})"
-        );
-    }
-    if let Some(o) = out {
-        println!(
-            "wrote {}/student.onnx, student.safetensors, report.json, metrics.jsonl, config.toml",
-            o.display()
-        );
     }
 }
 
@@ -731,10 +826,198 @@ fn table(runs: &[PathBuf]) -> anyhow::Result<ExitCode> {
             num(r.student.latency_onnx_us, |x| format!("{x:.1}µs ort")),
             num(r.onnx_max_abs_diff, |d| format!(
                 "{d:.1e} {}",
-                if d <= ONNX_TOLERANCE { "ok" } else { "FAIL" }
+                if d <= r.onnx_tolerance { "ok" } else { "FAIL" }
             )),
         );
     }
     println!("(evaluated on {})", first.rows_evaluated);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn lm_train_cmd(
+    a: &TrainArgs,
+    cfg: &TrainConfig,
+    ds: &Dataset,
+    bar: ProgressBar,
+) -> anyhow::Result<ExitCode> {
+    let t0 = Instant::now();
+    let run = logits_student::lm::train(ds, cfg, &a.out, a.resume, &mut |step, total, line| {
+        bar.set_length(total);
+        bar.set_position(step);
+        bar.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} tokens/s",
+            line["loss"].as_f64().unwrap_or(f64::NAN),
+            line["lr"].as_f64().unwrap_or(0.0),
+            line["tokens_per_s"].as_f64().unwrap_or(0.0)
+        ));
+    })?;
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let (onnx, st) = logits_student::export::export_gpt(&run.student.gpt, &run.info, &a.out)?;
+    let mut report = lm_evaluate(
+        ds,
+        &st,
+        Some(&onnx),
+        a.teacher.as_deref(),
+        cfg.data.holdout_from,
+    )?;
+    report.steps = Some(run.steps);
+    report.train_seconds = Some(secs);
+    report.losses = Some(describe_losses(cfg));
+    logits_student::student::write_atomic(
+        &a.out.join("report.json"),
+        &serde_json::to_vec_pretty(&report)?,
+    )?;
+    finish(&report, a.json, Some(&a.out))
+}
+
+/// ONNX check tolerance of the language-model export (longer chains of f32 operations).
+const LM_ONNX_TOLERANCE: f64 = 1e-4;
+
+fn lm_evaluate(
+    ds: &Dataset,
+    student_file: &Path,
+    onnx: Option<&Path>,
+    teacher: Option<&Path>,
+    holdout_from: Option<u64>,
+) -> anyhow::Result<Report> {
+    let (gpt, _info) = logits_student::lm::load(student_file)?;
+    let cfg = TrainConfig {
+        loss: logits_student::config::LossConfig {
+            kd: 1.0,
+            ce: 1.0,
+            ..Default::default()
+        },
+        data: logits_student::config::DataConfig {
+            holdout_from,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let loader = logits_student::lm::LmLoader::new(ds, train::needs(&cfg))?;
+    let split = Split::of(ds, &cfg);
+    let (range, rows_label) = match split.holdout {
+        Some(r) => (
+            Some(r.clone()),
+            format!("held-out windows (row id ≥ {})", r.start),
+        ),
+        None => (
+            None,
+            "all windows (no held-out split declared: these are training rows)".to_string(),
+        ),
+    };
+    let batches = logits_student::lm::load_split(&loader, range)?;
+    if batches.is_empty() {
+        bail!(
+            "{}: no windows to evaluate in {rows_label}",
+            ds.root().display()
+        );
+    }
+    let e = logits_student::lm::evaluate(&gpt, &batches);
+    let first = &batches[0];
+    let len0 = first.tokens.lens[0];
+    let one = logits_student::transformer::Tokens {
+        ids: first
+            .tokens
+            .ids
+            .slice(ndarray::s![0..1, 0..len0])
+            .to_owned(),
+        lens: vec![len0],
+    };
+    let t = Instant::now();
+    let reps = 20;
+    for _ in 0..reps {
+        std::hint::black_box(gpt.predict(&one));
+    }
+    let mut student = Side {
+        params: Some(logits_student::params::Params::parameter_count(&gpt) as u64),
+        bytes: std::fs::metadata(student_file).ok().map(|m| m.len()),
+        latency_us: Some(t.elapsed().as_secs_f64() * 1e6 / reps as f64),
+        latency_onnx_us: None,
+    };
+    let mut diff = None;
+    if let Some(o) = onnx {
+        let mut om = OnnxModel::open(o)?;
+        let mut worst = 0.0f64;
+        for b in batches.iter().take(4) {
+            let want = gpt.predict(&b.tokens);
+            let t = b.tokens.ids.ncols();
+            for (r, &len) in b.tokens.lens.iter().enumerate() {
+                let ids =
+                    ndarray::Array2::from_shape_fn((1, len), |(_, p)| b.tokens.ids[[r, p]] as i64);
+                let (_, got) = om.run_ids(&ids)?;
+                let v = want.ncols();
+                for p in 0..len {
+                    let w = want.row(r * t + p);
+                    for (j, &x) in w.iter().enumerate() {
+                        worst = worst.max((got[p * v + j] - x).abs() as f64);
+                    }
+                }
+            }
+        }
+        diff = Some(worst);
+        let ids = ndarray::Array2::from_shape_fn((1, len0), |(_, p)| one.ids[[0, p]] as i64);
+        let t = Instant::now();
+        for _ in 0..reps {
+            om.run_ids(&ids)?;
+        }
+        student.latency_onnx_us = Some(t.elapsed().as_secs_f64() * 1e6 / reps as f64);
+        student.bytes = std::fs::metadata(o).ok().map(|m| m.len());
+    }
+    let m = ds.manifest();
+    let mut tside = Side {
+        bytes: Some(m.teacher.bytes),
+        ..Default::default()
+    };
+    if let Some(tp) = teacher {
+        let proto = logits_onnx::load(tp)?;
+        tside.params = Some(logits_onnx::model::parameter_count(&proto));
+    }
+    Ok(Report {
+        dataset: ds.root().display().to_string(),
+        rows_evaluated: format!("{} {rows_label}", e.rows),
+        evaluation: serde_json::to_value(&e)?,
+        teacher: tside,
+        student,
+        onnx_max_abs_diff: diff,
+        onnx_tolerance: LM_ONNX_TOLERANCE,
+        steps: None,
+        train_seconds: None,
+        losses: None,
+    })
+}
+
+fn generate_cmd(a: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let (gpt, _) = logits_student::lm::load(&a.student)?;
+    let tok = tokenizers::Tokenizer::from_file(&a.tokenizer)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.tokenizer.display()))?;
+    let enc = tok
+        .encode(a.prompt.as_str(), false)
+        .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?;
+    let mut ids: Vec<u32> = Vec::new();
+    if let Some(bos) = tok.token_to_id("<bos>") {
+        ids.push(bos);
+    }
+    ids.extend(enc.get_ids());
+    if let Some(&big) = ids.iter().find(|&&i| i as usize >= gpt.spec.vocab) {
+        bail!(
+            "{}: token id {big} is outside the student's vocabulary of {}: is this the dataset's tokenizer?",
+            a.tokenizer.display(),
+            gpt.spec.vocab
+        );
+    }
+    let s = logits_student::lm::Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        max_tokens: a.max_tokens,
+        stop: tok.token_to_id("<eos>"),
+    };
+    let out = logits_student::lm::generate(&gpt, &ids, &s);
+    let text = tok
+        .decode(&out, true)
+        .map_err(|e| anyhow::anyhow!("detokenizing: {e}"))?;
+    println!("{text}");
     Ok(ExitCode::SUCCESS)
 }

@@ -26,6 +26,8 @@ pub enum Attr {
     Int(i64),
     /// A string.
     Str(String),
+    /// A list of integers.
+    Ints(Vec<i64>),
 }
 
 /// Builds a graph node by node; node outputs get unique names.
@@ -95,6 +97,18 @@ impl GraphBuilder {
         name.to_string()
     }
 
+    /// Adds an int64 initializer (shapes, indices, axes) and returns its name.
+    pub fn ints(&mut self, name: &str, dims: &[usize], data: &[i64]) -> String {
+        self.graph.initializer.push(TensorProto {
+            name: Some(name.to_string()),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: Some(ElemType::Int64.to_onnx()),
+            raw_data: Some(data.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
     /// Adds a node with one output and returns that output's name.
     pub fn node(&mut self, op: &str, inputs: &[&str], attrs: &[(&str, Attr)]) -> String {
         self.next += 1;
@@ -118,6 +132,10 @@ impl GraphBuilder {
                     Attr::Str(s) => {
                         p.s = Some(s.as_bytes().to_vec());
                         p.r#type = Some(attribute_proto::AttributeType::String as i32);
+                    }
+                    Attr::Ints(v) => {
+                        p.ints = v.clone();
+                        p.r#type = Some(attribute_proto::AttributeType::Ints as i32);
                     }
                 }
                 p

@@ -29,7 +29,9 @@ use crate::losses::{feature, response};
 use crate::mlp::Linear;
 use crate::optim::Optimizer;
 use crate::params::Params;
-use crate::train::{RunDir, Split, State, Terms, check_against, load_checkpoint, needs, save_checkpoint};
+use crate::train::{
+    RunDir, Split, State, Terms, check_against, load_checkpoint, needs, save_checkpoint,
+};
 use crate::transformer::{Gpt, GptSpec, Tokens};
 
 /// A batch of token windows with their per-position targets.
@@ -78,7 +80,10 @@ impl<'a> LmLoader<'a> {
             refuse("the dataset stores no teacher targets; the language-model student needs per-token targets".into())
         })?;
         if t.granularity != Granularity::Position {
-            return Err(refuse("the targets are per example; the transformer student trains on per-token datasets".into()));
+            return Err(refuse(
+                "the targets are per example; the transformer student trains on per-token datasets"
+                    .into(),
+            ));
         }
         let spec = m
             .inputs
@@ -90,7 +95,9 @@ impl<'a> LmLoader<'a> {
         let mut columns = vec![spec.column.clone()];
         if needs.topk {
             if t.topk.is_none() {
-                return Err(refuse("the dataset has no top-k targets (column topk_ids), needed by loss.kd".into()));
+                return Err(refuse(
+                    "the dataset has no top-k targets (column topk_ids), needed by loss.kd".into(),
+                ));
             }
             columns.extend([schema::TOPK_IDS, schema::TOPK_VALUES, schema::LOGZ].map(String::from));
             if t.values == ValueEncoding::Int8 {
@@ -104,17 +111,25 @@ impl<'a> LmLoader<'a> {
             if t.sampled.is_none() {
                 return Err(refuse("the dataset has no sampled targets (column sample_ids), needed by loss.sampled; build with --sample N".into()));
             }
-            columns.extend([schema::SAMPLE_IDS, schema::SAMPLE_COUNTS, schema::LOGZ].map(String::from));
+            columns.extend(
+                [schema::SAMPLE_IDS, schema::SAMPLE_COUNTS, schema::LOGZ].map(String::from),
+            );
         }
         for f in &needs.features {
             let fs = m.features.iter().find(|s| &s.name == f).ok_or_else(|| {
                 refuse(format!(
                     "no teacher feature named {f:?} (stored: {}), needed by a feature loss",
-                    m.features.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                    m.features
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
             })?;
             if fs.granularity != Granularity::Position {
-                return Err(refuse(format!("feature {f:?} is pooled per window; hidden-state distillation needs it per token")));
+                return Err(refuse(format!(
+                    "feature {f:?} is pooled per window; hidden-state distillation needs it per token"
+                )));
             }
             columns.push(fs.column.clone());
             if fs.encoding == FeatureEncoding::Int8 {
@@ -164,7 +179,9 @@ impl<'a> LmLoader<'a> {
             .get(&self.input)
             .ok_or_else(|| bad(format!("input {:?} was not read", self.input)))?;
         let rows = rb.len();
-        let lens: Vec<usize> = (0..rows).map(|r| iv.offsets[r + 1] - iv.offsets[r]).collect();
+        let lens: Vec<usize> = (0..rows)
+            .map(|r| iv.offsets[r + 1] - iv.offsets[r])
+            .collect();
         let t = lens.iter().copied().max().unwrap_or(0).max(1);
         let mut ids = Array2::<u32>::zeros((rows, t));
         let mut pos = Vec::new();
@@ -274,8 +291,16 @@ impl Params for LmStudent {
         let mut out = self.gpt.tensors();
         for (i, p) in self.projections.iter().enumerate() {
             if let Some(l) = p {
-                out.push((format!("proj.{i}.weight"), l.w.shape().to_vec(), crate::mlp::slice(&l.w)));
-                out.push((format!("proj.{i}.bias"), vec![l.b.len()], crate::mlp::slice1(&l.b)));
+                out.push((
+                    format!("proj.{i}.weight"),
+                    l.w.shape().to_vec(),
+                    crate::mlp::slice(&l.w),
+                ));
+                out.push((
+                    format!("proj.{i}.bias"),
+                    vec![l.b.len()],
+                    crate::mlp::slice1(&l.b),
+                ));
             }
         }
         out
@@ -358,7 +383,10 @@ pub fn loss_and_grad(
             }
             let ids = tr.ids(k);
             if ids.iter().any(|&i| i as usize >= v) {
-                return Err(StudentError::Config(format!("row {}: a target id is outside the vocabulary", row_of(k))));
+                return Err(StudentError::Config(format!(
+                    "row {}: a target id is outside the vocabulary",
+                    row_of(k)
+                )));
             }
             let srow = logits.row(f);
             let mut g = dlogits.row_mut(f);
@@ -425,11 +453,20 @@ pub fn loss_and_grad(
         let h = cache.hidden.select(ndarray::Axis(0), &b.pos);
         let y = p.forward(h.view());
         let mut dy = Array2::<f32>::zeros(y.raw_dim());
-        let (ys, ts) = (y.as_slice().unwrap_or(&[]), target.as_slice().unwrap_or(&[]));
+        let (ys, ts) = (
+            y.as_slice().unwrap_or(&[]),
+            target.as_slice().unwrap_or(&[]),
+        );
         let l = if f.kind == FeatureKind::Hint {
             feature::mse(ys, ts, w, dy.as_slice_mut().unwrap_or(&mut []))
         } else {
-            feature::cosine(ys, ts, target.ncols(), w, dy.as_slice_mut().unwrap_or(&mut []))
+            feature::cosine(
+                ys,
+                ts,
+                target.ncols(),
+                w,
+                dy.as_slice_mut().unwrap_or(&mut []),
+            )
         };
         let dh = p.backward(h.view(), dy.view(), gp);
         let acc = dhidden.get_or_insert_with(|| Array2::zeros(cache.hidden.raw_dim()));
@@ -437,13 +474,29 @@ pub fn loss_and_grad(
             let mut r = acc.row_mut(row);
             r += &dh.row(k);
         }
-        terms.parts.push((format!("{}:{}", serde_json::to_value(f.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(), f.feature), l));
+        terms.parts.push((
+            format!(
+                "{}:{}",
+                serde_json::to_value(f.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                f.feature
+            ),
+            l,
+        ));
         terms.total += w * l;
     }
     if !terms.total.is_finite() {
         return Err(nonfinite("total", None));
     }
-    s.gpt.backward(&b.tokens, &cache, dlogits.view(), dhidden.as_ref(), &mut grad.gpt);
+    s.gpt.backward(
+        &b.tokens,
+        &cache,
+        dlogits.view(),
+        dhidden.as_ref(),
+        &mut grad.gpt,
+    );
     Ok(terms)
 }
 
@@ -467,7 +520,8 @@ pub struct LmEvaluation {
 
 /// Evaluates `gpt` on the batches of a split.
 pub fn evaluate(gpt: &Gpt, batches: &[LmBatch]) -> LmEvaluation {
-    let (mut ce, mut nce, mut tce, mut agree, mut kl, mut npos, mut rows) = (0.0, 0usize, 0.0, 0usize, 0.0, 0usize, 0usize);
+    let (mut ce, mut nce, mut tce, mut agree, mut kl, mut npos, mut rows) =
+        (0.0, 0usize, 0.0, 0usize, 0.0, 0usize, 0usize);
     let mut have_teacher = false;
     for b in batches {
         rows += b.row_ids.len();
@@ -483,7 +537,9 @@ pub fn evaluate(gpt: &Gpt, batches: &[LmBatch]) -> LmEvaluation {
             if let Some(tr) = &b.teacher {
                 have_teacher = true;
                 let ids = tr.ids(k);
-                let lp = tr.logprobs(k, 1.0).unwrap_or_else(|| tr.renormalised_logprobs(k, 1.0));
+                let lp = tr
+                    .logprobs(k, 1.0)
+                    .unwrap_or_else(|| tr.renormalised_logprobs(k, 1.0));
                 let top = (0..row.len()).fold(0, |bi, i| if row[i] > row[bi] { i } else { bi });
                 agree += (ids.first().map(|&i| i as usize) == Some(top)) as usize;
                 let (mut qk, mut pk) = (0.0, 0.0);
@@ -543,7 +599,13 @@ pub fn load_split(loader: &LmLoader, range: Option<Range<u64>>) -> Result<Vec<Lm
 
 /// Trains the transformer student on a per-token dataset; the same contract as
 /// [`crate::train::train`] (metrics, checkpoints, exact resume, refusals).
-pub fn train(ds: &Dataset, cfg: &TrainConfig, out: &Path, resume: bool, on_log: &mut dyn FnMut(u64, u64, &Value)) -> Result<LmRun> {
+pub fn train(
+    ds: &Dataset,
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    on_log: &mut dyn FnMut(u64, u64, &Value),
+) -> Result<LmRun> {
     cfg.check()?;
     cfg.check_lm()?;
     check_against(ds, cfg)?;
@@ -574,10 +636,14 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, out: &Path, resume: bool, on_log: 
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x005e_ed0f_9e07);
     let mut projections = Vec::new();
     for f in &cfg.loss.features {
-        let fs = m.features.iter().find(|s| s.name == f.feature).ok_or_else(|| StudentError::Dataset {
-            dataset: ds.root().to_path_buf(),
-            what: format!("no teacher feature named {:?}", f.feature),
-        })?;
+        let fs = m
+            .features
+            .iter()
+            .find(|s| s.name == f.feature)
+            .ok_or_else(|| StudentError::Dataset {
+                dataset: ds.root().to_path_buf(),
+                what: format!("no teacher feature named {:?}", f.feature),
+            })?;
         projections.push(Some(Linear::glorot(spec.dim, fs.width(), &mut rng)));
     }
     let fresh = LmStudent {
@@ -587,7 +653,13 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, out: &Path, resume: bool, on_log: 
     let bs = cfg.data.batch_size as u64;
     let per_epoch = rows.div_ceil(bs);
     let total = cfg.data.steps.unwrap_or(per_epoch * cfg.data.epochs);
-    let mut opt = Optimizer::new(cfg.method(), cfg.schedule(total), cfg.optim.weight_decay, cfg.optim.clip_norm, &fresh);
+    let mut opt = Optimizer::new(
+        cfg.method(),
+        cfg.schedule(total),
+        cfg.optim.weight_decay,
+        cfg.optim.clip_norm,
+        &fresh,
+    );
     let dir = RunDir(out.to_path_buf());
     std::fs::create_dir_all(dir.checkpoints()).map_err(io(dir.checkpoints()))?;
     let latest = dir.latest()?;
@@ -612,7 +684,11 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, out: &Path, resume: bool, on_log: 
         .append(true)
         .open(dir.metrics())
         .map_err(io(dir.metrics()))?;
-    let sampled_t = m.targets.as_ref().and_then(|t| t.sampled.as_ref()).map_or(1.0, |s| s.temperature);
+    let sampled_t = m
+        .targets
+        .as_ref()
+        .and_then(|t| t.sampled.as_ref())
+        .map_or(1.0, |s| s.temperature);
     let mut grad = s.zeros_like();
     let mut last = None;
     let mut window_t = (Instant::now(), 0u64);
@@ -651,7 +727,11 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, out: &Path, resume: bool, on_log: 
                 last = Some(line);
                 window_t = (Instant::now(), 0);
             }
-            let (ne, nb) = if b_in_epoch >= per_epoch { (epoch + 1, 0) } else { (epoch, b_in_epoch) };
+            let (ne, nb) = if b_in_epoch >= per_epoch {
+                (epoch + 1, 0)
+            } else {
+                (epoch, b_in_epoch)
+            };
             let every = cfg.run.checkpoint_every;
             if (every > 0 && done.is_multiple_of(every)) || done == total {
                 metrics.flush().map_err(io(dir.metrics()))?;
@@ -693,4 +773,110 @@ pub fn load(path: &Path) -> Result<(Gpt, LmInfo)> {
     let mut g = Gpt::new(info.spec.clone(), 0);
     crate::student::load_into(path, &mut g)?;
     Ok((g, info))
+}
+
+/// How [`generate`] picks each next token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Softmax temperature; 0 picks the most likely token (greedy).
+    pub temperature: f64,
+    /// Keep only the k most likely tokens (0: all).
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose mass reaches p (1: all).
+    pub top_p: f64,
+    /// Seed of the sampler.
+    pub seed: u64,
+    /// Tokens to add at most.
+    pub max_tokens: usize,
+    /// Stop after this token (the tokenizer's end of sequence), when given.
+    pub stop: Option<u32>,
+}
+
+/// Continues `prompt` with tokens sampled from `gpt` (seeded, so repeatable).
+pub fn generate(gpt: &Gpt, prompt: &[u32], s: &Sampling) -> Vec<u32> {
+    use rand::RngExt;
+    let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+    let mut ids = prompt.to_vec();
+    for _ in 0..s.max_tokens {
+        let logits = gpt.next_logits(&ids);
+        let next = if s.temperature <= 0.0 {
+            (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b })
+        } else {
+            let p = response::softmax(&logits, s.temperature);
+            let mut order: Vec<usize> = (0..p.len()).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+            if s.top_k > 0 {
+                order.truncate(s.top_k);
+            }
+            let mut kept = Vec::new();
+            let mut mass = 0.0;
+            for i in order {
+                kept.push(i);
+                mass += p[i];
+                if mass >= s.top_p {
+                    break;
+                }
+            }
+            let mut u = rng.random::<f64>() * mass;
+            let mut pick = kept[kept.len() - 1];
+            for &i in &kept {
+                u -= p[i];
+                if u <= 0.0 {
+                    pick = i;
+                    break;
+                }
+            }
+            pick
+        };
+        ids.push(next as u32);
+        if Some(next as u32) == s.stop {
+            break;
+        }
+    }
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_is_seeded_and_respects_top_k() {
+        let g = Gpt::new(
+            GptSpec {
+                vocab: 50,
+                context: 16,
+                dim: 8,
+                layers: 1,
+                heads: 2,
+                tied: true,
+            },
+            1,
+        );
+        let s = Sampling {
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+            seed: 3,
+            max_tokens: 10,
+            stop: None,
+        };
+        let greedy = generate(
+            &g,
+            &[1, 2],
+            &Sampling {
+                temperature: 0.0,
+                ..s
+            },
+        );
+        // top-k 1 is greedy whatever the seed.
+        assert_eq!(generate(&g, &[1, 2], &s), greedy);
+        let wide = Sampling { top_k: 0, ..s };
+        assert_eq!(generate(&g, &[1, 2], &wide), generate(&g, &[1, 2], &wide));
+        assert_ne!(
+            generate(&g, &[1, 2], &wide),
+            generate(&g, &[1, 2], &Sampling { seed: 4, ..wide })
+        );
+        assert_eq!(greedy.len(), 12);
+    }
 }
