@@ -432,7 +432,7 @@ impl TrainConfig {
     /// (hint or cosine) on the final hidden state, written `@0`.
     pub fn check_lm(&self) -> Result<()> {
         let l = &self.lm;
-        if l.dim == 0 || l.layers == 0 || l.heads == 0 || l.dim % l.heads != 0 {
+        if l.dim == 0 || l.layers == 0 || l.heads == 0 || !l.dim.is_multiple_of(l.heads) {
             return Err(StudentError::Config(format!(
                 "lm: dim {} must be a positive multiple of heads {}, with at least one layer",
                 l.dim, l.heads

@@ -216,12 +216,12 @@ impl<'a> LmLoader<'a> {
         let (teacher, sampled) = match rb.targets {
             Some(tg) => {
                 if tg.row_positions.len() == rows + 1 {
-                    for r in 0..rows {
-                        let n = tg.row_positions[r + 1] - tg.row_positions[r];
-                        if n != lens[r] {
+                    for (r, (w, &len)) in tg.row_positions.windows(2).zip(&lens).enumerate() {
+                        let n = w[1] - w[0];
+                        if n != len {
                             return Err(bad(format!(
-                                "row {}: {n} target positions for {} tokens",
-                                rb.row_ids[r], lens[r]
+                                "row {}: {n} target positions for {len} tokens",
+                                rb.row_ids[r]
                             )));
                         }
                     }
