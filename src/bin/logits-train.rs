@@ -795,6 +795,9 @@ fn table(runs: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let Some((_, first)) = reports.first() else {
         bail!("no runs given");
     };
+    if first.evaluation.get("perplexity").is_some() {
+        return lm_table(&reports);
+    }
     println!(
         "{:<22} {:>9} {:>10} {:>9} {:>10} {:>10} {:>12} {:>12}",
         "model", "accuracy", "agreement", "KL", "params", "bytes", "latency", "ONNX check"
@@ -1019,5 +1022,46 @@ fn generate_cmd(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         .decode(&out, true)
         .map_err(|e| anyhow::anyhow!("detokenizing: {e}"))?;
     println!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn lm_table(reports: &[(String, Report)]) -> anyhow::Result<ExitCode> {
+    let first = &reports[0].1;
+    println!(
+        "{:<22} {:>11} {:>10} {:>9} {:>10} {:>10} {:>12}",
+        "model", "perplexity", "agreement", "KL", "params", "steps", "ONNX check"
+    );
+    println!(
+        "{:<22} {:>11} {:>10} {:>9} {:>10} {:>10} {:>12}",
+        "teacher",
+        num(
+            first.evaluation["teacher_perplexity"].as_f64(),
+            |x| format!("{x:.2}")
+        ),
+        "-",
+        "-",
+        num(first.teacher.params.map(|x| x as f64), |x| format!(
+            "{x:.0}"
+        )),
+        "-",
+        "-"
+    );
+    for (n, r) in reports {
+        let e = &r.evaluation;
+        println!(
+            "{:<22} {:>11} {:>10} {:>9} {:>10} {:>10} {:>12}",
+            n,
+            num(e["perplexity"].as_f64(), |x| format!("{x:.2}")),
+            pct(&e["agreement"]),
+            num(e["kl"].as_f64(), |x| format!("{x:.4}")),
+            num(r.student.params.map(|x| x as f64), |x| format!("{x:.0}")),
+            num(r.steps.map(|x| x as f64), |x| format!("{x:.0}")),
+            num(r.onnx_max_abs_diff, |d| format!(
+                "{d:.1e} {}",
+                if d <= r.onnx_tolerance { "ok" } else { "FAIL" }
+            )),
+        );
+    }
+    println!("(evaluated on {})", first.rows_evaluated);
     Ok(ExitCode::SUCCESS)
 }
