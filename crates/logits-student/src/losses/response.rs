@@ -110,19 +110,21 @@ pub fn response_loss(
     loss * scale
 }
 
-/// Σ of `q` over the ids not in `ids`.
+/// Σ of `q` over the ids not in `ids` (one pass, no vocabulary-sized buffer: `ids` is short).
 fn rest_mass(q: &[f64], ids: &[u32]) -> f64 {
-    let mut kept = vec![false; q.len()];
-    for &i in ids {
-        if let Some(k) = kept.get_mut(i as usize) {
-            *k = true;
+    let mut kept: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
+    kept.sort_unstable();
+    kept.dedup();
+    let mut next = kept.iter().peekable();
+    let mut sum = 0.0;
+    for (m, &v) in q.iter().enumerate() {
+        if next.peek() == Some(&&m) {
+            next.next();
+        } else {
+            sum += v;
         }
     }
-    q.iter()
-        .zip(&kept)
-        .filter(|(_, k)| !**k)
-        .map(|(v, _)| v)
-        .sum()
+    sum
 }
 
 /// Chain rule through q = softmax(s/T) for a loss whose gradient is `gk[i]` on the kept
@@ -148,12 +150,25 @@ pub fn backprop(
         .map(|(&i, g)| g * q[i as usize])
         .sum::<f64>()
         + q_rest * g_rest;
-    let mut big_g = vec![g_rest; q.len()];
-    for (&i, &g) in ids.iter().zip(gk) {
-        big_g[i as usize] = g;
-    }
+    let mut kept: Vec<(usize, f64)> = ids
+        .iter()
+        .map(|&i| i as usize)
+        .zip(gk.iter().copied())
+        .collect();
+    kept.sort_unstable_by_key(|&(i, _)| i);
+    let mut next = kept.iter().peekable();
     let c = w / t;
-    for ((gm, &qm), &gg) in grad.iter_mut().zip(q).zip(&big_g) {
+    for (m, (gm, &qm)) in grad.iter_mut().zip(q).enumerate() {
+        let mut gg = g_rest;
+        while let Some(&&(i, g)) = next.peek() {
+            if i > m {
+                break;
+            }
+            if i == m {
+                gg = g;
+            }
+            next.next();
+        }
         *gm += (c * qm * (gg - mean)) as f32;
     }
 }
