@@ -604,17 +604,7 @@ fn evaluate(
             loader.input_width
         );
     }
-    let split = Split::of(ds, &cfg);
-    let (range, rows_label) = match split.holdout {
-        Some(r) => (
-            Some(r.clone()),
-            format!("held-out rows (row id ≥ {})", r.start),
-        ),
-        None => (
-            None,
-            "all rows (no held-out split declared: these are training rows)".to_string(),
-        ),
-    };
+    let (range, rows_label) = eval_rows(ds, &cfg, &info.dataset_id, "rows");
     let batch = loader.load(range)?;
     if batch.is_empty() {
         bail!(
@@ -884,7 +874,7 @@ fn lm_evaluate(
     teacher: Option<&Path>,
     holdout_from: Option<u64>,
 ) -> anyhow::Result<Report> {
-    let (gpt, _info) = logits_student::lm::load(student_file)?;
+    let (gpt, info) = logits_student::lm::load(student_file)?;
     let cfg = TrainConfig {
         loss: logits_student::config::LossConfig {
             kd: 1.0,
@@ -898,17 +888,7 @@ fn lm_evaluate(
         ..Default::default()
     };
     let loader = logits_student::lm::LmLoader::new(ds, train::needs(&cfg))?;
-    let split = Split::of(ds, &cfg);
-    let (range, rows_label) = match split.holdout {
-        Some(r) => (
-            Some(r.clone()),
-            format!("held-out windows (row id ≥ {})", r.start),
-        ),
-        None => (
-            None,
-            "all windows (no held-out split declared: these are training rows)".to_string(),
-        ),
-    };
+    let (range, rows_label) = eval_rows(ds, &cfg, &info.dataset_id, "windows");
     let batches = logits_student::lm::load_split(&loader, range)?;
     if batches.is_empty() {
         bail!(
@@ -1064,4 +1044,29 @@ fn lm_table(reports: &[(String, Report)]) -> anyhow::Result<ExitCode> {
     }
     println!("(evaluated on {})", first.rows_evaluated);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Which rows evaluation reads, and how the report names them: the held-out split when there
+/// is one; else every row, said to be training rows only when the student was trained on this
+/// very dataset.
+fn eval_rows(
+    ds: &Dataset,
+    cfg: &TrainConfig,
+    trained_on: &str,
+    unit: &str,
+) -> (Option<std::ops::Range<u64>>, String) {
+    match Split::of(ds, cfg).holdout {
+        Some(r) => {
+            let label = format!("held-out {unit} (row id ≥ {})", r.start);
+            (Some(r), label)
+        }
+        None if trained_on != ds.manifest().dataset_id => (
+            None,
+            format!("all {unit} of a dataset the student was not trained on"),
+        ),
+        None => (
+            None,
+            format!("all {unit} (no held-out split declared: these are training rows)"),
+        ),
+    }
 }
