@@ -108,6 +108,8 @@ fn main() {
             &fx("tokenizer.json"),
             "--corpus",
             &fx("holdout.jsonl"),
+            "--target",
+            "logits",
             "--window",
             &T.to_string(),
             "--stride",

@@ -17,7 +17,7 @@ mkdir -p "$out"
 fx=fixtures/gpt2
 for part in train holdout; do
   target/release/logits-build build --model $fx/gpt2_teacher.onnx --tokenizer $fx/tokenizer.json \
-    --corpus $fx/$part.jsonl --window 128 --stride 128 -k 32 --values f16 --quiet \
+    --corpus $fx/$part.jsonl --target logits --window 128 --stride 128 -k 32 --values f16 --quiet \
     --license "fixture: docstrings of CPython and NumPy (PSF and BSD licences)" --out "$out/$part"
 done
 student=(--lm-dim 64 --lm-layers 2 --lm-heads 4 --batch-size 16 --steps "$steps" --lr 3e-3

@@ -3,13 +3,26 @@
 //! Trains small models from `logits` datasets without the teacher. It reads datasets only
 //! through `logits-format` and never touches the teacher side.
 //!
-//! Rooms (growing):
-//! - [`losses`]: distillation losses with their gradients, each checked against finite
-//!   differences and against golden values from `scripts/kd_reference.py` (NumPy).
-//! - [`mlp`]: the MLP student, forward and backward in ndarray.
+//! Rooms:
+//! - [`losses`]: distillation losses with their gradients (response, feature, relation), each
+//!   checked against finite differences and golden values from `scripts/kd_reference.py`.
+//! - [`mlp`] and [`transformer`]: the two students, forward and backward in ndarray;
+//!   [`params`]: the named-tensor view optimizers, checkpoints and exports share.
+//! - [`optim`]: SGD/AdamW, schedules, clipping. [`config`]: the run configuration.
+//! - [`data`] and [`lm`]: loaders from per-example and per-token datasets (and the
+//!   language-model room's training loop); [`train`]: the MLP training loop, checkpoints.
+//! - [`eval`]: evaluation against the teacher from stored targets. [`student`]: student files
+//!   (safetensors). [`export`]: ONNX export through `logits-onnx`'s graph builder.
 //!
-//! Dependencies, and why: `ndarray` (tensors and GEMM), `rand`/`rand_chacha` (seeded,
-//! platform-stable initialisation), `thiserror` (typed errors).
+//! It never runs ONNX Runtime: checking an exported file in ONNX Runtime is the front door's
+//! job (`src/onnx_run.rs`), where both sides meet.
+//!
+//! Dependencies, and why: `logits-format` (the only way to read datasets and corpora),
+//! `logits-onnx` (writing ONNX), `ndarray` (tensors and GEMM), `rayon` (per-position losses
+//! over a vocabulary in parallel), `rand`/`rand_chacha` (seeded, platform-stable
+//! initialisation, shuffling and dropout), `safetensors` (the weight files every ML engineer's
+//! tools read), `serde`/`serde_json` (configuration, run state, metrics), `thiserror` (typed
+//! errors).
 
 pub mod config;
 pub mod data;

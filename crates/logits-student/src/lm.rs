@@ -366,12 +366,30 @@ pub fn loss_and_grad(
         let f = b.pos[k] / b.tokens.ids.ncols();
         b.row_ids[f]
     };
-    if cfg.loss.kd > 0.0
-        && let Some(tr) = &b.teacher
-    {
-        let (div, mode) = (cfg.divergence(), cfg.topk_mode());
-        let mut sum = 0.0;
-        for (k, &f) in b.pos.iter().enumerate() {
+    // Response terms, position by position in parallel: each position writes only its own
+    // row of ∂L/∂logits and the sums are taken in position order afterwards, so the result
+    // does not depend on the thread count.
+    let nl = b.labels.iter().flatten().count().max(1) as f64;
+    let kd_on = cfg.loss.kd > 0.0 && b.teacher.is_some();
+    let ce_on = cfg.loss.ce > 0.0;
+    let sampled_on = cfg.loss.sampled > 0.0 && b.sampled.is_some();
+    let (div, mode) = (cfg.divergence(), cfg.topk_mode());
+    let mut slots: Vec<Option<&mut [f32]>> = dlogits
+        .as_slice_mut()
+        .map(|d| d.chunks_mut(v).map(Some).collect())
+        .unwrap_or_default();
+    let mut work: Vec<(usize, &mut [f32])> = Vec::with_capacity(b.pos.len());
+    for (k, &f) in b.pos.iter().enumerate() {
+        if let Some(row) = slots.get_mut(f).and_then(Option::take) {
+            work.push((k, row));
+        }
+    }
+    let per_position = |(k, g): &mut (usize, &mut [f32])| -> Result<(f64, f64, f64)> {
+        let k = *k;
+        let srow = logits.row(b.pos[k]);
+        let srow = srow.as_slice().unwrap_or(&[]);
+        let (mut kd, mut ce, mut sm) = (0.0, 0.0, 0.0);
+        if kd_on && let Some(tr) = &b.teacher {
             let lp = match mode {
                 response::TopKMode::TailBucket => tr
                     .logprobs(k, t)
@@ -388,57 +406,52 @@ pub fn loss_and_grad(
                     row_of(k)
                 )));
             }
-            let srow = logits.row(f);
-            let mut g = dlogits.row_mut(f);
-            sum += response::response_loss(
-                srow.as_slice().unwrap_or(&[]),
+            kd = response::response_loss(
+                srow,
                 response::TeacherTargets { ids, logprobs: &lp },
                 t,
                 div,
                 mode,
                 cfg.loss.kd / n,
-                g.as_slice_mut().unwrap_or(&mut []),
+                g,
             );
         }
-        terms.parts.push(("kd".into(), sum / n));
-        terms.total += cfg.loss.kd * sum / n;
-    }
-    if cfg.loss.ce > 0.0 {
-        let nl = b.labels.iter().flatten().count().max(1) as f64;
-        let mut sum = 0.0;
-        for (&f, l) in b.pos.iter().zip(&b.labels) {
-            let Some(l) = *l else { continue };
-            let srow = logits.row(f);
-            let mut g = dlogits.row_mut(f);
-            sum += response::cross_entropy(
-                srow.as_slice().unwrap_or(&[]),
-                l as usize,
-                cfg.loss.ce / nl,
-                g.as_slice_mut().unwrap_or(&mut []),
-            );
+        if ce_on && let Some(l) = b.labels[k] {
+            ce = response::cross_entropy(srow, l as usize, cfg.loss.ce / nl, g);
         }
-        terms.parts.push(("ce".into(), sum / nl));
-        terms.total += cfg.loss.ce * sum / nl;
-    }
-    if cfg.loss.sampled > 0.0
-        && let Some(sm) = &b.sampled
-    {
-        let mut sum = 0.0;
-        for (k, &f) in b.pos.iter().enumerate() {
-            let (a, e) = (sm.offsets[k], sm.offsets[k + 1]);
-            let srow = logits.row(f);
-            let mut g = dlogits.row_mut(f);
-            sum += response::sampled_kd(
-                srow.as_slice().unwrap_or(&[]),
-                &sm.ids[a..e],
-                &sm.counts[a..e],
+        if sampled_on && let Some(smp) = &b.sampled {
+            let (a, e) = (smp.offsets[k], smp.offsets[k + 1]);
+            sm = response::sampled_kd(
+                srow,
+                &smp.ids[a..e],
+                &smp.counts[a..e],
                 sampled_t,
                 cfg.loss.sampled / n,
-                g.as_slice_mut().unwrap_or(&mut []),
+                g,
             );
         }
-        terms.parts.push(("sampled".into(), sum / n));
-        terms.total += cfg.loss.sampled * sum / n;
+        Ok((kd, ce, sm))
+    };
+    use rayon::prelude::*;
+    let parts: Vec<Result<(f64, f64, f64)>> = work.par_iter_mut().map(per_position).collect();
+    let (mut kd, mut ce, mut sm) = (0.0, 0.0, 0.0);
+    for p in parts {
+        let (a, c, e) = p?;
+        kd += a;
+        ce += c;
+        sm += e;
+    }
+    if kd_on {
+        terms.parts.push(("kd".into(), kd / n));
+        terms.total += cfg.loss.kd * kd / n;
+    }
+    if ce_on {
+        terms.parts.push(("ce".into(), ce / nl));
+        terms.total += cfg.loss.ce * ce / nl;
+    }
+    if sampled_on {
+        terms.parts.push(("sampled".into(), sm / n));
+        terms.total += cfg.loss.sampled * sm / n;
     }
     let mut dhidden: Option<Array2<f32>> = None;
     for (i, f) in cfg.loss.features.iter().enumerate() {
