@@ -9,6 +9,7 @@
 //!      teacher through ONNX Runtime on its windows and extracts top-k and logZ (what the
 //!      shards hold): online time = the offline epoch + the teacher's work on the same
 //!      batches, measured batch by batch. ratio = online ÷ offline (target ≥ 10).
+//!
 //! The shards are built by `logits-build` from the fixture's held-out text (45k tokens).
 //!
 //! Run: `cargo bench --bench lm` (ONNX Runtime from ORT_DYLIB_PATH or scripts/fetch-ort.sh's
