@@ -694,8 +694,11 @@ fn print_report(r: &Report, out: Option<&Path>) {
     }
     if e.get("perplexity").is_some() {
         println!(
-            "teacher: held-out perplexity {} (from its stored targets), params {}, bytes {}",
-            num(e["teacher_perplexity"].as_f64(), |x| format!("{x:.2}")),
+            "teacher: perplexity ≥ {} (bound from its stored top-k; next token in top-k {}), params {}, bytes {}",
+            num(e["teacher_perplexity_at_least"].as_f64(), |x| format!(
+                "{x:.2}"
+            )),
+            pct(&e["teacher_topk_coverage"]),
             num(r.teacher.params.map(|x| x as f64), |x| format!("{x:.0}")),
             num(r.teacher.bytes.map(|x| x as f64), |x| format!("{x:.0}")),
         );
@@ -1015,8 +1018,8 @@ fn lm_table(reports: &[(String, Report)]) -> anyhow::Result<ExitCode> {
         "{:<22} {:>11} {:>10} {:>9} {:>10} {:>10} {:>12}",
         "teacher",
         num(
-            first.evaluation["teacher_perplexity"].as_f64(),
-            |x| format!("{x:.2}")
+            first.evaluation["teacher_perplexity_at_least"].as_f64(),
+            |x| format!("≥{x:.2}")
         ),
         "-",
         "-",

@@ -522,9 +522,13 @@ pub struct LmEvaluation {
     pub positions: usize,
     /// exp(mean next-token cross-entropy) over positions whose next token is in the window.
     pub perplexity: f64,
-    /// The teacher's perplexity on the same tokens, from its stored targets (a next token
-    /// outside the teacher's top-k is charged the tail mass, an upper bound).
-    pub teacher_perplexity: Option<f64>,
+    /// A lower bound on the teacher's perplexity on the same tokens, from its stored targets:
+    /// exact where the next token is among the kept ids; elsewhere its probability is bounded
+    /// by the smaller of the tail mass and the last kept probability (no unkept id can exceed
+    /// either). The teacher's exact perplexity is in its fixture's FIXTURES.json.
+    pub teacher_perplexity_at_least: Option<f64>,
+    /// Share of next tokens among the teacher's kept ids.
+    pub teacher_topk_coverage: Option<f64>,
     /// Share of positions where the student's top-1 is the teacher's.
     pub agreement: Option<f64>,
     /// Mean KL(teacher‖student) at T = 1 over the kept ids plus the exact tail bucket.
@@ -536,6 +540,7 @@ pub fn evaluate(gpt: &Gpt, batches: &[LmBatch]) -> LmEvaluation {
     let (mut ce, mut nce, mut tce, mut agree, mut kl, mut npos, mut rows) =
         (0.0, 0usize, 0.0, 0usize, 0.0, 0usize, 0usize);
     let mut have_teacher = false;
+    let mut covered = 0usize;
     for b in batches {
         rows += b.row_ids.len();
         let logits = gpt.predict(&b.tokens);
@@ -567,11 +572,14 @@ pub fn evaluate(gpt: &Gpt, batches: &[LmBatch]) -> LmEvaluation {
                     kl += pt * (pt.ln() - qt.ln());
                 }
                 if let Some(l) = b.labels[k] {
-                    let p = ids
-                        .iter()
-                        .position(|&i| i == l)
-                        .map(|j| lp[j].exp())
-                        .unwrap_or(pt);
+                    let last = lp.iter().copied().fold(f64::INFINITY, f64::min).exp();
+                    let p = match ids.iter().position(|&i| i == l) {
+                        Some(j) => {
+                            covered += 1;
+                            lp[j].exp()
+                        }
+                        None => pt.min(last),
+                    };
                     tce -= p.max(1e-30).ln();
                 }
             }
@@ -582,7 +590,8 @@ pub fn evaluate(gpt: &Gpt, batches: &[LmBatch]) -> LmEvaluation {
         rows,
         positions: npos,
         perplexity: (ce / nce.max(1) as f64).exp(),
-        teacher_perplexity: have_teacher.then(|| (tce / nce.max(1) as f64).exp()),
+        teacher_perplexity_at_least: have_teacher.then(|| (tce / nce.max(1) as f64).exp()),
+        teacher_topk_coverage: have_teacher.then(|| covered as f64 / nce.max(1) as f64),
         agreement: have_teacher.then(|| agree as f64 / npos_f),
         kl: have_teacher.then(|| kl / npos_f),
     }
