@@ -372,32 +372,7 @@ impl<'a> Loader<'a> {
                     ));
                 }
                 classes = t.axis_size as usize;
-                if needs.topk {
-                    if t.topk.is_none() {
-                        return Err(refuse(
-                            "the dataset has no top-k targets (column topk_ids), needed by the response loss (loss.kd) and by evaluation against the teacher".into(),
-                        ));
-                    }
-                    columns.extend(
-                        [schema::TOPK_IDS, schema::TOPK_VALUES, schema::LOGZ].map(String::from),
-                    );
-                    if t.values == ValueEncoding::Int8 {
-                        columns.push(schema::TOPK_LOGTAIL.into());
-                    }
-                    if !t.temperatures.is_empty() {
-                        columns.push(schema::LOGZ_TEMPS.into());
-                    }
-                }
-                if needs.sampled {
-                    if t.sampled.is_none() {
-                        return Err(refuse(
-                            "the dataset has no sampled targets (column sample_ids), needed by loss.sampled; build with --sample N".into(),
-                        ));
-                    }
-                    columns.extend(
-                        [schema::SAMPLE_IDS, schema::SAMPLE_COUNTS, schema::LOGZ].map(String::from),
-                    );
-                }
+                columns.extend(target_columns(ds, t, &needs)?);
             }
             None => {
                 if needs.topk || needs.sampled {
@@ -416,23 +391,7 @@ impl<'a> Loader<'a> {
             }
             columns.push(schema::LABEL.into());
         }
-        for f in &needs.features {
-            let spec = m.features.iter().find(|s| &s.name == f).ok_or_else(|| {
-                refuse(format!(
-                    "no teacher feature named {f:?} (stored features: {}), needed by a feature loss",
-                    names(m.features.iter().map(|s| s.name.as_str()))
-                ))
-            })?;
-            if spec.granularity != Granularity::Example {
-                return Err(refuse(format!(
-                    "feature {f:?} is per position; the MLP student needs per-example features"
-                )));
-            }
-            columns.push(spec.column.clone());
-            if spec.encoding == FeatureEncoding::Int8 {
-                columns.push(schema::scale_column(spec));
-            }
-        }
+        columns.extend(feature_columns(ds, &needs, Granularity::Example)?);
         columns.dedup();
         if classes == 0 {
             return Err(refuse(
@@ -579,6 +538,80 @@ impl<'a> Loader<'a> {
     pub fn root(&self) -> PathBuf {
         self.ds.root().to_path_buf()
     }
+}
+
+/// The target columns `needs` asks for, refusing a dataset that lacks them.
+pub(crate) fn target_columns(
+    ds: &Dataset,
+    t: &logits_format::manifest::TargetSpec,
+    needs: &Needs,
+) -> Result<Vec<String>> {
+    let refuse = |what: &str| StudentError::Dataset {
+        dataset: ds.root().to_path_buf(),
+        what: what.to_string(),
+    };
+    let mut columns = Vec::new();
+    if needs.topk {
+        if t.topk.is_none() {
+            return Err(refuse(
+                "the dataset has no top-k targets (column topk_ids), needed by the response loss (loss.kd) and by evaluation against the teacher",
+            ));
+        }
+        columns.extend([schema::TOPK_IDS, schema::TOPK_VALUES, schema::LOGZ].map(String::from));
+        if t.values == ValueEncoding::Int8 {
+            columns.push(schema::TOPK_LOGTAIL.into());
+        }
+        if !t.temperatures.is_empty() {
+            columns.push(schema::LOGZ_TEMPS.into());
+        }
+    }
+    if needs.sampled {
+        if t.sampled.is_none() {
+            return Err(refuse(
+                "the dataset has no sampled targets (column sample_ids), needed by loss.sampled; build with --sample N",
+            ));
+        }
+        columns.extend([schema::SAMPLE_IDS, schema::SAMPLE_COUNTS, schema::LOGZ].map(String::from));
+    }
+    Ok(columns)
+}
+
+/// The feature columns `needs` asks for, refusing unknown features or ones of the wrong
+/// granularity for the student.
+pub(crate) fn feature_columns(
+    ds: &Dataset,
+    needs: &Needs,
+    want: Granularity,
+) -> Result<Vec<String>> {
+    let m = ds.manifest();
+    let refuse = |what: String| StudentError::Dataset {
+        dataset: ds.root().to_path_buf(),
+        what,
+    };
+    let mut columns = Vec::new();
+    for f in &needs.features {
+        let spec = m.features.iter().find(|s| &s.name == f).ok_or_else(|| {
+            refuse(format!(
+                "no teacher feature named {f:?} (stored features: {}), needed by a feature loss",
+                names(m.features.iter().map(|s| s.name.as_str()))
+            ))
+        })?;
+        if spec.granularity != want {
+            return Err(refuse(match want {
+                Granularity::Example => format!(
+                    "feature {f:?} is per position; the MLP student needs per-example features"
+                ),
+                Granularity::Position => format!(
+                    "feature {f:?} is pooled per window; hidden-state distillation needs it per token"
+                ),
+            }));
+        }
+        columns.push(spec.column.clone());
+        if spec.encoding == FeatureEncoding::Int8 {
+            columns.push(schema::scale_column(spec));
+        }
+    }
+    Ok(columns)
 }
 
 fn names<'s>(it: impl Iterator<Item = &'s str>) -> String {

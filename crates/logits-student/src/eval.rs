@@ -37,6 +37,24 @@ pub struct Evaluation {
     pub confusion: Option<Vec<Vec<u64>>>,
 }
 
+/// KL(teacher‖student) of one position over the kept ids plus the exact tail bucket, from
+/// the student's probabilities `q` and the teacher's kept log-probs; also the teacher's tail
+/// mass.
+pub fn kl_tail_bucket(q: &[f64], ids: &[u32], lp: &[f64]) -> (f64, f64) {
+    let (mut kl, mut qk, mut pk) = (0.0, 0.0, 0.0);
+    for (&i, &l) in ids.iter().zip(lp) {
+        let qi = q.get(i as usize).copied().unwrap_or(0.0).max(1e-30);
+        kl += l.exp() * (l - qi.ln());
+        qk += qi;
+        pk += l.exp();
+    }
+    let (pt, qt) = ((1.0 - pk).max(0.0), (1.0 - qk).max(1e-30));
+    if pt > 0.0 {
+        kl += pt * (pt.ln() - qt.ln());
+    }
+    (kl, pt)
+}
+
 /// Expected calibration error of (confidence, correct) pairs.
 pub fn ece(pairs: &[(f64, bool)]) -> f64 {
     let mut bins = vec![(0usize, 0.0f64, 0.0f64); ECE_BINS];
@@ -104,17 +122,7 @@ pub fn evaluate(logits: &Array2<f32>, b: &Batch) -> Evaluation {
         let mut kl = 0.0;
         for (r, q) in probs.iter().enumerate() {
             let lp = t.logprobs(r, 1.0).unwrap_or_default();
-            let (mut qk, mut pk) = (0.0, 0.0);
-            for (&i, &l) in t.ids(r).iter().zip(&lp) {
-                let qi = q.get(i as usize).copied().unwrap_or(0.0).max(1e-30);
-                kl += l.exp() * (l - qi.ln());
-                qk += qi;
-                pk += l.exp();
-            }
-            let (pt, qt) = ((1.0 - pk).max(0.0), (1.0 - qk).max(1e-30));
-            if pt > 0.0 {
-                kl += pt * (pt.ln() - qt.ln());
-            }
+            kl += kl_tail_bucket(q, t.ids(r), &lp).0;
         }
         e.kl = Some(kl / rows.max(1) as f64);
     }

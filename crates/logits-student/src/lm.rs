@@ -8,19 +8,17 @@
 //! of a window has none and is left out of that term only).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::ops::Range;
 use std::path::Path;
-use std::time::Instant;
 
-use logits_format::manifest::{DType, FeatureEncoding, Granularity, ValueEncoding};
+use logits_format::manifest::{DType, Granularity};
 use logits_format::rows::{SampledEntries, TensorValues};
-use logits_format::{Dataset, ReadOptions, RowBatch, schema};
+use logits_format::{Dataset, ReadOptions, RowBatch};
 use ndarray::Array2;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::config::{FeatureKind, TrainConfig};
 use crate::data::{Needs, TeacherRows};
@@ -29,9 +27,7 @@ use crate::losses::{feature, response};
 use crate::mlp::Linear;
 use crate::optim::Optimizer;
 use crate::params::Params;
-use crate::train::{
-    RunDir, Split, State, Terms, check_against, load_checkpoint, needs, save_checkpoint,
-};
+use crate::train::{Recorder, RunDir, Split, Terms, check_against, load_checkpoint, needs};
 use crate::transformer::{Gpt, GptSpec, Tokens};
 
 /// A batch of token windows with their per-position targets.
@@ -93,49 +89,12 @@ impl<'a> LmLoader<'a> {
                 refuse("the dataset stores no token ids (built with --no-inputs?); the language-model student reads the stored windows".into())
             })?;
         let mut columns = vec![spec.column.clone()];
-        if needs.topk {
-            if t.topk.is_none() {
-                return Err(refuse(
-                    "the dataset has no top-k targets (column topk_ids), needed by loss.kd".into(),
-                ));
-            }
-            columns.extend([schema::TOPK_IDS, schema::TOPK_VALUES, schema::LOGZ].map(String::from));
-            if t.values == ValueEncoding::Int8 {
-                columns.push(schema::TOPK_LOGTAIL.into());
-            }
-            if !t.temperatures.is_empty() {
-                columns.push(schema::LOGZ_TEMPS.into());
-            }
-        }
-        if needs.sampled {
-            if t.sampled.is_none() {
-                return Err(refuse("the dataset has no sampled targets (column sample_ids), needed by loss.sampled; build with --sample N".into()));
-            }
-            columns.extend(
-                [schema::SAMPLE_IDS, schema::SAMPLE_COUNTS, schema::LOGZ].map(String::from),
-            );
-        }
-        for f in &needs.features {
-            let fs = m.features.iter().find(|s| &s.name == f).ok_or_else(|| {
-                refuse(format!(
-                    "no teacher feature named {f:?} (stored: {}), needed by a feature loss",
-                    m.features
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-            if fs.granularity != Granularity::Position {
-                return Err(refuse(format!(
-                    "feature {f:?} is pooled per window; hidden-state distillation needs it per token"
-                )));
-            }
-            columns.push(fs.column.clone());
-            if fs.encoding == FeatureEncoding::Int8 {
-                columns.push(schema::scale_column(fs));
-            }
-        }
+        columns.extend(crate::data::target_columns(ds, t, &needs)?);
+        columns.extend(crate::data::feature_columns(
+            ds,
+            &needs,
+            Granularity::Position,
+        )?);
         columns.dedup();
         let window = m.corpus.options["window"].as_u64().unwrap_or(0) as usize;
         Ok(LmLoader {
@@ -560,17 +519,8 @@ pub fn evaluate(gpt: &Gpt, batches: &[LmBatch]) -> LmEvaluation {
                     .unwrap_or_else(|| tr.renormalised_logprobs(k, 1.0));
                 let top = (0..row.len()).fold(0, |bi, i| if row[i] > row[bi] { i } else { bi });
                 agree += (ids.first().map(|&i| i as usize) == Some(top)) as usize;
-                let (mut qk, mut pk) = (0.0, 0.0);
-                for (&i, &l) in ids.iter().zip(&lp) {
-                    let qi = q[i as usize].max(1e-30);
-                    kl += l.exp() * (l - qi.ln());
-                    qk += qi;
-                    pk += l.exp();
-                }
-                let (pt, qt) = ((1.0 - pk).max(0.0), (1.0 - qk).max(1e-30));
-                if pt > 0.0 {
-                    kl += pt * (pt.ln() - qt.ln());
-                }
+                let (d, pt) = crate::eval::kl_tail_bucket(&q, ids, &lp);
+                kl += d;
                 if let Some(l) = b.labels[k] {
                     let last = lp.iter().copied().fold(f64::INFINITY, f64::min).exp();
                     let p = match ids.iter().position(|&i| i == l) {
@@ -692,29 +642,29 @@ pub fn train(
         )));
     }
     let (mut s, mut epoch, mut skip) = (fresh.clone(), 0u64, 0u64);
+    let mut resumed_at = None;
     if resume && let Some(d) = &latest {
         let st = load_checkpoint(d, &mut s, &mut opt)?;
         crate::train::refuse_foreign(d, &st, m, cfg)?;
         epoch = st.epoch;
         skip = st.batch_in_epoch;
-        crate::train::truncate_metrics(&dir.metrics(), st.step)?;
-    } else {
-        let _ = std::fs::remove_file(dir.metrics());
+        resumed_at = Some(st.step);
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.metrics())
-        .map_err(io(dir.metrics()))?;
+    let mut rec = Recorder::open(
+        &dir,
+        resumed_at,
+        cfg,
+        m,
+        meta,
+        (per_epoch, total, rows),
+        "tokens_per_s",
+    )?;
     let sampled_t = m
         .targets
         .as_ref()
         .and_then(|t| t.sampled.as_ref())
         .map_or(1.0, |s| s.temperature);
     let mut grad = s.zeros_like();
-    let mut last = None;
-    let mut window_t = (Instant::now(), 0u64);
-    let log_every = cfg.run.log_every.max(1);
     'epochs: while opt.step < total {
         let mut b_in_epoch = 0u64;
         for b in loader.stream(
@@ -733,42 +683,16 @@ pub fn train(
             let terms = loss_and_grad(&s, &mut grad, &b, cfg, sampled_t, step)?;
             let si = opt.step(&mut s, &grad);
             b_in_epoch += 1;
-            window_t.1 += b.pos.len() as u64;
-            let done = opt.step;
-            if done.is_multiple_of(log_every) || done == total {
-                let secs = window_t.0.elapsed().as_secs_f64().max(1e-9);
-                let mut line = json!({
-                    "step": done, "epoch": epoch, "lr": si.lr, "loss": terms.total,
-                    "grad_norm": si.grad_norm, "tokens_per_s": window_t.1 as f64 / secs,
-                });
-                for (k, v) in &terms.parts {
-                    line[k] = json!(v);
-                }
-                writeln!(metrics, "{line}").map_err(io(dir.metrics()))?;
-                on_log(done, total, &line);
-                last = Some(line);
-                window_t = (Instant::now(), 0);
-            }
-            let (ne, nb) = if b_in_epoch >= per_epoch {
-                (epoch + 1, 0)
-            } else {
-                (epoch, b_in_epoch)
-            };
-            let every = cfg.run.checkpoint_every;
-            if (every > 0 && done.is_multiple_of(every)) || done == total {
-                metrics.flush().map_err(io(dir.metrics()))?;
-                let state = State {
-                    step: done,
-                    epoch: ne,
-                    batch_in_epoch: nb,
-                    train_rows: rows,
-                    dataset_id: m.dataset_id.clone(),
-                    teacher_sha256: m.teacher.sha256.clone(),
-                    config: cfg.clone(),
-                };
-                save_checkpoint(&dir, &s, &opt, &state, &meta)?;
-            }
-            if done >= total {
+            rec.step(
+                &s,
+                &opt,
+                si,
+                &terms,
+                (epoch, b_in_epoch),
+                b.pos.len() as u64,
+                on_log,
+            )?;
+            if opt.step >= total {
                 break 'epochs;
             }
         }
@@ -779,7 +703,7 @@ pub fn train(
         student: s,
         info,
         steps: opt.step,
-        last,
+        last: rec.last,
     })
 }
 

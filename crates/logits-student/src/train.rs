@@ -450,6 +450,113 @@ pub(crate) fn load_checkpoint(
     Ok(state)
 }
 
+/// Metrics lines and checkpoints of a run, the same for both students' loops.
+pub(crate) struct Recorder<'a> {
+    dir: RunDir,
+    file: std::fs::File,
+    window: (Instant, u64),
+    rate_key: &'static str,
+    cfg: &'a TrainConfig,
+    manifest: &'a logits_format::Manifest,
+    meta: HashMap<String, String>,
+    per_epoch: u64,
+    total: u64,
+    train_rows: u64,
+    /// The last metrics line written.
+    pub(crate) last: Option<Value>,
+}
+
+impl<'a> Recorder<'a> {
+    /// Opens `metrics.jsonl` (cut back to `resumed_at` on resume, started afresh otherwise).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn open(
+        dir: &RunDir,
+        resumed_at: Option<u64>,
+        cfg: &'a TrainConfig,
+        manifest: &'a logits_format::Manifest,
+        meta: HashMap<String, String>,
+        (per_epoch, total, train_rows): (u64, u64, u64),
+        rate_key: &'static str,
+    ) -> Result<Recorder<'a>> {
+        match resumed_at {
+            Some(step) => truncate_metrics(&dir.metrics(), step)?,
+            None => {
+                let _ = std::fs::remove_file(dir.metrics());
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.metrics())
+            .map_err(io(dir.metrics()))?;
+        Ok(Recorder {
+            dir: dir.clone(),
+            file,
+            window: (Instant::now(), 0),
+            rate_key,
+            cfg,
+            manifest,
+            meta,
+            per_epoch,
+            total,
+            train_rows,
+            last: None,
+        })
+    }
+
+    /// After an optimizer step over `items` rows or tokens (the `b_in_epoch`-th batch of
+    /// `epoch`): writes the metrics line and the checkpoint when they are due.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn step(
+        &mut self,
+        model: &dyn Params,
+        opt: &Optimizer,
+        si: crate::optim::StepInfo,
+        terms: &Terms,
+        (epoch, b_in_epoch): (u64, u64),
+        items: u64,
+        on_log: &mut dyn FnMut(u64, u64, &Value),
+    ) -> Result<()> {
+        self.window.1 += items;
+        let done = opt.step;
+        if done.is_multiple_of(self.cfg.run.log_every.max(1)) || done == self.total {
+            let secs = self.window.0.elapsed().as_secs_f64().max(1e-9);
+            let mut line = json!({
+                "step": done, "epoch": epoch, "lr": si.lr, "loss": terms.total,
+                "grad_norm": si.grad_norm,
+            });
+            line[self.rate_key] = json!(self.window.1 as f64 / secs);
+            for (k, v) in &terms.parts {
+                line[k] = json!(v);
+            }
+            writeln!(self.file, "{line}").map_err(io(self.dir.metrics()))?;
+            on_log(done, self.total, &line);
+            self.last = Some(line);
+            self.window = (Instant::now(), 0);
+        }
+        let every = self.cfg.run.checkpoint_every;
+        if (every > 0 && done.is_multiple_of(every)) || done == self.total {
+            let (epoch, batch_in_epoch) = if b_in_epoch >= self.per_epoch {
+                (epoch + 1, 0)
+            } else {
+                (epoch, b_in_epoch)
+            };
+            let state = State {
+                step: done,
+                epoch,
+                batch_in_epoch,
+                train_rows: self.train_rows,
+                dataset_id: self.manifest.dataset_id.clone(),
+                teacher_sha256: self.manifest.teacher.sha256.clone(),
+                config: self.cfg.clone(),
+            };
+            self.file.flush().map_err(io(self.dir.metrics()))?;
+            save_checkpoint(&self.dir, model, opt, &state, &self.meta)?;
+        }
+        Ok(())
+    }
+}
+
 /// Refuses to resume from a checkpoint of another teacher, dataset or configuration.
 pub(crate) fn refuse_foreign(
     d: &Path,
@@ -540,6 +647,7 @@ pub fn train(
         &fresh,
     );
     let (mut s, mut epoch, mut skip) = (fresh.clone(), 0u64, 0u64);
+    let mut resumed_at = None;
     if resume && let Some(d) = &latest {
         let mut ls = fresh.clone();
         let st = load_checkpoint(d, &mut ls, &mut opt)?;
@@ -547,24 +655,23 @@ pub fn train(
         s = ls;
         epoch = st.epoch;
         skip = st.batch_in_epoch;
-        truncate_metrics(&dir.metrics(), st.step)?;
-    } else {
-        let _ = std::fs::remove_file(dir.metrics());
+        resumed_at = Some(st.step);
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.metrics())
-        .map_err(io(dir.metrics()))?;
+    let mut rec = Recorder::open(
+        &dir,
+        resumed_at,
+        cfg,
+        m,
+        meta,
+        (per_epoch, total, train_rows),
+        "samples_per_s",
+    )?;
     let sampled_t = m
         .targets
         .as_ref()
         .and_then(|t| t.sampled.as_ref())
         .map_or(1.0, |s| s.temperature);
     let mut grad = s.zeros_like();
-    let mut last = None;
-    let mut window = (Instant::now(), 0u64);
-    let log_every = cfg.run.log_every.max(1);
     let in_memory = if cfg.data.in_memory {
         Some(loader.load(split.train.clone())?)
     } else {
@@ -595,41 +702,16 @@ pub fn train(
                 .map_err(|e| with_dataset(e, ds))?;
             let si = opt.step(&mut s, &grad);
             b_in_epoch += 1;
-            window.1 += b.len() as u64;
+            rec.step(
+                &s,
+                &opt,
+                si,
+                &terms,
+                (epoch, b_in_epoch),
+                b.len() as u64,
+                on_log,
+            )?;
             let done = opt.step;
-            if done.is_multiple_of(log_every) || done == total {
-                let secs = window.0.elapsed().as_secs_f64().max(1e-9);
-                let mut line = json!({
-                    "step": done, "epoch": epoch, "lr": si.lr, "loss": terms.total,
-                    "grad_norm": si.grad_norm, "samples_per_s": window.1 as f64 / secs,
-                });
-                for (k, v) in &terms.parts {
-                    line[k] = json!(v);
-                }
-                writeln!(metrics, "{line}").map_err(io(dir.metrics()))?;
-                on_log(done, total, &line);
-                last = Some(line);
-                window = (Instant::now(), 0);
-            }
-            let every = cfg.run.checkpoint_every;
-            let (next_epoch, next_b) = if b_in_epoch >= per_epoch {
-                (epoch + 1, 0)
-            } else {
-                (epoch, b_in_epoch)
-            };
-            if (every > 0 && done.is_multiple_of(every)) || done == total {
-                let state = State {
-                    step: done,
-                    epoch: next_epoch,
-                    batch_in_epoch: next_b,
-                    train_rows,
-                    dataset_id: m.dataset_id.clone(),
-                    teacher_sha256: m.teacher.sha256.clone(),
-                    config: cfg.clone(),
-                };
-                metrics.flush().map_err(io(dir.metrics()))?;
-                save_checkpoint(&dir, &s, &opt, &state, &meta)?;
-            }
             if done >= total {
                 break 'epochs;
             }
@@ -642,7 +724,7 @@ pub fn train(
         info,
         steps: opt.step,
         train_rows,
-        last,
+        last: rec.last,
     })
 }
 
