@@ -348,6 +348,8 @@ pub fn loss_and_grad(
         let srow = logits.row(b.pos[k]);
         let srow = srow.as_slice().unwrap_or(&[]);
         let (mut kd, mut ce, mut sm) = (0.0, 0.0, 0.0);
+        // At T = 1 the KD and CE terms share one softmax over the vocabulary.
+        let q1 = (kd_on && ce_on && t == 1.0).then(|| response::softmax(srow, 1.0));
         if kd_on && let Some(tr) = &b.teacher {
             let lp = match mode {
                 response::TopKMode::TailBucket => tr
@@ -365,18 +367,19 @@ pub fn loss_and_grad(
                     row_of(k)
                 )));
             }
-            kd = response::response_loss(
-                srow,
-                response::TeacherTargets { ids, logprobs: &lp },
-                t,
-                div,
-                mode,
-                cfg.loss.kd / n,
-                g,
-            );
+            let teacher = response::TeacherTargets { ids, logprobs: &lp };
+            let w = cfg.loss.kd / n;
+            kd = match &q1 {
+                Some(q) => response::response_loss_q(q, teacher, t, div, mode, w, g),
+                None => response::response_loss(srow, teacher, t, div, mode, w, g),
+            };
         }
         if ce_on && let Some(l) = b.labels[k] {
-            ce = response::cross_entropy(srow, l as usize, cfg.loss.ce / nl, g);
+            let w = cfg.loss.ce / nl;
+            ce = match &q1 {
+                Some(q) => response::cross_entropy_q(q, l as usize, w, g),
+                None => response::cross_entropy(srow, l as usize, w, g),
+            };
         }
         if sampled_on && let Some(smp) = &b.sampled {
             let (a, e) = (smp.offsets[k], smp.offsets[k + 1]);

@@ -66,13 +66,26 @@ pub fn response_loss(
     w: f64,
     grad: &mut [f32],
 ) -> f64 {
-    let q = softmax(s, t);
+    response_loss_q(&softmax(s, t), teacher, t, div, mode, w, grad)
+}
+
+/// [`response_loss`] from the student's softmax at T already computed (`q = softmax(s/T)`),
+/// so a caller that also needs it (cross-entropy at T = 1) pays for it once.
+pub fn response_loss_q(
+    q: &[f64],
+    teacher: TeacherTargets<'_>,
+    t: f64,
+    div: Divergence,
+    mode: TopKMode,
+    w: f64,
+    grad: &mut [f32],
+) -> f64 {
     let k = teacher.ids.len();
     let qk: Vec<f64> = teacher.ids.iter().map(|&i| q[i as usize]).collect();
     // The student's rest mass summed over the unkept ids, not as 1 − Σ kept: when the kept
     // ids hold nearly all the mass, the difference is rounding noise and its reciprocal (in
     // the KL gradient) would swamp everything else.
-    let q_rest = rest_mass(&q, teacher.ids);
+    let q_rest = rest_mass(q, teacher.ids);
     let pk: Vec<f64> = teacher.logprobs.iter().map(|&l| l.exp()).collect();
     let (p, qb) = match mode {
         TopKMode::TailBucket => {
@@ -106,7 +119,7 @@ pub fn response_loss(
             (g.iter().map(|gi| (gi - mean) / sq).collect(), 0.0)
         }
     };
-    backprop(&q, teacher.ids, &gk, g_rest, q_rest, t, w * scale, grad);
+    backprop(q, teacher.ids, &gk, g_rest, q_rest, t, w * scale, grad);
     loss * scale
 }
 
@@ -224,7 +237,11 @@ pub fn divergence(p: &[f64], q: &[f64], div: Divergence) -> (f64, Vec<f64>) {
 
 /// Cross-entropy of un-tempered student logits against a hard label, with its gradient.
 pub fn cross_entropy(s: &[f32], label: usize, w: f64, grad: &mut [f32]) -> f64 {
-    let q = softmax(s, 1.0);
+    cross_entropy_q(&softmax(s, 1.0), label, w, grad)
+}
+
+/// [`cross_entropy`] from `q = softmax(s)` already computed.
+pub fn cross_entropy_q(q: &[f64], label: usize, w: f64, grad: &mut [f32]) -> f64 {
     for (m, gm) in grad.iter_mut().enumerate() {
         *gm += (w * (q[m] - if m == label { 1.0 } else { 0.0 })) as f32;
     }
