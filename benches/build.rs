@@ -293,6 +293,8 @@ fn lm(root: &Path, tmp: &Path) {
 }
 
 fn main() {
+    // The same allocator setting as the binaries, so both sides of each ratio run alike.
+    logits::keep_freed_memory();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let model = root.join("fixtures/digits/digits_teacher.onnx");
     let src = read(&root.join("fixtures/digits/train.parquet"));

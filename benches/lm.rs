@@ -196,6 +196,7 @@ fn offline_vs_online(ds: &Dataset, teacher_path: &std::path::Path) -> (f64, f64,
 }
 
 fn main() {
+    logits::keep_freed_memory();
     let quick = std::env::args().any(|a| a == "--quick");
     let dir = tempfile::tempdir().expect("tempdir");
     let fixture = root().join("fixtures/gpt2/gpt2_teacher.onnx");
