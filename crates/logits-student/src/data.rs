@@ -487,43 +487,9 @@ impl<'a> Loader<'a> {
     }
 
     fn finish(&self, rb: RowBatch, x: Array2<f32>) -> Result<Batch> {
-        let root = || self.ds.root().to_path_buf();
         let rows = rb.len();
-        let temps: Vec<f64> = self
-            .ds
-            .manifest()
-            .targets
-            .as_ref()
-            .map_or(Vec::new(), |t| t.temperatures.clone());
-        let (teacher, sampled) = match rb.targets {
-            Some(t) => (
-                t.topk.filter(|_| self.needs.topk).map(|k| TeacherRows {
-                    offsets: k.offsets,
-                    ids: k.ids,
-                    logits: k.logits,
-                    logz: t.logz.clone(),
-                    logz_temps: t.logz_temps.clone(),
-                    temps: temps.clone(),
-                }),
-                t.sampled.filter(|_| self.needs.sampled),
-            ),
-            None => (None, None),
-        };
-        let mut features = BTreeMap::new();
-        for name in &self.needs.features {
-            let f = rb.features.get(name).ok_or_else(|| StudentError::Dataset {
-                dataset: root(),
-                what: format!("feature {name:?} was not read"),
-            })?;
-            let width = f.values.len() / rows.max(1);
-            let a = Array2::from_shape_vec((rows, width), f.values.clone()).map_err(|e| {
-                StudentError::Dataset {
-                    dataset: root(),
-                    what: format!("feature {name:?}: {e}"),
-                }
-            })?;
-            features.insert(name.clone(), a);
-        }
+        let (teacher, sampled) = split_targets(self.ds, rb.targets, &self.needs);
+        let features = feature_matrices(self.ds, &rb.features, &self.needs, rows)?;
         Ok(Batch {
             row_ids: rb.row_ids,
             x,
@@ -538,6 +504,60 @@ impl<'a> Loader<'a> {
     pub fn root(&self) -> PathBuf {
         self.ds.root().to_path_buf()
     }
+}
+
+/// A batch's decoded targets as the losses take them: top-k rows (with the dataset's
+/// temperatures) and sampled entries, each only when `needs` asks for it.
+pub(crate) fn split_targets(
+    ds: &Dataset,
+    targets: Option<logits_format::rows::Targets>,
+    needs: &Needs,
+) -> (Option<TeacherRows>, Option<SampledEntries>) {
+    let Some(t) = targets else {
+        return (None, None);
+    };
+    let temps = ds
+        .manifest()
+        .targets
+        .as_ref()
+        .map_or(Vec::new(), |s| s.temperatures.clone());
+    let (logz, logz_temps) = (t.logz, t.logz_temps);
+    (
+        t.topk.filter(|_| needs.topk).map(|k| TeacherRows {
+            offsets: k.offsets,
+            ids: k.ids,
+            logits: k.logits,
+            logz,
+            logz_temps,
+            temps,
+        }),
+        t.sampled.filter(|_| needs.sampled),
+    )
+}
+
+/// The teacher features `needs` asks for, as `rows × width` matrices (rows: examples or
+/// positions).
+pub(crate) fn feature_matrices(
+    ds: &Dataset,
+    features: &BTreeMap<String, logits_format::rows::FeatureValues>,
+    needs: &Needs,
+    rows: usize,
+) -> Result<BTreeMap<String, Array2<f32>>> {
+    let bad = |what: String| StudentError::Dataset {
+        dataset: ds.root().to_path_buf(),
+        what,
+    };
+    let mut out = BTreeMap::new();
+    for name in &needs.features {
+        let f = features
+            .get(name)
+            .ok_or_else(|| bad(format!("feature {name:?} was not read")))?;
+        let width = f.values.len() / rows.max(1);
+        let a = Array2::from_shape_vec((rows, width), f.values.clone())
+            .map_err(|e| bad(format!("feature {name:?}: {e}")))?;
+        out.insert(name.clone(), a);
+    }
+    Ok(out)
 }
 
 /// The target columns `needs` asks for, refusing a dataset that lacks them.

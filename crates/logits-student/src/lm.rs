@@ -107,6 +107,28 @@ impl<'a> LmLoader<'a> {
         })
     }
 
+    /// The longest window in `range`, reading only the token column (for datasets whose
+    /// manifest does not record the build's window).
+    pub fn longest(&self, range: Option<Range<u64>>) -> Result<usize> {
+        let mut s = self.ds.stream(&ReadOptions {
+            columns: Some(vec![self.columns[0].clone()]),
+            batch_size: 4096,
+            row_range: range,
+            ..Default::default()
+        })?;
+        let mut longest = 0;
+        while let Some(rb) = s.next_rows() {
+            if let Some(iv) = rb?.inputs.get(&self.input) {
+                longest = iv
+                    .offsets
+                    .windows(2)
+                    .map(|w| w[1] - w[0])
+                    .fold(longest, usize::max);
+            }
+        }
+        Ok(longest)
+    }
+
     /// Streams rows of `range` in batches of `batch` windows, shuffled with `shuffle`.
     pub fn stream(
         &self,
@@ -166,50 +188,22 @@ impl<'a> LmLoader<'a> {
                 labels.push(v.get(p + 1).copied());
             }
         }
-        let temps: Vec<f64> = self
-            .ds
-            .manifest()
-            .targets
-            .as_ref()
-            .map_or(Vec::new(), |t| t.temperatures.clone());
-        let (teacher, sampled) = match rb.targets {
-            Some(tg) => {
-                if tg.row_positions.len() == rows + 1 {
-                    for (r, (w, &len)) in tg.row_positions.windows(2).zip(&lens).enumerate() {
-                        let n = w[1] - w[0];
-                        if n != len {
-                            return Err(bad(format!(
-                                "row {}: {n} target positions for {len} tokens",
-                                rb.row_ids[r]
-                            )));
-                        }
-                    }
+        if let Some(tg) = &rb.targets
+            && tg.row_positions.len() == rows + 1
+        {
+            for (r, (w, &len)) in tg.row_positions.windows(2).zip(&lens).enumerate() {
+                let n = w[1] - w[0];
+                if n != len {
+                    return Err(bad(format!(
+                        "row {}: {n} target positions for {len} tokens",
+                        rb.row_ids[r]
+                    )));
                 }
-                (
-                    tg.topk.filter(|_| self.needs.topk).map(|k| TeacherRows {
-                        offsets: k.offsets,
-                        ids: k.ids,
-                        logits: k.logits,
-                        logz: tg.logz.clone(),
-                        logz_temps: tg.logz_temps.clone(),
-                        temps: temps.clone(),
-                    }),
-                    tg.sampled.filter(|_| self.needs.sampled),
-                )
             }
-            None => (None, None),
-        };
-        let mut features = BTreeMap::new();
-        for name in &self.needs.features {
-            let f = rb
-                .features
-                .get(name)
-                .ok_or_else(|| bad(format!("feature {name:?} was not read")))?;
-            let width = f.values.len() / pos.len().max(1);
-            let a = Array2::from_shape_vec((pos.len(), width), f.values.clone())
-                .map_err(|e| bad(format!("feature {name:?}: {e}")))?;
-            features.insert(name.clone(), a);
         }
+        let (teacher, sampled) = crate::data::split_targets(self.ds, rb.targets, &self.needs);
+        let features =
+            crate::data::feature_matrices(self.ds, &rb.features, &self.needs, pos.len())?;
         Ok(LmBatch {
             row_ids: rb.row_ids,
             tokens: Tokens { ids, lens },
@@ -587,13 +581,11 @@ pub fn train(
     let split = Split::of(ds, cfg);
     let loader = LmLoader::new(ds, needs(cfg))?;
     let m = ds.manifest();
-    let mut rows = 0u64;
-    let mut window = loader.window;
-    for b in loader.stream(split.train.clone(), 256, None, 0, 2)? {
-        let b = b?;
-        rows += b.row_ids.len() as u64;
-        window = window.max(b.tokens.ids.ncols());
-    }
+    let rows = crate::train::count_rows(ds, split.train.clone())?;
+    let window = match loader.window {
+        0 => loader.longest(split.train.clone())?,
+        w => w,
+    };
     if rows == 0 {
         return Err(StudentError::Dataset {
             dataset: ds.root().to_path_buf(),
@@ -668,40 +660,26 @@ pub fn train(
         .and_then(|t| t.sampled.as_ref())
         .map_or(1.0, |s| s.temperature);
     let mut grad = s.zeros_like();
-    'epochs: while opt.step < total {
-        let mut b_in_epoch = 0u64;
-        for b in loader.stream(
-            split.train.clone(),
-            cfg.data.batch_size,
-            Some(cfg.seed.wrapping_add(epoch)),
-            cfg.data.shuffle_buffer,
-            cfg.data.prefetch,
-        )? {
-            if b_in_epoch < skip {
-                b_in_epoch += 1;
-                continue;
-            }
-            let b = b?;
-            let step = opt.step;
-            let terms = loss_and_grad(&s, &mut grad, &b, cfg, sampled_t, step)?;
+    crate::train::run_epochs(
+        total,
+        opt.step,
+        (epoch, skip),
+        |epoch| {
+            loader.stream(
+                split.train.clone(),
+                cfg.data.batch_size,
+                Some(cfg.seed.wrapping_add(epoch)),
+                cfg.data.shuffle_buffer,
+                cfg.data.prefetch,
+            )
+        },
+        |b, position| {
+            let terms = loss_and_grad(&s, &mut grad, &b, cfg, sampled_t, opt.step)?;
             let si = opt.step(&mut s, &grad);
-            b_in_epoch += 1;
-            rec.step(
-                &s,
-                &opt,
-                si,
-                &terms,
-                (epoch, b_in_epoch),
-                b.pos.len() as u64,
-                on_log,
-            )?;
-            if opt.step >= total {
-                break 'epochs;
-            }
-        }
-        epoch += 1;
-        skip = 0;
-    }
+            rec.step(&s, &opt, si, &terms, position, b.pos.len() as u64, on_log)?;
+            Ok(opt.step)
+        },
+    )?;
     Ok(LmRun {
         student: s,
         info,

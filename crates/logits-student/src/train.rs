@@ -367,7 +367,8 @@ impl RunDir {
     }
 }
 
-fn count_rows(ds: &Dataset, range: Option<std::ops::Range<u64>>) -> Result<u64> {
+/// Rows of `range` (reading only the row ids).
+pub(crate) fn count_rows(ds: &Dataset, range: Option<std::ops::Range<u64>>) -> Result<u64> {
     let mut s = ds.stream(&logits_format::ReadOptions {
         columns: Some(Vec::new()),
         batch_size: 65536,
@@ -557,6 +558,38 @@ impl<'a> Recorder<'a> {
     }
 }
 
+/// The epoch loop both students share: batches of each epoch in its seeded order (from
+/// `batches(epoch)`), the first `skip` of the starting epoch passed over (a resumed run), one
+/// `step(batch, (epoch, batches taken in the epoch))` per batch returning the steps done,
+/// until `total`.
+pub(crate) fn run_epochs<B, I>(
+    total: u64,
+    mut done: u64,
+    (mut epoch, mut skip): (u64, u64),
+    mut batches: impl FnMut(u64) -> Result<I>,
+    mut step: impl FnMut(B, (u64, u64)) -> Result<u64>,
+) -> Result<()>
+where
+    I: Iterator<Item = Result<B>>,
+{
+    while done < total {
+        let mut taken = 0u64;
+        for b in batches(epoch)? {
+            taken += 1;
+            if taken <= skip {
+                continue;
+            }
+            done = step(b?, (epoch, taken))?;
+            if done >= total {
+                return Ok(());
+            }
+        }
+        epoch += 1;
+        skip = 0;
+    }
+    Ok(())
+}
+
 /// Refuses to resume from a checkpoint of another teacher, dataset or configuration.
 pub(crate) fn refuse_foreign(
     d: &Path,
@@ -677,48 +710,33 @@ pub fn train(
     } else {
         None
     };
-    'epochs: while opt.step < total {
-        let batches: Box<dyn Iterator<Item = Result<Batch>>> = match &in_memory {
-            Some(all) => Box::new(memory_batches(all, cfg, epoch)),
-            None => Box::new(loader.stream(
-                split.train.clone(),
-                cfg.data.batch_size,
-                Some(cfg.seed.wrapping_add(epoch)),
-                cfg.data.shuffle_buffer,
-                cfg.data.prefetch,
-            )?),
-        };
-        let mut b_in_epoch = 0u64;
-        for b in batches {
-            if b_in_epoch < skip {
-                b_in_epoch += 1;
-                continue;
-            }
-            let b = b?;
+    run_epochs(
+        total,
+        opt.step,
+        (epoch, skip),
+        |epoch| -> Result<Box<dyn Iterator<Item = Result<Batch>> + '_>> {
+            Ok(match &in_memory {
+                Some(all) => Box::new(memory_batches(all, cfg, epoch)),
+                None => Box::new(loader.stream(
+                    split.train.clone(),
+                    cfg.data.batch_size,
+                    Some(cfg.seed.wrapping_add(epoch)),
+                    cfg.data.shuffle_buffer,
+                    cfg.data.prefetch,
+                )?),
+            })
+        },
+        |b, position| {
             let step = opt.step;
             let mut rng =
                 ChaCha8Rng::seed_from_u64(cfg.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let terms = loss_and_grad(&s, &mut grad, &b, cfg, sampled_t, Some(&mut rng), step)
                 .map_err(|e| with_dataset(e, ds))?;
             let si = opt.step(&mut s, &grad);
-            b_in_epoch += 1;
-            rec.step(
-                &s,
-                &opt,
-                si,
-                &terms,
-                (epoch, b_in_epoch),
-                b.len() as u64,
-                on_log,
-            )?;
-            let done = opt.step;
-            if done >= total {
-                break 'epochs;
-            }
-        }
-        epoch += 1;
-        skip = 0;
-    }
+            rec.step(&s, &opt, si, &terms, position, b.len() as u64, on_log)?;
+            Ok(opt.step)
+        },
+    )?;
     Ok(Run {
         student: s,
         info,
