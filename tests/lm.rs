@@ -4,57 +4,41 @@
 //! and `logits-train generate` samples repeatably; bad requests are refused.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::{fixture, text};
 use std::sync::OnceLock;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn f(p: &str) -> String {
-    root().join(p).display().to_string()
-}
 
 fn dataset() -> &'static Path {
     static DS: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &DS.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("tiny");
-        let o = Command::new(env!("CARGO_BIN_EXE_logits-build"))
-            .args([
-                "build",
-                "--model",
-                &f("fixtures/tinylm/tiny_lm.onnx"),
-                "--tokenizer",
-                &f("fixtures/tinylm/tokenizer.json"),
-                "--corpus",
-                &f("fixtures/tinylm/train.jsonl"),
-                "--window",
-                "32",
-                "--stride",
-                "32",
-                "-k",
-                "16",
-                "--temperatures",
-                "2",
-                "--feature",
-                "h=hidden:f16",
-                "--holdout-from",
-                "300",
-                "--quiet",
-                "--out",
-                &out.display().to_string(),
-            ])
-            .output()
-            .expect("run logits-build");
+        let o = common::logits_build(&[
+            "build",
+            "--model",
+            &fixture("fixtures/tinylm/tiny_lm.onnx"),
+            "--tokenizer",
+            &fixture("fixtures/tinylm/tokenizer.json"),
+            "--corpus",
+            &fixture("fixtures/tinylm/train.jsonl"),
+            "--window",
+            "32",
+            "--stride",
+            "32",
+            "-k",
+            "16",
+            "--temperatures",
+            "2",
+            "--feature",
+            "h=hidden:f16",
+            "--holdout-from",
+            "300",
+            "--quiet",
+            "--out",
+            &out.display().to_string(),
+        ]);
         assert!(o.status.success(), "{}", text(&o));
         (dir, out)
     })
@@ -80,10 +64,7 @@ fn train(out: &Path, extra: &[&str]) -> Output {
         "8",
     ];
     args.extend_from_slice(extra);
-    Command::new(env!("CARGO_BIN_EXE_logits-train"))
-        .args(&args)
-        .output()
-        .expect("run logits-train")
+    common::logits_train(&args)
 }
 
 #[test]
@@ -127,22 +108,19 @@ fn trains_exports_and_generates() {
         assert!(last.get(k).is_some(), "{k} missing: {last}");
     }
     let generate = |seed: &str| {
-        let o = Command::new(env!("CARGO_BIN_EXE_logits-train"))
-            .args([
-                "generate",
-                "--student",
-                &out.join("student.safetensors").display().to_string(),
-                "--tokenizer",
-                &f("fixtures/tinylm/tokenizer.json"),
-                "--prompt",
-                "The module",
-                "--max-tokens",
-                "12",
-                "--seed",
-                seed,
-            ])
-            .output()
-            .unwrap();
+        let o = common::logits_train(&[
+            "generate",
+            "--student",
+            &out.join("student.safetensors").display().to_string(),
+            "--tokenizer",
+            &fixture("fixtures/tinylm/tokenizer.json"),
+            "--prompt",
+            "The module",
+            "--max-tokens",
+            "12",
+            "--seed",
+            seed,
+        ]);
         assert!(o.status.success(), "{}", text(&o));
         String::from_utf8_lossy(&o.stdout).to_string()
     };
@@ -176,19 +154,16 @@ fn refusals() {
     }
     let cfg = tmp.path().join("bad.toml");
     std::fs::write(&cfg, "[lm]\ndim = 10\nheads = 4\n").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_logits-train"))
-        .args([
-            "train",
-            &dataset().display().to_string(),
-            "--out",
-            &tmp.path().join("shape").display().to_string(),
-            "--config",
-            &cfg.display().to_string(),
-            "-T",
-            "2",
-        ])
-        .output()
-        .unwrap();
+    let o = common::logits_train(&[
+        "train",
+        &dataset().display().to_string(),
+        "--out",
+        &tmp.path().join("shape").display().to_string(),
+        "--config",
+        &cfg.display().to_string(),
+        "-T",
+        "2",
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("multiple of heads"), "{}", text(&o));
 }

@@ -5,20 +5,11 @@
 //! message naming what is wrong.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::{fixture, text};
 use std::sync::OnceLock;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// One digits dataset for all tests: train + holdout corpus, held out from row 1437,
 /// top-5 with logZ at T = 2, 4, a teacher feature, labels.
@@ -27,31 +18,27 @@ fn dataset() -> &'static Path {
     &DS.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("digits");
-        let f = |p: &str| root().join(p).display().to_string();
-        let o = Command::new(env!("CARGO_BIN_EXE_logits-build"))
-            .args([
-                "build",
-                "--model",
-                &f("fixtures/digits/digits_teacher.onnx"),
-                "--corpus",
-                &f("fixtures/digits/train.parquet"),
-                &f("fixtures/digits/holdout.parquet"),
-                "--holdout-from",
-                "1437",
-                "--label-column",
-                "label",
-                "-k",
-                "5",
-                "--temperatures",
-                "2,4",
-                "--feature",
-                "penult=hidden2:f16",
-                "--quiet",
-                "--out",
-                &out.display().to_string(),
-            ])
-            .output()
-            .expect("run logits-build");
+        let o = common::logits_build(&[
+            "build",
+            "--model",
+            &fixture("fixtures/digits/digits_teacher.onnx"),
+            "--corpus",
+            &fixture("fixtures/digits/train.parquet"),
+            &fixture("fixtures/digits/holdout.parquet"),
+            "--holdout-from",
+            "1437",
+            "--label-column",
+            "label",
+            "-k",
+            "5",
+            "--temperatures",
+            "2,4",
+            "--feature",
+            "penult=hidden2:f16",
+            "--quiet",
+            "--out",
+            &out.display().to_string(),
+        ]);
         assert!(o.status.success(), "{}", text(&o));
         (dir, out)
     })
@@ -63,10 +50,7 @@ fn train(out: &Path, extra: &[&str]) -> Output {
     let o = out.display().to_string();
     let mut args = vec!["train", &ds, "--out", &o, "--quiet", "--hidden", "32"];
     args.extend_from_slice(extra);
-    Command::new(env!("CARGO_BIN_EXE_logits-train"))
-        .args(&args)
-        .output()
-        .expect("run logits-train")
+    common::logits_train(&args)
 }
 
 fn report(out: &Path) -> serde_json::Value {
@@ -104,18 +88,15 @@ fn distils_evaluates_and_exports_a_student_that_onnx_runtime_agrees_with() {
     let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(cfg.contains("temperature = 4.0"), "{cfg}");
     // eval and export work from the files alone.
-    let ev = Command::new(env!("CARGO_BIN_EXE_logits-train"))
-        .args([
-            "eval",
-            &dataset().display().to_string(),
-            "--student",
-            &out.join("student.safetensors").display().to_string(),
-            "--onnx",
-            &out.join("student.onnx").display().to_string(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let ev = common::logits_train(&[
+        "eval",
+        &dataset().display().to_string(),
+        "--student",
+        &out.join("student.safetensors").display().to_string(),
+        "--onnx",
+        &out.join("student.onnx").display().to_string(),
+        "--json",
+    ]);
     assert!(ev.status.success(), "{}", text(&ev));
     let er: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
     assert_eq!(er["evaluation"]["accuracy"], e["accuracy"]);
@@ -167,26 +148,22 @@ fn resumed_run_ends_identical_to_an_uninterrupted_one() {
     assert!(text(&o).contains("configuration differs"), "{}", text(&o));
     // A resume on a dataset from another teacher is refused.
     let other = tmp.path().join("other");
-    let f = |p: &str| root().join(p).display().to_string();
-    let o = Command::new(env!("CARGO_BIN_EXE_logits-build"))
-        .args([
-            "build",
-            "--model",
-            &f("fixtures/digits/digits_teacher_softmax.onnx"),
-            "--corpus",
-            &f("fixtures/digits/holdout.parquet"),
-            "--label-column",
-            "label",
-            "-k",
-            "5",
-            "--temperatures",
-            "2,4",
-            "--quiet",
-            "--out",
-            &other.display().to_string(),
-        ])
-        .output()
-        .unwrap();
+    let o = common::logits_build(&[
+        "build",
+        "--model",
+        &fixture("fixtures/digits/digits_teacher_softmax.onnx"),
+        "--corpus",
+        &fixture("fixtures/digits/holdout.parquet"),
+        "--label-column",
+        "label",
+        "-k",
+        "5",
+        "--temperatures",
+        "2,4",
+        "--quiet",
+        "--out",
+        &other.display().to_string(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let mut args: Vec<String> = vec![
         "train".into(),
@@ -197,10 +174,7 @@ fn resumed_run_ends_identical_to_an_uninterrupted_one() {
         "--quiet".into(),
     ];
     args.extend(common.iter().map(|s| s.to_string()));
-    let o = Command::new(env!("CARGO_BIN_EXE_logits-train"))
-        .args(&args)
-        .output()
-        .unwrap();
+    let o = common::logits_train(&args);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("teacher"), "{}", text(&o));
     assert!(text(&o).contains("refusing to resume"), "{}", text(&o));
@@ -294,29 +268,25 @@ fn refusals_name_what_is_wrong() {
 fn distillation_beats_labels_alone_on_the_few_labels_corpus() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = tmp.path().join("few");
-    let f = |p: &str| root().join(p).display().to_string();
-    let o = Command::new(env!("CARGO_BIN_EXE_logits-build"))
-        .args([
-            "build",
-            "--model",
-            &f("fixtures/digits/digits_teacher.onnx"),
-            "--corpus",
-            &f("fixtures/digits/train_100_labels.parquet"),
-            &f("fixtures/digits/holdout.parquet"),
-            "--holdout-from",
-            "1437",
-            "--label-column",
-            "label",
-            "-k",
-            "5",
-            "--temperatures",
-            "2,4",
-            "--quiet",
-            "--out",
-            &ds.display().to_string(),
-        ])
-        .output()
-        .unwrap();
+    let o = common::logits_build(&[
+        "build",
+        "--model",
+        &fixture("fixtures/digits/digits_teacher.onnx"),
+        "--corpus",
+        &fixture("fixtures/digits/train_100_labels.parquet"),
+        &fixture("fixtures/digits/holdout.parquet"),
+        "--holdout-from",
+        "1437",
+        "--label-column",
+        "label",
+        "-k",
+        "5",
+        "--temperatures",
+        "2,4",
+        "--quiet",
+        "--out",
+        &ds.display().to_string(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let run = |name: &str, extra: &[&str]| -> serde_json::Value {
         let out = tmp.path().join(name);
@@ -335,10 +305,7 @@ fn distillation_beats_labels_alone_on_the_few_labels_corpus() {
         {
             args.push(a.to_string());
         }
-        let o = Command::new(env!("CARGO_BIN_EXE_logits-train"))
-            .args(&args)
-            .output()
-            .unwrap();
+        let o = common::logits_train(&args);
         assert!(o.status.success(), "{}", text(&o));
         report(&out)
     };
@@ -368,32 +335,28 @@ fn distillation_beats_labels_alone_on_the_few_labels_corpus() {
 fn joins_a_dataset_built_without_inputs_with_its_corpus() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = tmp.path().join("noinputs");
-    let f = |p: &str| root().join(p).display().to_string();
     let (tr, ho) = (
-        f("fixtures/digits/train.parquet"),
-        f("fixtures/digits/holdout.parquet"),
+        fixture("fixtures/digits/train.parquet"),
+        fixture("fixtures/digits/holdout.parquet"),
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_logits-build"))
-        .args([
-            "build",
-            "--model",
-            &f("fixtures/digits/digits_teacher.onnx"),
-            "--corpus",
-            &tr,
-            &ho,
-            "--holdout-from",
-            "1437",
-            "--no-inputs",
-            "-k",
-            "5",
-            "--temperatures",
-            "4",
-            "--quiet",
-            "--out",
-            &ds.display().to_string(),
-        ])
-        .output()
-        .unwrap();
+    let o = common::logits_build(&[
+        "build",
+        "--model",
+        &fixture("fixtures/digits/digits_teacher.onnx"),
+        "--corpus",
+        &tr,
+        &ho,
+        "--holdout-from",
+        "1437",
+        "--no-inputs",
+        "-k",
+        "5",
+        "--temperatures",
+        "4",
+        "--quiet",
+        "--out",
+        &ds.display().to_string(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let run = |name: &str, extra: &[&str]| -> Output {
         let out = tmp.path().join(name);
@@ -413,10 +376,7 @@ fn joins_a_dataset_built_without_inputs_with_its_corpus() {
             "1e-2".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Command::new(env!("CARGO_BIN_EXE_logits-train"))
-            .args(&args)
-            .output()
-            .unwrap()
+        common::logits_train(&args)
     };
     let o = run("none", &[]);
     assert_eq!(o.status.code(), Some(1));
