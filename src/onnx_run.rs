@@ -42,36 +42,30 @@ impl OnnxModel {
         }
         let a = ArrayD::from_shape_vec(IxDyn(&dims), x.iter().copied().collect())
             .with_context(|| format!("{}: input shape {dims:?}", self.path.display()))?;
-        let v = ort::value::Tensor::from_array(a)?;
-        let out = self
-            .session
-            .run(vec![(
-                self.input.clone(),
-                ort::session::SessionInputValue::from(v),
-            )])
-            .with_context(|| format!("{}: run failed", self.path.display()))?;
-        let (shape, data) = out[0]
-            .try_extract_tensor::<f32>()
-            .with_context(|| format!("{}: first output is not f32", self.path.display()))?;
+        let (shape, data) = self.first_output(ort::value::Tensor::from_array(a)?.into())?;
         let cols = shape.iter().skip(1).product::<i64>().max(1) as usize;
-        Ok(Array2::from_shape_vec((rows, cols), data.to_vec())?)
+        Ok(Array2::from_shape_vec((rows, cols), data)?)
     }
 
-    /// Runs int64 token ids (`rows × length`) and returns the first output, flattened, with
-    /// its shape.
-    pub fn run_ids(&mut self, ids: &ndarray::Array2<i64>) -> Result<(Vec<i64>, Vec<f32>)> {
-        let v = ort::value::Tensor::from_array(ids.clone())?;
+    /// Runs one input value and returns the first output's shape and values.
+    fn first_output(
+        &mut self,
+        v: ort::session::SessionInputValue<'_>,
+    ) -> Result<(Vec<i64>, Vec<f32>)> {
         let out = self
             .session
-            .run(vec![(
-                self.input.clone(),
-                ort::session::SessionInputValue::from(v),
-            )])
+            .run(vec![(self.input.clone(), v)])
             .with_context(|| format!("{}: run failed", self.path.display()))?;
         let (shape, data) = out[0]
             .try_extract_tensor::<f32>()
             .with_context(|| format!("{}: first output is not f32", self.path.display()))?;
         Ok((shape.iter().copied().collect(), data.to_vec()))
+    }
+
+    /// Runs int64 token ids (`rows × length`) and returns the first output, flattened, with
+    /// its shape.
+    pub fn run_ids(&mut self, ids: &ndarray::Array2<i64>) -> Result<(Vec<i64>, Vec<f32>)> {
+        self.first_output(ort::value::Tensor::from_array(ids.clone())?.into())
     }
 
     /// Median single-row latency in microseconds over `iters` runs (after warm-up).
