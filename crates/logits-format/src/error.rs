@@ -114,6 +114,9 @@ pub enum FormatError {
     /// Corpus options do not fit the model (an unknown input name, no file given).
     #[error("{0}")]
     CorpusOptions(String),
+    /// An object store refused or failed a request (the message names the URL).
+    #[error(transparent)]
+    Store(#[from] logits_store::StoreError),
 }
 
 impl FormatError {

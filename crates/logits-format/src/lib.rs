@@ -16,6 +16,8 @@
 //! - [`codec`]: `RowBatch` ⇄ Arrow, applying the storage encodings and checking the contract.
 //! - [`writer`]: shard files and the commit protocol (temporary names, fsync, rename,
 //!   completion records, manifest last).
+//! - [`location`]: where a dataset lives (a directory or an object-store prefix) and the
+//!   commit protocol on a store (upload, conditional finalize, markers, remote merge).
 //! - [`reader`]: opening datasets and streaming rows (projection, shuffle, prefetch).
 //! - [`corpus`]: Parquet tensor corpora (read by the teacher pass, and joined by students
 //!   with datasets built without their inputs).
@@ -24,11 +26,13 @@
 //! Dependencies, and why: `arrow-*` and `parquet` (the storage, without the heavy `arrow`
 //! facade), `serde`/`serde_json` (the manifest), `sha2` (checksums and content ids), `half`
 //! (f16/bf16 encodings), `rand`/`rand_chacha` (seeded shuffling that is stable across
-//! platforms and versions), `time` (RFC 3339 timestamps), `thiserror` (typed errors).
+//! platforms and versions), `time` (RFC 3339 timestamps), `thiserror` (typed errors), `logits-store` (datasets in
+//! object storage: the one crate that talks to S3, GCS and Azure).
 
 pub mod codec;
 pub mod corpus;
 pub mod error;
+pub mod location;
 pub mod manifest;
 pub mod reader;
 pub mod rows;

@@ -7,7 +7,6 @@
 //! buffer from which each output row is drawn at random.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -17,30 +16,45 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::UInt64Type;
 use arrow_array::{BooleanArray, RecordBatch};
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::codec;
 use crate::error::{FormatError, Result};
+use crate::location::{self, RemoteDataset, ShardInput};
 use crate::manifest::{MANIFEST_FILE, Manifest, ShardEntry};
 use crate::rows::RowBatch;
 use crate::schema;
 use crate::writer::{self, BUILD_DIR, KV_DATASET, KV_VERSION};
 
-/// An opened dataset: its directory and manifest.
+/// An opened dataset: its directory (or store prefix) and manifest.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     root: PathBuf,
     manifest: Manifest,
     complete: bool,
+    remote: Option<RemoteDataset>,
 }
 
 impl Dataset {
     /// Opens a committed dataset. An unfinished build is refused with a message saying how
     /// much of it is complete.
+    /// `root` may be an object-store URL (`s3://bucket/prefix`...): the dataset is then read in
+    /// place, by range requests.
     pub fn open(root: &Path) -> Result<Dataset> {
+        if let Some(remote) = location::remote_for(root)? {
+            let remote = RemoteDataset::new(remote)?;
+            return Ok(Dataset {
+                root: root.to_path_buf(),
+                manifest: remote.manifest()?,
+                complete: true,
+                remote: Some(remote),
+            });
+        }
         let mpath = root.join(MANIFEST_FILE);
         if !mpath.exists() && root.join(BUILD_DIR).exists() {
             let done = writer::read_records(root).map(|r| r.len()).unwrap_or(0);
@@ -62,11 +76,25 @@ impl Dataset {
             root: root.to_path_buf(),
             manifest,
             complete: true,
+            remote: None,
         })
     }
 
     /// Opens a dataset, or the completed shards of an unfinished build of one.
     pub fn open_partial(root: &Path) -> Result<Dataset> {
+        if let Some(remote) = location::remote_for(root)? {
+            if remote.size(MANIFEST_FILE)?.is_some() {
+                return Dataset::open(root);
+            }
+            let draft = location::read_draft(&remote)?;
+            let records = location::read_records(&remote)?;
+            return Ok(Dataset {
+                root: root.to_path_buf(),
+                manifest: writer::assemble(draft, &records),
+                complete: false,
+                remote: Some(RemoteDataset::new(remote)?),
+            });
+        }
         if root.join(MANIFEST_FILE).exists() {
             return Dataset::open(root);
         }
@@ -76,10 +104,11 @@ impl Dataset {
             root: root.to_path_buf(),
             manifest: writer::assemble(draft, &records),
             complete: false,
+            remote: None,
         })
     }
 
-    /// The dataset directory.
+    /// The dataset directory, or its URL.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -94,8 +123,54 @@ impl Dataset {
         self.complete
     }
 
-    /// The file of a shard, refusing one that resolves outside the dataset (symlinks included).
+    /// True when the dataset is in an object store.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// The shard's path or URL, for messages.
+    pub fn shard_name(&self, shard: &ShardEntry) -> PathBuf {
+        self.root.join(&shard.path)
+    }
+
+    /// Opens a shard for reading: a local file, or a remote object read by ranges.
+    pub fn open_shard(&self, shard: &ShardEntry) -> Result<ShardInput> {
+        match &self.remote {
+            Some(r) => {
+                crate::manifest::check_relative_path(&self.root.join(MANIFEST_FILE), &shard.path)?;
+                r.open_shard(&shard.path)
+            }
+            None => ShardInput::local(&self.shard_file(shard)?),
+        }
+    }
+
+    /// Size and sha256 of a shard's bytes, with an input to read it again (remote shards are
+    /// downloaded once for this, to memory).
+    pub fn shard_checksum(&self, shard: &ShardEntry) -> Result<(u64, String, ShardInput)> {
+        match &self.remote {
+            Some(r) => {
+                crate::manifest::check_relative_path(&self.root.join(MANIFEST_FILE), &shard.path)?;
+                let b = r.download(&shard.path)?;
+                let sha = writer::hex(&<sha2::Sha256 as sha2::Digest>::digest(&b));
+                Ok((b.len() as u64, sha, ShardInput::Memory(b)))
+            }
+            None => {
+                let path = self.shard_file(shard)?;
+                let (n, sha) = writer::file_sha256(&path)?;
+                Ok((n, sha, ShardInput::local(&path)?))
+            }
+        }
+    }
+
+    /// The file of a local shard, refusing one that resolves outside the dataset (symlinks
+    /// included). For a dataset in a store, use [`Self::open_shard`].
     pub fn shard_file(&self, shard: &ShardEntry) -> Result<PathBuf> {
+        if self.remote.is_some() {
+            return Err(FormatError::Reader(format!(
+                "{}: a shard in an object store has no local file",
+                self.shard_name(shard).display()
+            )));
+        }
         let mpath = self.root.join(MANIFEST_FILE);
         crate::manifest::check_relative_path(&mpath, &shard.path)?;
         let path = self.root.join(&shard.path);
@@ -215,7 +290,11 @@ impl BatchStream {
             {
                 continue;
             }
-            shards.push((ds.shard_file(s)?, s.clone()));
+            if ds.remote.is_none() {
+                // Checked now so a symlink out of the dataset fails before any reading.
+                ds.shard_file(s)?;
+            }
+            shards.push((ds.shard_name(s), s.clone()));
         }
         let mut rng = o.shuffle.map(ChaCha8Rng::seed_from_u64);
         if let Some(r) = rng.as_mut() {
@@ -224,6 +303,7 @@ impl BatchStream {
         let order_seed = rng.as_mut().map(|r| r.random::<u64>());
         let (tx, rx) = sync_channel(o.prefetch.max(1));
         let job = ReadJob {
+            ds: ds.clone(),
             shards,
             columns: wanted,
             expected: schema::shard_schema(&ds.manifest),
@@ -359,6 +439,7 @@ impl Drop for BatchStream {
 }
 
 struct ReadJob {
+    ds: Dataset,
     shards: Vec<(PathBuf, ShardEntry)>,
     columns: Vec<String>,
     expected: arrow_schema::SchemaRef,
@@ -371,8 +452,8 @@ struct ReadJob {
 impl ReadJob {
     fn run(self, tx: SyncSender<Chunk>) {
         let mut rng = self.order_seed.map(ChaCha8Rng::seed_from_u64);
-        for (path, _) in &self.shards {
-            if let Err(e) = self.read_shard(path, rng.as_mut(), &tx) {
+        for (path, entry) in &self.shards {
+            if let Err(e) = self.read_shard(path, entry, rng.as_mut(), &tx) {
                 let _ = tx.send(Err(e));
                 return;
             }
@@ -382,12 +463,15 @@ impl ReadJob {
     fn read_shard(
         &self,
         path: &Path,
+        entry: &ShardEntry,
         rng: Option<&mut ChaCha8Rng>,
         tx: &SyncSender<Chunk>,
     ) -> Result<()> {
-        let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        let input = self.ds.open_shard(entry)?;
+        let meta = ArrowReaderMetadata::load(&input, ArrowReaderOptions::new())
             .map_err(|e| FormatError::parquet(path, e))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(input.clone(), meta.clone());
         check_shard_metadata(path, builder.metadata(), &self.dataset_id)?;
         let arrow = builder.schema().clone();
         let mut roots = Vec::new();
@@ -409,28 +493,106 @@ impl ReadJob {
             }
             roots.push(i);
         }
-        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
         let mut groups: Vec<usize> = (0..builder.metadata().num_row_groups()).collect();
         if let Some(r) = rng {
             groups.shuffle(r);
         }
-        let reader = builder
-            .with_projection(mask)
-            .with_row_groups(groups)
-            .with_batch_size(self.chunk_rows)
-            .build()
-            .map_err(|e| FormatError::parquet(path, e))?;
-        for b in reader {
-            let b = b.map_err(|e| FormatError::parquet(path, e))?;
-            let b = match &self.row_range {
-                Some(r) => filter_range(path, &b, r)?,
-                None => b,
-            };
-            if tx.send(Ok(b)).is_err() {
-                return Ok(());
+        if !input.is_remote() {
+            let reader = builder
+                .with_projection(mask)
+                .with_row_groups(groups)
+                .with_batch_size(self.chunk_rows)
+                .build()
+                .map_err(|e| FormatError::parquet(path, e))?;
+            return self.send_all(path, reader, tx).map(|_| ());
+        }
+        // A remote shard is read one row group at a time, the projected column chunks of the
+        // next group being fetched while this one is decoded and sent.
+        drop(builder);
+        let pmeta = meta.metadata();
+        let leaves: Vec<usize> = (0..pmeta.file_metadata().schema_descr().num_columns())
+            .filter(|&c| {
+                roots.contains(&pmeta.file_metadata().schema_descr().get_column_root_idx(c))
+            })
+            .collect();
+        let ranges = |g: usize| -> Vec<Range<u64>> {
+            let rg = pmeta.row_group(g);
+            leaves
+                .iter()
+                .map(|&c| {
+                    let (start, len) = rg.column(c).byte_range();
+                    start..start + len
+                })
+                .collect()
+        };
+        let mut pending = match groups.first() {
+            Some(&g) => input.fetch(ranges(g))?,
+            None => None,
+        };
+        // Batches are cut to the same fixed sizes across row groups as the single local reader
+        // cuts them, so a seeded shuffle gives the same order from a store as from disk.
+        let mut carry: Vec<RecordBatch> = Vec::new();
+        let mut carried = 0usize;
+        for (i, &g) in groups.iter().enumerate() {
+            input.hold(pending.take())?;
+            if let Some(&next) = groups.get(i + 1) {
+                pending = input.fetch(ranges(next))?;
+            }
+            let reader =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(input.clone(), meta.clone())
+                    .with_projection(mask.clone())
+                    .with_row_groups(vec![g])
+                    .with_batch_size(self.chunk_rows)
+                    .build()
+                    .map_err(|e| FormatError::parquet(path, e))?;
+            for b in reader {
+                let b = b.map_err(|e| FormatError::parquet(path, e))?;
+                carried += b.num_rows();
+                carry.push(b);
+                while carried >= self.chunk_rows {
+                    let all = arrow_select::concat::concat_batches(&carry[0].schema(), &carry)
+                        .map_err(|e| FormatError::parquet(path, e))?;
+                    let rest = all.slice(self.chunk_rows, carried - self.chunk_rows);
+                    carried = rest.num_rows();
+                    carry = if carried > 0 { vec![rest] } else { Vec::new() };
+                    if !self.send(path, all.slice(0, self.chunk_rows), tx)? {
+                        return Ok(());
+                    }
+                }
             }
         }
+        if carried > 0 {
+            let all = arrow_select::concat::concat_batches(&carry[0].schema(), &carry)
+                .map_err(|e| FormatError::parquet(path, e))?;
+            self.send(path, all, tx)?;
+        }
         Ok(())
+    }
+
+    /// Filters to the row range and sends one batch; false when the receiver is gone.
+    fn send(&self, path: &Path, b: RecordBatch, tx: &SyncSender<Chunk>) -> Result<bool> {
+        let b = match &self.row_range {
+            Some(r) => filter_range(path, &b, r)?,
+            None => b,
+        };
+        Ok(tx.send(Ok(b)).is_ok())
+    }
+
+    /// Sends every batch of `reader`; false when the receiver is gone.
+    fn send_all(
+        &self,
+        path: &Path,
+        reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+        tx: &SyncSender<Chunk>,
+    ) -> Result<bool> {
+        for b in reader {
+            let b = b.map_err(|e| FormatError::parquet(path, e))?;
+            if !self.send(path, b, tx)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 

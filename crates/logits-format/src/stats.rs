@@ -109,8 +109,8 @@ pub fn column_bytes(ds: &Dataset) -> Result<std::collections::BTreeMap<String, u
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let mut out = std::collections::BTreeMap::new();
     for s in &ds.manifest().shards {
-        let path = ds.shard_file(s)?;
-        let f = std::fs::File::open(&path).map_err(|e| crate::FormatError::io(&path, e))?;
+        let path = ds.shard_name(s);
+        let f = ds.open_shard(s)?;
         let r = SerializedFileReader::new(f).map_err(|e| crate::FormatError::parquet(&path, e))?;
         let mut counted = 0u64;
         for rg in r.metadata().row_groups() {

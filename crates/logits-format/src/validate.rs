@@ -2,8 +2,6 @@
 //! job-array workers relies on. Every problem found is reported with the file it is in;
 //! validation goes on after a problem so one run lists them all.
 
-use std::fs::File;
-
 use arrow_schema::Schema;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -11,7 +9,6 @@ use crate::codec;
 use crate::manifest::ShardEntry;
 use crate::reader::{Dataset, check_shard_metadata};
 use crate::schema;
-use crate::writer::file_sha256;
 
 /// What validation found.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -109,9 +106,9 @@ fn check_shard(
     rows_checked: &mut u64,
 ) -> Result<(), String> {
     let m = ds.manifest();
-    let path = ds.shard_file(s).map_err(|e| e.to_string())?;
+    let path = ds.shard_name(s);
     let name = path.display().to_string();
-    let (bytes, sha) = file_sha256(&path).map_err(|e| e.to_string())?;
+    let (bytes, sha, input) = ds.shard_checksum(s).map_err(|e| e.to_string())?;
     if bytes != s.bytes {
         return Err(format!(
             "{name}: {bytes} bytes, the manifest says {} (truncated or replaced)",
@@ -124,8 +121,7 @@ fn check_shard(
             s.sha256
         ));
     }
-    let file = File::open(&path).map_err(|e| format!("{name}: {e}"))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+    let builder = ParquetRecordBatchReaderBuilder::try_new(input)
         .map_err(|e| format!("{name}: parquet: {e}"))?;
     check_shard_metadata(&path, builder.metadata(), &m.dataset_id).map_err(|e| e.to_string())?;
     let found = Schema::new(builder.schema().fields().clone());

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::codec;
 use crate::error::{FormatError, Result};
+use crate::location::RemoteSink;
 use crate::manifest::{MANIFEST_FILE, Manifest, ShardEntry, Totals, Version};
 use crate::rows::RowBatch;
 use crate::schema;
@@ -150,7 +151,13 @@ pub fn now_rfc3339() -> String {
 /// Writes the shards of one dataset and commits its manifest.
 #[derive(Debug)]
 pub struct DatasetWriter {
+    /// Where shards are written on this machine: the dataset directory, or a staging
+    /// directory when the output is a store.
+    dir: PathBuf,
+    /// The output as given (a directory or a URL).
     root: PathBuf,
+    /// Set when the output is a store.
+    sink: Option<RemoteSink>,
     draft: Manifest,
     schema: SchemaRef,
     options: WriteOptions,
@@ -172,6 +179,15 @@ impl DatasetWriter {
         draft.totals = Totals::default();
         draft.check_spec().map_err(FormatError::InvalidSpec)?;
         draft.dataset_id = dataset_id(&draft);
+        if let Some(remote) = crate::location::remote_for(root)? {
+            let (draft, completed) = crate::location::prepare(&remote, &draft, mode)?;
+            let staging = crate::location::staging_dir(remote.url());
+            let mut w = DatasetWriter::create(&staging, draft, options, CreateMode::Overwrite)?;
+            w.completed = completed;
+            w.root = root.to_path_buf();
+            w.sink = Some(RemoteSink { remote, staging });
+            return Ok(w);
+        }
         let conflict = |message: String| FormatError::OutputConflict {
             path: root.to_path_buf(),
             message,
@@ -245,7 +261,9 @@ impl DatasetWriter {
         remove_stale_temporaries(&root.join(SHARD_DIR))?;
         let schema = schema::shard_schema(&draft);
         Ok(DatasetWriter {
+            dir: root.to_path_buf(),
             root: root.to_path_buf(),
+            sink: None,
             draft,
             schema,
             options,
@@ -253,7 +271,7 @@ impl DatasetWriter {
         })
     }
 
-    /// The dataset directory.
+    /// The output as given: the dataset directory, or its URL.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -275,13 +293,19 @@ impl DatasetWriter {
 
     /// Starts shard `index` of the plan. Any previous partial file for it is replaced.
     pub fn shard(&self, index: u32) -> Result<ShardWriter> {
-        ShardWriter::create(&self.root, &self.draft, &self.schema, &self.options, index)
+        ShardWriter::create(&self.dir, &self.draft, &self.schema, &self.options, index)
     }
 
     /// Records a finished shard as complete (called with what [`ShardWriter::finish`] gave).
+    /// For a store, this uploads the shard, makes it final and writes its marker.
     pub fn record(&mut self, record: ShardRecord) -> Result<()> {
+        if let Some(sink) = &self.sink {
+            crate::location::publish(sink, &record)?;
+            self.completed.insert(record.index, record);
+            return Ok(());
+        }
         let path = self
-            .root
+            .dir
             .join(BUILD_DIR)
             .join(DONE_DIR)
             .join(format!("part-{:05}.json", record.index));
@@ -295,12 +319,28 @@ impl DatasetWriter {
     /// `plan_shards` is the number of shards the build's plan has: a missing one is an error,
     /// so a dataset is never marked complete while part of it is missing.
     pub fn commit(self, plan_shards: u32) -> Result<Manifest> {
-        commit(&self.root, Some(plan_shards))
+        match &self.sink {
+            Some(sink) => crate::location::commit(&sink.remote, Some(plan_shards)),
+            None => commit(&self.dir, Some(plan_shards)),
+        }
+    }
+}
+
+impl Drop for DatasetWriter {
+    fn drop(&mut self) {
+        // The staging directory is this process's own (named by its pid); what is in it was
+        // either uploaded or is a partial shard a re-run redoes.
+        if let Some(sink) = &self.sink {
+            let _ = fs::remove_dir_all(&sink.staging);
+        }
     }
 }
 
 /// Reads the completion records of a build in `root`.
 pub fn read_records(root: &Path) -> Result<BTreeMap<u32, ShardRecord>> {
+    if let Some(r) = crate::location::remote_for(root)? {
+        return crate::location::read_records(&r);
+    }
     let done = root.join(BUILD_DIR).join(DONE_DIR);
     let mut out = BTreeMap::new();
     let entries = match fs::read_dir(&done) {
@@ -341,6 +381,9 @@ fn remove_stale_temporaries(dir: &Path) -> Result<()> {
 
 /// Loads the draft manifest of an unfinished build.
 pub fn read_draft(root: &Path) -> Result<Manifest> {
+    if let Some(r) = crate::location::remote_for(root)? {
+        return crate::location::read_draft(&r);
+    }
     let path = root.join(BUILD_DIR).join(DRAFT_FILE);
     let text = fs::read_to_string(&path).map_err(|e| FormatError::io(&path, e))?;
     Manifest::from_json(&path, &text)
@@ -369,7 +412,11 @@ pub fn assemble(mut draft: Manifest, records: &BTreeMap<u32, ShardRecord>) -> Ma
 
 /// The merge step: checks every recorded shard file (size and sha256), that the plan is
 /// complete when its size is known, writes `manifest.json` last and removes the build records.
+/// `root` may be a store URL: see [`crate::location::commit`].
 pub fn commit(root: &Path, plan_shards: Option<u32>) -> Result<Manifest> {
+    if let Some(r) = crate::location::remote_for(root)? {
+        return crate::location::commit(&r, plan_shards);
+    }
     let draft = read_draft(root)?;
     let records = read_records(root)?;
     if let Some(n) = plan_shards {

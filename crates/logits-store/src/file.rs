@@ -155,6 +155,12 @@ impl RemoteFile {
         held.sort_by_key(|r| r.0);
     }
 
+    /// Fetches one range now.
+    fn fetch_one(&self, r: Range<u64>) -> Result<Bytes> {
+        let got = self.fetch(std::iter::once(r).collect())?.wait()?;
+        Ok(got.into_iter().next().map(|x| x.1).unwrap_or_default())
+    }
+
     /// Fetches `ranges` and holds them (the blocking form of fetch, wait, hold).
     pub fn prefetch(&self, ranges: Vec<Range<u64>>) -> Result<()> {
         let got = self.fetch(ranges)?.wait()?;
@@ -195,8 +201,7 @@ impl RemoteFile {
             let tail = match cached {
                 Some(t) => t,
                 None => {
-                    let t = self.fetch(vec![tail_start..self.size])?.wait()?;
-                    let t = t.into_iter().next().map(|x| x.1).unwrap_or_default();
+                    let t = self.fetch_one(tail_start..self.size)?;
                     *self.tail.write().unwrap_or_else(|e| e.into_inner()) = Some(t.clone());
                     t
                 }
@@ -218,8 +223,7 @@ impl RemoteFile {
                 ),
             });
         }
-        let got = self.fetch(vec![start..end])?.wait()?;
-        Ok(got.into_iter().next().map(|x| x.1).unwrap_or_default())
+        self.fetch_one(start..end)
     }
 }
 

@@ -102,7 +102,8 @@ impl Remote {
                         "file:// URLs name no host: file:///absolute/path".into()
                     ));
                 }
-                Arc::new(LocalFileSystem::new())
+                // Deleting the last object of a folder removes the folder, as on a store.
+                Arc::new(LocalFileSystem::new().with_automatic_cleanup(true))
             }
             other => {
                 return Err(bad(format!(

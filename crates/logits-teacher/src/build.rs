@@ -695,7 +695,14 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
 }
 
 /// The merge step of a job array: checks every shard of the plan and writes the manifest.
+/// A dataset whose last worker already committed it (there is a manifest and no build
+/// records) is returned as it is, so the merge job of a job array can always run.
 pub fn merge(out: &std::path::Path, plan_shards: Option<u32>) -> Result<Manifest> {
+    if writer::read_draft(out).is_err()
+        && let Ok(ds) = logits_format::Dataset::open(out)
+    {
+        return Ok(ds.manifest().clone());
+    }
     let plan = match plan_shards {
         Some(n) => n,
         None => {

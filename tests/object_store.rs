@@ -1,0 +1,332 @@
+//! Building into and reading from an S3-compatible store, end to end: the test starts moto's
+//! S3 server on loopback itself (from the project's pinned Python environment), runs four
+//! `logits-build` workers into one bucket concurrently, two of them killed mid-protocol and run
+//! again, merges, and checks that the shards are byte-identical to a single-process local build,
+//! that `logits-inspect --validate` passes on the remote dataset, and that `logits-train`
+//! trains from it exactly as from the local copy.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{fixture, root, text};
+
+/// A moto S3 server on a free loopback port, stopped when dropped.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python() -> PathBuf {
+    // The same idempotent set-up the test command uses: a fresh machine gets the venv here.
+    let o = Command::new("bash")
+        .arg(root().join("scripts/pyenv.sh"))
+        .arg(root().join("scripts/requirements-test.txt"))
+        .output()
+        .expect("run scripts/pyenv.sh");
+    assert!(o.status.success(), "scripts/pyenv.sh failed: {}", text(&o));
+    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+}
+
+fn http(port: u16, request: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(request.as_bytes())?;
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn start_moto() -> Moto {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = Command::new(python())
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto");
+    let moto = Moto { child, port };
+    let t0 = Instant::now();
+    while http(port, "GET / HTTP/1.0\r\n\r\n").is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "moto did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Creating a bucket is one unauthenticated PUT on moto.
+    let r = http(
+        port,
+        &format!("PUT /logits HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .expect("create bucket");
+    assert!(r.starts_with("HTTP/1.1 200"), "create bucket: {r}");
+    moto
+}
+
+fn with_s3_env(c: &mut Command, port: u16) {
+    c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_COPY_IF_NOT_EXISTS")
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX");
+}
+
+fn bin(name: &str, port: u16, args: &[String]) -> Command {
+    let mut c = Command::new(match name {
+        "logits-build" => env!("CARGO_BIN_EXE_logits-build"),
+        "logits-inspect" => env!("CARGO_BIN_EXE_logits-inspect"),
+        _ => env!("CARGO_BIN_EXE_logits-train"),
+    });
+    c.args(args);
+    with_s3_env(&mut c, port);
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    c.output().expect("run binary")
+}
+
+fn build_args(out: &str) -> Vec<String> {
+    [
+        "build",
+        "--model",
+        &fixture("fixtures/digits/digits_teacher.onnx"),
+        "--corpus",
+        &fixture("fixtures/digits/train.parquet"),
+        &fixture("fixtures/digits/holdout.parquet"),
+        "--holdout-from",
+        "1437",
+        "--label-column",
+        "label",
+        "-k",
+        "5",
+        "--temperatures",
+        "2,4",
+        "--feature",
+        "penult=hidden2:f16",
+        "--rows-per-shard",
+        "100",
+        "--quiet",
+        "--out",
+        out,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn shard_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("shards"))
+        .expect("shards")
+        .map(|e| {
+            let e = e.expect("entry");
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).expect("read shard"),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn four_workers_build_into_s3_and_training_reads_it_in_place() {
+    let moto = start_moto();
+    let port = moto.port;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let url = "s3://logits/datasets/digits";
+
+    // The reference: one process, local disk.
+    let local = tmp.path().join("local");
+    let o = common::logits_build(&build_args(&local.display().to_string()));
+    assert!(o.status.success(), "{}", text(&o));
+
+    // Four workers at once; worker 1 dies after uploading shard 5 (before making it final),
+    // worker 2 after making shard 10 final (before its completion marker).
+    let faults = [
+        None,
+        Some("after-upload:5"),
+        Some("after-finalize:10"),
+        None,
+    ];
+    let workers: Vec<(usize, Child)> = (0..4)
+        .map(|i| {
+            let mut args = build_args(url);
+            args.extend([
+                "--num-workers".into(),
+                "4".into(),
+                "--worker-index".into(),
+                i.to_string(),
+            ]);
+            let mut c = bin("logits-build", port, &args);
+            c.env("LOGITS_STAGING_DIR", tmp.path().join("staging"));
+            if let Some(f) = faults[i] {
+                c.env("LOGITS_FAULT", f);
+            }
+            let child = c
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn worker");
+            (i, child)
+        })
+        .collect();
+    for (i, child) in workers {
+        let o = child.wait_with_output().expect("worker");
+        if faults[i].is_some() {
+            assert!(
+                !o.status.success(),
+                "worker {i} should have been killed: {}",
+                text(&o)
+            );
+        } else {
+            assert!(o.status.success(), "worker {i}: {}", text(&o));
+        }
+    }
+    // Not complete yet: reading it is refused with a message saying so.
+    let o = run(bin("logits-inspect", port, &[url.into()]));
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not complete"), "{}", text(&o));
+    // Merging now is refused and names the missing shards.
+    let o = run(bin("logits-build", port, &["merge".into(), url.into()]));
+    assert!(!o.status.success());
+    assert!(text(&o).contains("part-00005.parquet"), "{}", text(&o));
+    // The killed workers run again and skip what they had finished.
+    for i in [1, 2] {
+        let mut args = build_args(url);
+        args.extend([
+            "--num-workers".into(),
+            "4".into(),
+            "--worker-index".into(),
+            i.to_string(),
+        ]);
+        let o = run(bin("logits-build", port, &args));
+        assert!(o.status.success(), "re-run of worker {i}: {}", text(&o));
+    }
+    let o = run(bin("logits-build", port, &["merge".into(), url.into()]));
+    assert!(o.status.success(), "merge: {}", text(&o));
+
+    // Byte-identical to the local build: a copy of the bucket downloaded by a third party
+    // (boto3, which moto's server ships with) against the local files.
+    let o = run(bin(
+        "logits-inspect",
+        port,
+        &[url.into(), "--validate".into()],
+    ));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("validation: OK (18 shards, 1797 rows checked)"),
+        "{}",
+        text(&o)
+    );
+    let copy = tmp.path().join("copy");
+    let mut c = Command::new(python());
+    c.args([
+        "-c",
+        "import boto3,os,sys\n\
+         s3=boto3.client('s3',endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
+         for o in s3.list_objects_v2(Bucket='logits',Prefix='datasets/digits/')['Contents']:\n\
+         \x20 p=os.path.join(sys.argv[1],o['Key'][len('datasets/digits/'):])\n\
+         \x20 os.makedirs(os.path.dirname(p),exist_ok=True)\n\
+         \x20 s3.download_file('logits',o['Key'],p)\n",
+        &copy.display().to_string(),
+    ]);
+    with_s3_env(&mut c, port);
+    let o = run(c);
+    assert!(o.status.success(), "download: {}", text(&o));
+    assert!(
+        !copy.join("_build").exists(),
+        "build records are removed by the merge"
+    );
+    let (a, b) = (shard_files(&local), shard_files(&copy));
+    assert_eq!(a.len(), 18);
+    assert_eq!(
+        a.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        b.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            x.1 == y.1,
+            "{} differs between the local and the S3 build",
+            x.0
+        );
+    }
+    let ml: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(local.join("manifest.json")).unwrap()).unwrap();
+    let mr: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copy.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(ml["shards"], mr["shards"]);
+    assert_eq!(ml["dataset_id"], mr["dataset_id"]);
+
+    // Training reads the dataset in place (with a range cache) and ends exactly where training
+    // from the local copy ends.
+    let train = |ds: &str, out: &Path, cache: Option<&Path>| {
+        let args: Vec<String> = [
+            "train",
+            ds,
+            "--out",
+            &out.display().to_string(),
+            "--quiet",
+            "--hidden",
+            "32",
+            "--steps",
+            "300",
+            "--batch-size",
+            "64",
+            "--lr",
+            "1e-2",
+            "--seed",
+            "3",
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut c = bin("logits-train", port, &args);
+        if let Some(d) = cache {
+            c.env("LOGITS_CACHE_DIR", d).env("LOGITS_CACHE_SIZE", "64M");
+        }
+        let o = run(c);
+        assert!(o.status.success(), "train from {ds}: {}", text(&o));
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        r["evaluation"].clone()
+    };
+    let cache = tmp.path().join("cache");
+    let el = train(
+        &local.display().to_string(),
+        &tmp.path().join("run-local"),
+        None,
+    );
+    let er = train(url, &tmp.path().join("run-s3"), Some(&cache));
+    assert_eq!(el, er, "training from S3 and from local disk differ");
+    assert!(el["accuracy"].as_f64().unwrap() > 0.85, "{el}");
+    let cached = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
+    assert!(cached > 0, "the range cache was not used");
+    drop(moto);
+}
