@@ -5,84 +5,12 @@
 //! that `logits-inspect --validate` passes on the remote dataset, and that `logits-train`
 //! trains from it exactly as from the local copy.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 mod common;
-use common::{fixture, root, text};
-
-/// A moto S3 server on a free loopback port, stopped when dropped.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn python() -> PathBuf {
-    // The same idempotent set-up the test command uses: a fresh machine gets the venv here.
-    let o = Command::new("bash")
-        .arg(root().join("scripts/pyenv.sh"))
-        .arg(root().join("scripts/requirements-test.txt"))
-        .output()
-        .expect("run scripts/pyenv.sh");
-    assert!(o.status.success(), "scripts/pyenv.sh failed: {}", text(&o));
-    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
-}
-
-fn http(port: u16, request: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(request.as_bytes())?;
-    let mut buf = [0u8; 512];
-    let n = s.read(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-}
-
-fn start_moto() -> Moto {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let child = Command::new(python())
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto");
-    let moto = Moto { child, port };
-    let t0 = Instant::now();
-    while http(port, "GET / HTTP/1.0\r\n\r\n").is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "moto did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // Creating a bucket is one unauthenticated PUT on moto.
-    let r = http(
-        port,
-        &format!("PUT /logits HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
-    )
-    .expect("create bucket");
-    assert!(r.starts_with("HTTP/1.1 200"), "create bucket: {r}");
-    moto
-}
+use common::moto::{Moto, python};
+use common::{fixture, text};
 
 fn with_s3_env(c: &mut Command, port: u16) {
     c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
@@ -91,6 +19,7 @@ fn with_s3_env(c: &mut Command, port: u16) {
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")
         .env_remove("AWS_COPY_IF_NOT_EXISTS")
+        .env_remove("LOGITS_CACHE_DIR")
         .env_remove("SLURM_ARRAY_TASK_ID")
         .env_remove("JOB_COMPLETION_INDEX");
 }
@@ -156,7 +85,8 @@ fn shard_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn four_workers_build_into_s3_and_training_reads_it_in_place() {
-    let moto = start_moto();
+    let moto = Moto::start();
+    moto.bucket("logits");
     let port = moto.port;
     let tmp = tempfile::tempdir().expect("tempdir");
     let url = "s3://logits/datasets/digits";
@@ -285,12 +215,12 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
 
     // Training reads the dataset in place (with a range cache) and ends exactly where training
     // from the local copy ends.
-    let train = |ds: &str, out: &Path, cache: Option<&Path>| {
+    let train = |ds: &str, out: &str, cache: Option<&Path>| {
         let args: Vec<String> = [
             "train",
             ds,
             "--out",
-            &out.display().to_string(),
+            out,
             "--quiet",
             "--hidden",
             "32",
@@ -313,20 +243,88 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
         }
         let o = run(c);
         assert!(o.status.success(), "train from {ds}: {}", text(&o));
-        let r: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("report json");
         r["evaluation"].clone()
     };
     let cache = tmp.path().join("cache");
-    let el = train(
-        &local.display().to_string(),
-        &tmp.path().join("run-local"),
-        None,
-    );
-    let er = train(url, &tmp.path().join("run-s3"), Some(&cache));
+    let run_local = tmp.path().join("run-local").display().to_string();
+    let el = train(&local.display().to_string(), &run_local, None);
+    // Read from the store, and the run itself written to it.
+    let er = train(url, "s3://logits/runs/a", Some(&cache));
     assert_eq!(el, er, "training from S3 and from local disk differ");
     assert!(el["accuracy"].as_f64().unwrap() > 0.85, "{el}");
     let cached = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
     assert!(cached > 0, "the range cache was not used");
+    // The run was uploaded: a second run into the same URL finds its checkpoints and refuses.
+    let args: Vec<String> = ["train", url, "--out", "s3://logits/runs/a", "--quiet"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let o = run(bin("logits-train", port, &args));
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("already holds a training run"),
+        "{}",
+        text(&o)
+    );
+
+    // The Slurm example script itself, run as four array tasks would run it, into the store.
+    let slurm_out = "s3://logits/datasets/slurm";
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_logits-build"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for task in 0..4 {
+        let mut c = Command::new("bash");
+        c.arg(common::root().join("scripts/scheduler/slurm-build.sbatch"));
+        with_s3_env(&mut c, port);
+        c.env("PATH", &path)
+            .env("SLURM_ARRAY_TASK_ID", task.to_string())
+            .env("SLURM_ARRAY_TASK_COUNT", "4")
+            .env("SLURM_CPUS_PER_TASK", "1")
+            .env("MODEL", fixture("fixtures/digits/digits_teacher.onnx"))
+            .env(
+                "CORPUS",
+                format!(
+                    "{} {}",
+                    fixture("fixtures/digits/train.parquet"),
+                    fixture("fixtures/digits/holdout.parquet")
+                ),
+            )
+            .env("OUT", slurm_out)
+            .env("ROWS_PER_SHARD", "100")
+            .env(
+                "BUILD_ARGS",
+                "--holdout-from 1437 --label-column label -k 5 --temperatures 2,4 --feature penult=hidden2:f16",
+            );
+        let o = run(c);
+        assert!(o.status.success(), "slurm task {task}: {}", text(&o));
+    }
+    let o = run(bin(
+        "logits-build",
+        port,
+        &["merge".into(), slurm_out.into()],
+    ));
+    assert!(
+        o.status.success(),
+        "merge after the last task committed: {}",
+        text(&o)
+    );
+    let o = run(bin(
+        "logits-inspect",
+        port,
+        &[slurm_out.into(), "--validate".into(), "--json".into()],
+    ));
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect json");
+    assert_eq!(
+        v["manifest"]["shards"], ml["shards"],
+        "the Slurm script's build differs"
+    );
     drop(moto);
 }

@@ -35,7 +35,8 @@ enum Command {
     },
     /// Merge a job array's shards: validate every one and write the manifest.
     Merge {
-        /// The dataset directory the workers wrote into.
+        /// The dataset the workers wrote into: a directory, or an s3://, gs://, az:// or
+        /// file:// URL.
         out: PathBuf,
         /// Shards in the plan (default: from the build's draft).
         #[arg(long)]
@@ -45,11 +46,12 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct BuildArgs {
-    /// The ONNX teacher.
+    /// The ONNX teacher (a path or a URL; URLs are fetched once into the cache).
     #[arg(long)]
     model: PathBuf,
     /// Corpus file(s), in row order: Parquet tensor columns; or, with --tokenizer, text as
     /// JSONL (.jsonl), Parquet (.parquet, column --text-field) or plain text (a document a line).
+    /// Paths or URLs (fetched once into the cache; the manifest names them as given).
     #[arg(long, required = true, num_args = 1..)]
     corpus: Vec<PathBuf>,
     /// A Hugging Face tokenizer.json: the corpus is text, targets are per token.
@@ -64,7 +66,8 @@ struct BuildArgs {
     /// Tokens between window starts (default: the window, no overlap).
     #[arg(long)]
     stride: Option<usize>,
-    /// Output dataset directory.
+    /// Output dataset: a directory, or an s3://, gs://, az:// or file:// URL (shards are staged
+    /// locally, uploaded and made final only if absent; see README "Object storage").
     #[arg(long)]
     out: PathBuf,
     /// Map a model input to a corpus column: INPUT=COLUMN (default: same name).
@@ -287,10 +290,23 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     let sessions = a.sessions.max(1);
+    // Inputs given as URLs are fetched once; the manifest names the corpus as given.
+    let corpus_names: Vec<String> = a.corpus.iter().map(|p| p.display().to_string()).collect();
+    let corpus = a
+        .corpus
+        .iter()
+        .map(|p| logits::local_input(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tokenizer = a
+        .tokenizer
+        .as_deref()
+        .map(logits::local_input)
+        .transpose()?;
     let opts = BuildOptions {
-        model: a.model,
-        corpus: a.corpus,
-        text: a.tokenizer.map(|t| TextOptions {
+        model: logits::local_input(&a.model)?,
+        corpus,
+        corpus_names,
+        text: tokenizer.map(|t| TextOptions {
             tokenizer: t,
             field: a.text_field.clone(),
             window: a.window,

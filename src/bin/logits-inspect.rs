@@ -17,7 +17,8 @@ use logits_format::{Dataset, validate};
 #[derive(Parser, Debug)]
 #[command(name = "logits-inspect", version, about)]
 struct Args {
-    /// The dataset directory (holding manifest.json).
+    /// The dataset: a directory holding manifest.json, or an s3://, gs://, az:// or file://
+    /// URL (read in place).
     dataset: PathBuf,
     /// Run the full validation: checksums, schema, row counts, row-id coverage, contract.
     #[arg(long)]

@@ -84,10 +84,12 @@ struct GenerateArgs {
 
 #[derive(Args, Debug)]
 struct TrainArgs {
-    /// The dataset directory.
+    /// The dataset: a directory, or an s3://, gs://, az:// or file:// URL (read in place by
+    /// range requests; LOGITS_CACHE_DIR keeps what was read for the next epochs).
     dataset: PathBuf,
     /// Output directory: config.toml, metrics.jsonl, checkpoints/, student.onnx,
-    /// student.safetensors, report.json.
+    /// student.safetensors, report.json. A store URL works too: the run is staged locally and
+    /// uploaded at the end (also when it fails); --resume continues a run kept there.
     #[arg(long)]
     out: PathBuf,
     /// A TOML configuration (see README); flags given here win over it.
@@ -212,7 +214,8 @@ struct TrainArgs {
 /// Inputs of a dataset built without them (`logits-build --no-inputs`): read from the corpus.
 #[derive(Args, Debug, Clone)]
 struct JoinArgs {
-    /// The corpus the dataset was built from (Parquet, in the same order), held elsewhere.
+    /// The corpus the dataset was built from (Parquet, in the same order), held elsewhere
+    /// (paths or URLs).
     #[arg(long = "join-corpus", num_args = 1..)]
     join_corpus: Vec<PathBuf>,
     /// row-id (corpus position, hash checked) or hash (look rows up by input hash).
@@ -230,18 +233,18 @@ impl JoinArgs {
             "hash" => JoinBy::Hash,
             other => bail!("--join-by {other:?}: expected row-id or hash"),
         };
-        Ok(Some(Arc::new(Join::open(
-            ds,
-            &self.join_corpus,
-            input,
-            by,
-        )?)))
+        let files = self
+            .join_corpus
+            .iter()
+            .map(|p| logits::local_input(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Some(Arc::new(Join::open(ds, &files, input, by)?)))
     }
 }
 
 #[derive(Args, Debug)]
 struct EvalArgs {
-    /// The dataset directory.
+    /// The dataset: a directory or a URL.
     dataset: PathBuf,
     /// The student.safetensors to evaluate.
     #[arg(long)]
@@ -308,7 +311,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Train(a) => train_cmd(*a),
+        Command::Train(mut a) => {
+            let out = a.out.clone();
+            logits::with_output_dir(&out, |dir| {
+                a.out = dir.to_path_buf();
+                train_cmd(*a)
+            })
+        }
         Command::Eval(a) => eval_cmd(a),
         Command::Export { student, out } => {
             let (s, info) = logits_student::student::load(&student, None)?;

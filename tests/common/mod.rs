@@ -1,6 +1,8 @@
 //! Helpers the end-to-end tests share: where the fixtures are, and running the real binaries.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod moto;
+
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -322,3 +322,57 @@ pub fn write_dataset(
     }
     w.commit(n)
 }
+
+/// Writes a dense classification dataset for benchmarks: `rows` rows of `width` random f32
+/// inputs, top-5 of `classes` with logZ at T = 4, labels, in shards of `per_shard` rows. `root`
+/// may be a store URL.
+pub fn write_dense_dataset(
+    root: &std::path::Path,
+    rows: u64,
+    width: usize,
+    classes: u64,
+    per_shard: u64,
+) -> crate::Result<Manifest> {
+    let spec = SynthSpec {
+        granularity: Granularity::Example,
+        axis_size: classes,
+        topk: Some(TopK::Fixed { k: 5 }),
+        temperatures: vec![4.0],
+        features: vec![],
+        inputs: true,
+        labels: true,
+        keys: false,
+        rows,
+        ..Default::default()
+    };
+    let mut m = draft(&spec);
+    m.inputs[0].shape = vec![Dim::Fixed(width as u64)];
+    let mut w = crate::writer::DatasetWriter::create(
+        root,
+        m,
+        crate::writer::WriteOptions::default(),
+        crate::writer::CreateMode::Overwrite,
+    )?;
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let shards = rows.div_ceil(per_shard.max(1)) as u32;
+    for i in 0..shards {
+        let mut s = w.shard(i)?;
+        let (lo, hi) = (i as u64 * per_shard, ((i as u64 + 1) * per_shard).min(rows));
+        let mut at = lo;
+        while at < hi {
+            let end = (at + 256).min(hi);
+            let mut b = batch(&spec, w.draft(), at..end);
+            let n = (end - at) as usize;
+            for iv in b.inputs.values_mut() {
+                iv.offsets = (0..=n).map(|r| r * width).collect();
+                iv.values =
+                    TensorValues::F32((0..n * width).map(|_| rng.random::<f32>()).collect());
+            }
+            s.write(&b)?;
+            at = end;
+        }
+        let rec = s.finish()?;
+        w.record(rec)?;
+    }
+    w.commit(shards)
+}

@@ -373,7 +373,9 @@ impl Remote {
             &meta.size.to_le_bytes(),
             meta.e_tag.as_deref().unwrap_or("").as_bytes(),
         ]);
-        let local = dir.join(format!("{}-{name}", &id[..16]));
+        // The file keeps its name (the manifest records a model's or tokenizer's file name).
+        let folder = dir.join(&id[..16]);
+        let local = folder.join(name);
         if std::fs::metadata(&local).is_ok_and(|m| m.len() == meta.size) {
             return Ok(local);
         }
@@ -381,7 +383,7 @@ impl Remote {
             path: p.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        std::fs::create_dir_all(&folder).map_err(|e| io(&folder, e))?;
         let bytes = self.get(rel)?.ok_or(StoreError::NotFound { url })?;
         let tmp = local.with_extension(format!("{}.tmp", std::process::id()));
         std::fs::write(&tmp, &bytes).map_err(|e| io(&tmp, e))?;

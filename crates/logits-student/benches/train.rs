@@ -15,14 +15,10 @@
 use std::time::Instant;
 
 use logits_format::Dataset;
-use logits_format::manifest::{Dim, Granularity, TopK};
-use logits_format::rows::TensorValues;
-use logits_format::synth::{self, SynthSpec};
-use logits_format::writer::{CreateMode, DatasetWriter, WriteOptions};
+use logits_format::synth;
 use logits_student::config::TrainConfig;
 use ndarray::Array2;
 use ndarray::linalg::general_mat_mul;
-use rand::{RngExt, SeedableRng};
 
 const IN: usize = 784;
 const H: usize = 1024;
@@ -30,44 +26,7 @@ const OUT: usize = 10;
 const B: usize = 256;
 
 fn write_dataset(root: &std::path::Path, rows: u64) -> Dataset {
-    let spec = SynthSpec {
-        granularity: Granularity::Example,
-        axis_size: OUT as u64,
-        topk: Some(TopK::Fixed { k: 5 }),
-        temperatures: vec![4.0],
-        features: vec![],
-        inputs: true,
-        labels: true,
-        keys: false,
-        rows,
-        ..Default::default()
-    };
-    let mut m = synth::draft(&spec);
-    m.inputs[0].shape = vec![Dim::Fixed(IN as u64)];
-    let mut w = DatasetWriter::create(root, m, WriteOptions::default(), CreateMode::Overwrite)
-        .expect("create dataset");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    let per_shard = 4096u64;
-    let shards = rows.div_ceil(per_shard) as u32;
-    for i in 0..shards {
-        let mut s = w.shard(i).expect("shard");
-        let (lo, hi) = (i as u64 * per_shard, ((i as u64 + 1) * per_shard).min(rows));
-        let mut at = lo;
-        while at < hi {
-            let end = (at + 256).min(hi);
-            let mut b = synth::batch(&spec, w.draft(), at..end);
-            let n = (end - at) as usize;
-            for iv in b.inputs.values_mut() {
-                iv.offsets = (0..=n).map(|r| r * IN).collect();
-                iv.values = TensorValues::F32((0..n * IN).map(|_| rng.random::<f32>()).collect());
-            }
-            s.write(&b).expect("write");
-            at = end;
-        }
-        let rec = s.finish().expect("finish");
-        w.record(rec).expect("record");
-    }
-    w.commit(shards).expect("commit");
+    synth::write_dense_dataset(root, rows, IN, OUT as u64, 4096).expect("write dataset");
     Dataset::open(root).expect("open")
 }
 

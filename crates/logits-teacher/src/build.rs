@@ -63,6 +63,9 @@ pub struct BuildOptions {
     pub model: PathBuf,
     /// Corpus files, in row-id order.
     pub corpus: Vec<PathBuf>,
+    /// How the manifest names the corpus files, when not by `corpus` (the URLs they were
+    /// fetched from); empty: by their paths.
+    pub corpus_names: Vec<String>,
     /// Text corpus options; None: the corpus is Parquet tensor columns.
     pub text: Option<TextOptions>,
     /// Column mapping.
@@ -118,6 +121,7 @@ impl Default for BuildOptions {
         BuildOptions {
             model: PathBuf::new(),
             corpus: vec![],
+            corpus_names: vec![],
             text: None,
             columns: ColumnMap::default(),
             out: PathBuf::new(),
@@ -533,7 +537,10 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
         features.push((f.clone(), spec.width()));
         feature_specs.push(spec);
     }
-    let (sources, fingerprint) = corpus.fingerprint()?;
+    let (mut sources, fingerprint) = corpus.fingerprint()?;
+    for (s, name) in sources.iter_mut().zip(&o.corpus_names) {
+        s.path = name.clone();
+    }
     let draft = Manifest {
         format: FORMAT_NAME.into(),
         format_version: Version::current().to_string(),

@@ -238,7 +238,18 @@ impl TextCorpus {
             });
         }
         h.update(self.tokenizer_entry()?.sha256.as_bytes());
-        h.update(format!("{}|{}|{:?}", self.window, self.stride, self.sources).as_bytes());
+        // Kinds and fields, not paths: a corpus fetched from a store into a local cache is the
+        // same corpus wherever the cache is (the content is in the sha256s above).
+        let kinds: Vec<String> = self
+            .sources
+            .iter()
+            .map(|s| match s {
+                TextSource::Jsonl { field, .. } => format!("jsonl:{field}"),
+                TextSource::Plain { .. } => "plain".into(),
+                TextSource::Parquet { column, .. } => format!("parquet:{column}"),
+            })
+            .collect();
+        h.update(format!("{}|{}|{:?}", self.window, self.stride, kinds).as_bytes());
         Ok((sources, crate::teacher::hex(&h.finalize())))
     }
 
