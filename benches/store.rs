@@ -18,26 +18,12 @@ use std::time::Instant;
 use logits_format::synth::{self, SynthSpec};
 use logits_format::writer::{self, CreateMode, DatasetWriter, WriteOptions};
 use logits_format::{Dataset, manifest::Granularity};
-use logits_student::config::TrainConfig;
 
+#[path = "../crates/logits-student/benches/common/mlp_rate.rs"]
+mod mlp_rate;
 #[path = "../tests/common/moto.rs"]
 mod moto;
-
-fn train_samples_per_s(ds: &Dataset, steps: u64) -> f64 {
-    let mut cfg = TrainConfig::default();
-    cfg.model.hidden = vec![1024, 1024];
-    cfg.data.batch_size = 256;
-    cfg.data.steps = Some(steps);
-    cfg.run.log_every = 5;
-    let out = tempfile::tempdir().expect("tempdir");
-    let mut rates = Vec::new();
-    logits_student::train::train(ds, &cfg, out.path(), false, None, &mut |_, _, line| {
-        rates.push(line["samples_per_s"].as_f64().unwrap_or(0.0));
-    })
-    .expect("train");
-    let steady = &rates[1.min(rates.len().saturating_sub(1))..];
-    steady.iter().sum::<f64>() / steady.len().max(1) as f64
-}
+use mlp_rate::train_samples_per_s;
 
 /// Seconds to stream every row of `ds` (all columns, batches of 256, no shuffle).
 fn stream_seconds(ds: &Dataset) -> f64 {
@@ -124,8 +110,8 @@ fn main() {
         bytes as f64 / 1e6 / sr,
         sl / sr
     );
-    let a = train_samples_per_s(&dl, steps);
-    let b = train_samples_per_s(&dr, steps);
+    let a = train_samples_per_s(&dl, steps, false);
+    let b = train_samples_per_s(&dr, steps, false);
     println!("trainer from local disk:  {a:.0} samples/s");
     println!("trainer from the store:   {b:.0} samples/s");
     println!("ratio store/local disk: {:.3} (target >= 0.9)", b / a);

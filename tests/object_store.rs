@@ -39,33 +39,20 @@ fn run(mut c: Command) -> Output {
     c.output().expect("run binary")
 }
 
-fn build_args(out: &str) -> Vec<String> {
-    [
-        "build",
-        "--model",
-        &fixture("fixtures/digits/digits_teacher.onnx"),
-        "--corpus",
-        &fixture("fixtures/digits/train.parquet"),
-        &fixture("fixtures/digits/holdout.parquet"),
-        "--holdout-from",
-        "1437",
-        "--label-column",
-        "label",
-        "-k",
-        "5",
-        "--temperatures",
-        "2,4",
-        "--feature",
-        "penult=hidden2:f16",
-        "--rows-per-shard",
-        "100",
-        "--quiet",
-        "--out",
-        out,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+/// The digits build of the other end-to-end tests, in shards of 100 rows; as job-array
+/// worker `worker` of 4 when given.
+fn build_args(out: &str, worker: Option<usize>) -> Vec<String> {
+    let mut a = common::digits_build_args(out);
+    a.extend(["--rows-per-shard".into(), "100".into()]);
+    if let Some(i) = worker {
+        a.extend([
+            "--num-workers".into(),
+            "4".into(),
+            "--worker-index".into(),
+            i.to_string(),
+        ]);
+    }
+    a
 }
 
 fn shard_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -91,9 +78,31 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let url = "s3://logits/datasets/digits";
 
+    // Large objects go up in parts (S3's multipart protocol, parts of 8 MiB) and arrive whole.
+    for (k, v) in moto.env() {
+        // SAFETY: this file holds one test, and nothing else of this process reads the
+        // environment concurrently; the variables point this process's client at moto.
+        unsafe { std::env::set_var(k, v) };
+    }
+    let big = tmp.path().join("big.bin");
+    let data: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&big, &data).expect("write");
+    let store = logits_store::Remote::open("s3://logits/objects").expect("open store");
+    assert_eq!(
+        store.upload("big.bin", &big).expect("upload"),
+        data.len() as u64
+    );
+    assert!(store.get("big.bin").expect("get").expect("exists") == data);
+    assert!(store.copy_new("big.bin", "copy.bin").expect("copy"));
+    assert!(
+        !store
+            .copy_new("big.bin", "copy.bin")
+            .expect("second copy refused")
+    );
+
     // The reference: one process, local disk.
     let local = tmp.path().join("local");
-    let o = common::logits_build(&build_args(&local.display().to_string()));
+    let o = common::logits_build(&build_args(&local.display().to_string(), None));
     assert!(o.status.success(), "{}", text(&o));
 
     // Four workers at once; worker 1 dies after uploading shard 5 (before making it final),
@@ -106,14 +115,7 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
     ];
     let workers: Vec<(usize, Child)> = (0..4)
         .map(|i| {
-            let mut args = build_args(url);
-            args.extend([
-                "--num-workers".into(),
-                "4".into(),
-                "--worker-index".into(),
-                i.to_string(),
-            ]);
-            let mut c = bin("logits-build", port, &args);
+            let mut c = bin("logits-build", port, &build_args(url, Some(i)));
             c.env("LOGITS_STAGING_DIR", tmp.path().join("staging"));
             if let Some(f) = faults[i] {
                 c.env("LOGITS_FAULT", f);
@@ -148,14 +150,7 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
     assert!(text(&o).contains("part-00005.parquet"), "{}", text(&o));
     // The killed workers run again and skip what they had finished.
     for i in [1, 2] {
-        let mut args = build_args(url);
-        args.extend([
-            "--num-workers".into(),
-            "4".into(),
-            "--worker-index".into(),
-            i.to_string(),
-        ]);
-        let o = run(bin("logits-build", port, &args));
+        let o = run(bin("logits-build", port, &build_args(url, Some(i))));
         assert!(o.status.success(), "re-run of worker {i}: {}", text(&o));
     }
     let o = run(bin("logits-build", port, &["merge".into(), url.into()]));

@@ -18,27 +18,7 @@ fn dataset() -> &'static Path {
     &DS.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("digits");
-        let o = common::logits_build(&[
-            "build",
-            "--model",
-            &fixture("fixtures/digits/digits_teacher.onnx"),
-            "--corpus",
-            &fixture("fixtures/digits/train.parquet"),
-            &fixture("fixtures/digits/holdout.parquet"),
-            "--holdout-from",
-            "1437",
-            "--label-column",
-            "label",
-            "-k",
-            "5",
-            "--temperatures",
-            "2,4",
-            "--feature",
-            "penult=hidden2:f16",
-            "--quiet",
-            "--out",
-            &out.display().to_string(),
-        ]);
+        let o = common::logits_build(&common::digits_build_args(&out.display().to_string()));
         assert!(o.status.success(), "{}", text(&o));
         (dir, out)
     })

@@ -17,6 +17,36 @@ pub fn fixture(p: &str) -> String {
     root().join(p).display().to_string()
 }
 
+/// `logits-build build` arguments for the digits dataset most end-to-end tests train on: the
+/// train and holdout corpus (held out from row 1437), top-5 with logZ at T = 2, 4, a teacher
+/// feature, labels, written to `out`.
+pub fn digits_build_args(out: &str) -> Vec<String> {
+    [
+        "build",
+        "--model",
+        &fixture("fixtures/digits/digits_teacher.onnx"),
+        "--corpus",
+        &fixture("fixtures/digits/train.parquet"),
+        &fixture("fixtures/digits/holdout.parquet"),
+        "--holdout-from",
+        "1437",
+        "--label-column",
+        "label",
+        "-k",
+        "5",
+        "--temperatures",
+        "2,4",
+        "--feature",
+        "penult=hidden2:f16",
+        "--quiet",
+        "--out",
+        out,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// stdout and stderr of a finished command, for assertion messages.
 pub fn text(o: &Output) -> String {
     format!(

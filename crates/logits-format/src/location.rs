@@ -32,9 +32,7 @@ use parquet::file::reader::{ChunkReader, Length};
 
 use crate::error::{FormatError, Result};
 use crate::manifest::{MANIFEST_FILE, Manifest};
-use crate::writer::{
-    BUILD_DIR, DONE_DIR, DRAFT_FILE, ShardRecord, assemble, hex, identity, shard_path,
-};
+use crate::writer::{BUILD_DIR, DONE_DIR, DRAFT_FILE, ShardRecord, assemble, hex, identity};
 
 /// The store prefix a command-line path names, or `None` for a local path.
 pub fn remote_for(root: &Path) -> Result<Option<Remote>> {
@@ -206,13 +204,7 @@ pub fn read_records(r: &Remote) -> Result<BTreeMap<u32, ShardRecord>> {
             continue;
         }
         let Some(b) = r.get(&name)? else { continue };
-        let p = at(r, &name);
-        let rec: ShardRecord =
-            serde_json::from_slice(&b).map_err(|e| FormatError::MalformedManifest {
-                path: p.clone(),
-                message: e.to_string(),
-            })?;
-        crate::manifest::check_relative_path(&p, &rec.entry.path)?;
+        let rec = crate::writer::parse_record(&at(r, &name), &b)?;
         out.insert(rec.index, rec);
     }
     Ok(out)
@@ -396,21 +388,12 @@ fn check_downloaded(
 pub fn commit(r: &Remote, plan_shards: Option<u32>) -> Result<Manifest> {
     let draft = read_draft(r)?;
     let records = read_records(r)?;
-    if let Some(n) = plan_shards {
-        let missing: Vec<u32> = (0..n).filter(|i| !records.contains_key(i)).collect();
-        if !missing.is_empty() {
-            let shown: Vec<String> = missing.iter().take(10).map(|i| shard_path(*i)).collect();
-            return Err(FormatError::OutputConflict {
-                path: PathBuf::from(r.url()),
-                message: format!(
-                    "{} of {n} shards are not complete ({}{}); run the missing workers before merging",
-                    missing.len(),
-                    shown.join(", "),
-                    if missing.len() > 10 { ", ..." } else { "" }
-                ),
-            });
-        }
-    }
+    crate::writer::check_plan_complete(
+        Path::new(r.url()),
+        &records,
+        plan_shards,
+        "run the missing workers",
+    )?;
     let expected = Schema::new(crate::schema::shard_schema(&draft).fields().clone());
     let recs: Vec<&ShardRecord> = records.values().collect();
     let next = AtomicUsize::new(0);

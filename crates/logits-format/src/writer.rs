@@ -354,16 +354,22 @@ pub fn read_records(root: &Path) -> Result<BTreeMap<u32, ShardRecord>> {
         if p.extension().and_then(|x| x.to_str()) != Some("json") {
             continue;
         }
-        let text = fs::read_to_string(&p).map_err(|err| FormatError::io(&p, err))?;
-        let rec: ShardRecord =
-            serde_json::from_str(&text).map_err(|err| FormatError::MalformedManifest {
-                path: p.clone(),
-                message: err.to_string(),
-            })?;
-        crate::manifest::check_relative_path(&p, &rec.entry.path)?;
+        let bytes = fs::read(&p).map_err(|err| FormatError::io(&p, err))?;
+        let rec = parse_record(&p, &bytes)?;
         out.insert(rec.index, rec);
     }
     Ok(out)
+}
+
+/// Parses a completion record read from `path` (a file or an object), checking its shard path.
+pub fn parse_record(path: &Path, bytes: &[u8]) -> Result<ShardRecord> {
+    let rec: ShardRecord =
+        serde_json::from_slice(bytes).map_err(|err| FormatError::MalformedManifest {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        })?;
+    crate::manifest::check_relative_path(path, &rec.entry.path)?;
+    Ok(rec)
 }
 
 fn remove_stale_temporaries(dir: &Path) -> Result<()> {
@@ -419,21 +425,12 @@ pub fn commit(root: &Path, plan_shards: Option<u32>) -> Result<Manifest> {
     }
     let draft = read_draft(root)?;
     let records = read_records(root)?;
-    if let Some(n) = plan_shards {
-        let missing: Vec<u32> = (0..n).filter(|i| !records.contains_key(i)).collect();
-        if !missing.is_empty() {
-            let shown: Vec<String> = missing.iter().take(10).map(|i| shard_path(*i)).collect();
-            return Err(FormatError::OutputConflict {
-                path: root.to_path_buf(),
-                message: format!(
-                    "{} of {n} shards are not complete ({}{}); run the missing workers (or --resume) before merging",
-                    missing.len(),
-                    shown.join(", "),
-                    if missing.len() > 10 { ", ..." } else { "" }
-                ),
-            });
-        }
-    }
+    check_plan_complete(
+        root,
+        &records,
+        plan_shards,
+        "run the missing workers (or --resume)",
+    )?;
     for rec in records.values() {
         let path = root.join(&rec.entry.path);
         let (bytes, sha) = file_sha256(&path)?;
@@ -453,6 +450,31 @@ pub fn commit(root: &Path, plan_shards: Option<u32>) -> Result<Manifest> {
     let build = root.join(BUILD_DIR);
     fs::remove_dir_all(&build).map_err(|e| FormatError::io(&build, e))?;
     Ok(manifest)
+}
+
+/// Refuses to merge while a shard of the plan (`plan_shards`, when known) has no completion
+/// record, naming the first missing ones; `todo` says what to run.
+pub(crate) fn check_plan_complete(
+    at: &Path,
+    records: &BTreeMap<u32, ShardRecord>,
+    plan_shards: Option<u32>,
+    todo: &str,
+) -> Result<()> {
+    let Some(n) = plan_shards else { return Ok(()) };
+    let missing: Vec<u32> = (0..n).filter(|i| !records.contains_key(i)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = missing.iter().take(10).map(|i| shard_path(*i)).collect();
+    Err(FormatError::OutputConflict {
+        path: at.to_path_buf(),
+        message: format!(
+            "{} of {n} shards are not complete ({}{}); {todo} before merging",
+            missing.len(),
+            shown.join(", "),
+            if missing.len() > 10 { ", ..." } else { "" }
+        ),
+    })
 }
 
 /// Size and sha256 (lowercase hex) of a file, streamed.

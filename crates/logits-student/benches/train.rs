@@ -16,7 +16,9 @@ use std::time::Instant;
 
 use logits_format::Dataset;
 use logits_format::synth;
-use logits_student::config::TrainConfig;
+#[path = "common/mlp_rate.rs"]
+mod mlp_rate;
+use mlp_rate::train_samples_per_s;
 use ndarray::Array2;
 use ndarray::linalg::general_mat_mul;
 
@@ -57,24 +59,6 @@ fn gemm_seconds_per_step(reps: usize) -> f64 {
     }
     std::hint::black_box(&o);
     t.elapsed().as_secs_f64() / reps as f64
-}
-
-/// Samples/s of a training run (steady state: metrics windows after the first).
-fn train_samples_per_s(ds: &Dataset, steps: u64, in_memory: bool) -> f64 {
-    let mut cfg = TrainConfig::default();
-    cfg.model.hidden = vec![H, H];
-    cfg.data.batch_size = B;
-    cfg.data.steps = Some(steps);
-    cfg.data.in_memory = in_memory;
-    cfg.run.log_every = 5;
-    let out = tempfile::tempdir().expect("tempdir");
-    let mut rates = Vec::new();
-    logits_student::train::train(ds, &cfg, out.path(), false, None, &mut |_, _, line| {
-        rates.push(line["samples_per_s"].as_f64().unwrap_or(0.0));
-    })
-    .expect("train");
-    let steady = &rates[1.min(rates.len().saturating_sub(1))..];
-    steady.iter().sum::<f64>() / steady.len().max(1) as f64
 }
 
 fn main() {
