@@ -218,36 +218,53 @@ pub fn logsumexp(z: &[f32], t: f64) -> f64 {
     logsumexp_from_max(z, m, t)
 }
 
-/// The `n` largest entries of `z` as (id, logit), by descending logit, ties to the lower id.
-/// NaN must have been excluded by the caller.
-pub fn top_n(z: &[f32], n: usize) -> Vec<(u32, f32)> {
+/// The `n` largest entries of `z` as (id, logit), by descending logit, ties to the lower id;
+/// `None` when an entry is NaN or infinite. One pass: the finiteness check rides along the
+/// candidate scan, so the row is read from memory once for both.
+pub fn top_n(z: &[f32], n: usize) -> Option<Vec<(u32, f32)>> {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
         return unsafe { top_n_avx2(z, n) };
     }
-    top_n_lanes(z, n, |c, th| c.iter().fold(false, |a, &x| a | (x >= th)))
+    let mut ok = true;
+    let top = top_n_lanes(z, n, |c, th| {
+        ok &= c.iter().fold(true, |a, &x| a & (x.abs() <= f32::MAX));
+        c.iter().fold(false, |a, &x| a | (x >= th))
+    });
+    ok.then_some(top).filter(|_| rest_finite(z))
 }
 
-/// [`top_n_lanes`] compiled for AVX2, where the lane scan is one compare and mask per lane.
+/// True when the entries after the last full lane are finite.
+fn rest_finite(z: &[f32]) -> bool {
+    z.as_chunks::<LANES>().1.iter().all(|x| x.is_finite())
+}
+
+/// [`top_n_lanes`] with AVX2: one compare and mask per lane for the scan and the check.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn top_n_avx2(z: &[f32], n: usize) -> Vec<(u32, f32)> {
+unsafe fn top_n_avx2(z: &[f32], n: usize) -> Option<Vec<(u32, f32)>> {
     use std::arch::x86_64::*;
-    top_n_lanes(z, n, |c, th| {
+    let mut ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let big = _mm256_set1_ps(f32::MAX);
+    let top = top_n_lanes(z, n, |c, th| {
         // SAFETY: `c` is eight readable f32s; loadu has no alignment requirement.
         let x = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+        // |x| <= MAX is false for NaN and both infinities.
+        ok = _mm256_and_ps(ok, _mm256_cmp_ps::<_CMP_LE_OQ>(_mm256_and_ps(x, abs), big));
         _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(th))) != 0
-    })
+    });
+    (_mm256_movemask_ps(ok) == 0xff && rest_finite(z)).then_some(top)
 }
 
-/// The candidate-buffer scan of [`top_n`]; `any_at_least(lane, t)` says whether an entry of
-/// the lane is ≥ t.
+/// The candidate-buffer scan of [`top_n`]; `lane(c, t)` is called on every full lane and says
+/// whether an entry of it is ≥ t.
 #[inline(always)]
 fn top_n_lanes(
     z: &[f32],
     n: usize,
-    any_at_least: impl Fn(&[f32; LANES], f32) -> bool,
+    mut lane: impl FnMut(&[f32; LANES], f32) -> bool,
 ) -> Vec<(u32, f32)> {
     let n = n.min(z.len());
     if n == 0 {
@@ -272,7 +289,8 @@ fn top_n_lanes(
     let (chunks, rest) = z.as_chunks::<LANES>();
     let mut at = 0;
     for c in chunks {
-        if buf.len() < n || any_at_least(c, threshold) {
+        let any = lane(c, threshold);
+        if any || buf.len() < n {
             for (j, &x) in c.iter().enumerate() {
                 push(at + j, x, &mut buf, &mut threshold);
             }
@@ -296,9 +314,13 @@ pub fn position_targets(
     adaptive: Option<(usize, f64)>,
     temps: &[f64],
 ) -> Option<PositionTargets> {
-    let m = finite_max(z)?;
+    // The largest kept logit is the maximum; only without top-k is a separate pass needed.
+    let mut top = top_n(z, k)?;
+    let m = match top.first() {
+        Some(e) => e.1,
+        None => finite_max(z)?,
+    };
     let logz = logsumexp_from_max(z, m, 1.0);
-    let mut top = top_n(z, k);
     if let Some((min_k, mass)) = adaptive {
         let mut cum = 0.0f64;
         let mut keep = top.len();
@@ -372,7 +394,7 @@ mod tests {
                     z.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
                 all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
                 all.truncate(n.min(len));
-                assert_eq!(top_n(&z, n), all, "len {len} n {n}");
+                assert_eq!(top_n(&z, n), Some(all), "len {len} n {n}");
             }
         }
     }
@@ -402,6 +424,11 @@ mod tests {
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let mut w = z.clone();
             w[513] = bad;
+            assert_eq!(finite_max(&w), None);
+            assert_eq!(top_n(&w, 5), None);
+            w[513] = 0.0;
+            w[1000] = bad; // in the remainder
+            assert_eq!(top_n(&w, 5), None);
             assert_eq!(finite_max(&w), None);
         }
     }

@@ -753,7 +753,7 @@ fn run_pipeline(
     // Sessions are created up front so a model ONNX Runtime refuses fails before any thread.
     let mut sessions = Vec::new();
     for _ in 0..o.sessions {
-        sessions.push(plan.teacher.session(o.intra_threads)?);
+        sessions.push(plan.teacher.build_session(o.intra_threads)?);
     }
     let rows = corpus.rows();
     let per = o.rows_per_shard;

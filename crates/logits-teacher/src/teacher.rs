@@ -58,8 +58,19 @@ impl TeacherModel {
         })
     }
 
-    /// A new ONNX Runtime session over the (rewritten) model.
+    /// A new ONNX Runtime session over the (rewritten) model, with ONNX Runtime's defaults.
     pub fn session(&self, intra_threads: usize) -> Result<ort::session::Session> {
+        self.session_with(intra_threads, true)
+    }
+
+    /// A session for the build pipeline: its intra-op threads sleep instead of spinning
+    /// between operators, because the build's own post-processing threads need those cores
+    /// (measured 6% faster end to end at 1 session × 2 threads on 2 cores; no change otherwise).
+    pub fn build_session(&self, intra_threads: usize) -> Result<ort::session::Session> {
+        self.session_with(intra_threads, false)
+    }
+
+    fn session_with(&self, intra_threads: usize, spin: bool) -> Result<ort::session::Session> {
         let env = runtime::environment()?;
         let err = |e: String| TeacherError::Session {
             model: self.path.clone(),
@@ -77,6 +88,8 @@ impl TeacherModel {
             .with_inter_threads(1)
             .map_err(|e| err(e.to_string()))?
             .with_memory_pattern(false)
+            .map_err(|e| err(e.to_string()))?
+            .with_intra_op_spinning(spin)
             .map_err(|e| err(e.to_string()))?
             .with_execution_providers([cpu])
             .map_err(|e| err(e.to_string()))?;
