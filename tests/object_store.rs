@@ -321,5 +321,16 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
         v["manifest"]["shards"], ml["shards"],
         "the Slurm script's build differs"
     );
+
+    // A store that cannot be reached: the message names the object and says the cause once.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let o = run(bin("logits-inspect", dead, &["s3://logits/none".into()]));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("s3://logits/none/manifest.json"), "{t}");
+    assert_eq!(t.matches("Connection refused").count(), 1, "{t}");
     drop(moto);
 }

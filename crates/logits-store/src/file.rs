@@ -58,7 +58,7 @@ impl Pending {
         let url = self.url;
         match runtime()?.block_on(self.task) {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(source)) => Err(StoreError::Store { url, source }),
+            Ok(Err(error)) => Err(StoreError::Store { url, error }),
             Err(e) => Err(StoreError::Location {
                 url,
                 message: format!("range read task failed: {e}"),

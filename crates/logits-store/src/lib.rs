@@ -41,13 +41,13 @@ pub enum StoreError {
         message: String,
     },
     /// The store refused or failed a request.
-    #[error("{url}: {source}")]
+    #[error("{url}: {}", distinct_chain(error))]
     Store {
         /// The object or prefix the request was for.
         url: String,
-        /// The store's error.
-        #[source]
-        source: object_store::Error,
+        /// The store's error. Not exposed as the error's source: its own text already repeats
+        /// its causes, so the message is built once here, each cause said once.
+        error: object_store::Error,
     },
     /// An object that should be there is not.
     #[error("{url}: not found")]
@@ -64,6 +64,22 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// An error and its causes joined by ": ", leaving out a cause whose text is already there
+/// (object_store's errors repeat their causes in their own text, several levels deep).
+fn distinct_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// Result type of this crate.

@@ -152,9 +152,9 @@ impl Remote {
             object_store::Error::NotFound { .. } => StoreError::NotFound {
                 url: self.url_of(rel),
             },
-            source => StoreError::Store {
+            error => StoreError::Store {
                 url: self.url_of(rel),
-                source,
+                error,
             },
         }
     }
