@@ -150,9 +150,17 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
     assert!(text(&o).contains("part-00005.parquet"), "{}", text(&o));
     // The killed workers run again and skip what they had finished.
     for i in [1, 2] {
-        let o = run(bin("logits-build", port, &build_args(url, Some(i))));
+        let mut c = bin("logits-build", port, &build_args(url, Some(i)));
+        c.env("LOGITS_STAGING_DIR", tmp.path().join("staging"));
+        let o = run(c);
         assert!(o.status.success(), "re-run of worker {i}: {}", text(&o));
     }
+    // The killed workers' staging folders were removed by the re-runs; the others by their
+    // own processes.
+    let left: Vec<_> = std::fs::read_dir(tmp.path().join("staging"))
+        .expect("staging")
+        .collect();
+    assert!(left.is_empty(), "staging left behind: {left:?}");
     let o = run(bin("logits-build", port, &["merge".into(), url.into()]));
     assert!(o.status.success(), "merge: {}", text(&o));
 

@@ -226,7 +226,34 @@ pub fn staging_dir(url: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("logits-staging"));
     let id = hex(&<sha2::Sha256 as sha2::Digest>::digest(url.as_bytes()));
+    remove_dead_staging(&base, &id[..12]);
     base.join(format!("{}-{}", &id[..12], std::process::id()))
+}
+
+/// Removes staging folders for the same output left by processes that are gone (a killed
+/// worker cannot clean up after itself). Where process ids cannot be checked (no `/proc`),
+/// nothing is removed.
+fn remove_dead_staging(base: &Path, id: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(id))
+            .and_then(|n| n.strip_prefix('-'))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The store-side checks of [`crate::DatasetWriter::create`]: refuses a store prefix holding
@@ -242,7 +269,10 @@ pub fn prepare(
         message: message.to_string(),
     };
     if mode == CreateMode::Overwrite {
-        r.delete_all("")?;
+        // What a dataset consists of, as on disk: other objects under the prefix are not ours.
+        r.delete(MANIFEST_FILE)?;
+        r.delete_all(BUILD_DIR)?;
+        r.delete_all(crate::writer::SHARD_DIR)?;
     }
     if let Some(b) = r.get(MANIFEST_FILE)? {
         let same = Manifest::from_json(&at(r, MANIFEST_FILE), &String::from_utf8_lossy(&b))

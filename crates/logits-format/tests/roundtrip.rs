@@ -667,6 +667,10 @@ fn a_dataset_in_a_store_reads_and_validates_like_a_local_one() {
         msg.contains(&format!("{url}/{}", mr.shards[1].path)),
         "{msg}"
     );
+    // Overwriting replaces the dataset and nothing else under the prefix.
+    fs::write(store.path().join("ds/NOTES.txt"), "not a dataset file").unwrap();
+    synth::write_dataset(&spec, Path::new(&url), 20, opts()).unwrap();
+    assert!(store.path().join("ds/NOTES.txt").exists());
     // Building the same location again without --overwrite is refused.
     let e = DatasetWriter::create(Path::new(&url), ml.clone(), opts(), CreateMode::New)
         .unwrap_err()
