@@ -330,6 +330,114 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
         "the Slurm script's build differs"
     );
 
+    // A per-token dataset from a text corpus and a tokenizer that are themselves in the store,
+    // and a language-model student trained from it in place.
+    for f in ["train.jsonl", "tokenizer.json"] {
+        store
+            .upload(f, &common::root().join("fixtures/tinylm").join(f))
+            .expect("upload input");
+    }
+    let lm_url = "s3://logits/datasets/tinylm";
+    let args: Vec<String> = [
+        "build",
+        "--model",
+        &fixture("fixtures/tinylm/tiny_lm.onnx"),
+        "--tokenizer",
+        "s3://logits/objects/tokenizer.json",
+        "--corpus",
+        "s3://logits/objects/train.jsonl",
+        "--window",
+        "32",
+        "-k",
+        "16",
+        "--holdout-from",
+        "300",
+        "--rows-per-shard",
+        "100",
+        "--quiet",
+        "--out",
+        lm_url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut c = bin("logits-build", port, &args);
+    c.env("LOGITS_CACHE_DIR", tmp.path().join("fetched"));
+    let o = run(c);
+    assert!(
+        o.status.success(),
+        "LM build from store inputs: {}",
+        text(&o)
+    );
+    let o = run(bin(
+        "logits-inspect",
+        port,
+        &[lm_url.into(), "--json".into()],
+    ));
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect json");
+    assert_eq!(
+        v["manifest"]["corpus"]["sources"][0]["path"], "s3://logits/objects/train.jsonl",
+        "the manifest names the corpus as given"
+    );
+    let run_dir = tmp.path().join("lm-run");
+    let args: Vec<String> = [
+        "train",
+        lm_url,
+        "--out",
+        &run_dir.display().to_string(),
+        "--quiet",
+        "--lm-dim",
+        "16",
+        "--lm-layers",
+        "1",
+        "--lm-heads",
+        "2",
+        "--batch-size",
+        "8",
+        "--steps",
+        "4",
+        "-T",
+        "1",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let o = run(bin("logits-train", port, &args));
+    assert!(
+        o.status.success(),
+        "LM training from the store: {}",
+        text(&o)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("report json");
+    assert!(
+        r["evaluation"]["perplexity"]
+            .as_f64()
+            .is_some_and(f64::is_finite),
+        "{r}"
+    );
+    let args: Vec<String> = [
+        "generate",
+        "--student",
+        &run_dir.join("student.safetensors").display().to_string(),
+        "--tokenizer",
+        "s3://logits/objects/tokenizer.json",
+        "--prompt",
+        "The module",
+        "--max-tokens",
+        "4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let o = run(bin("logits-train", port, &args));
+    assert!(
+        o.status.success(),
+        "generate with a tokenizer in the store: {}",
+        text(&o)
+    );
+
     // A store that cannot be reached: the message names the object and says the cause once.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

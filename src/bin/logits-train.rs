@@ -59,7 +59,7 @@ struct GenerateArgs {
     /// The student.safetensors of a language-model run.
     #[arg(long)]
     student: PathBuf,
-    /// The tokenizer.json of the dataset it was trained from.
+    /// The tokenizer.json of the dataset it was trained from (a path or a URL).
     #[arg(long)]
     tokenizer: PathBuf,
     /// The text to continue.
@@ -985,7 +985,7 @@ fn lm_evaluate(
 
 fn generate_cmd(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let (gpt, _) = logits_student::lm::load(&a.student)?;
-    let tok = tokenizers::Tokenizer::from_file(&a.tokenizer)
+    let tok = tokenizers::Tokenizer::from_file(logits::local_input(&a.tokenizer)?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.tokenizer.display()))?;
     let enc = tok
         .encode(a.prompt.as_str(), false)
