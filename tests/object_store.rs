@@ -55,6 +55,11 @@ fn build_args(out: &str, worker: Option<usize>) -> Vec<String> {
     a
 }
 
+/// Command-line arguments as owned strings.
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
 fn shard_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("shards"))
         .expect("shards")
@@ -219,7 +224,7 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
     // Training reads the dataset in place (with a range cache) and ends exactly where training
     // from the local copy ends.
     let train = |ds: &str, out: &str, cache: Option<&Path>| {
-        let args: Vec<String> = [
+        let args = owned(&[
             "train",
             ds,
             "--out",
@@ -236,10 +241,7 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
             "--seed",
             "3",
             "--json",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        ]);
         let mut c = bin("logits-train", port, &args);
         if let Some(d) = cache {
             c.env("LOGITS_CACHE_DIR", d).env("LOGITS_CACHE_SIZE", "64M");
@@ -338,7 +340,7 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
             .expect("upload input");
     }
     let lm_url = "s3://logits/datasets/tinylm";
-    let args: Vec<String> = [
+    let args = owned(&[
         "build",
         "--model",
         &fixture("fixtures/tinylm/tiny_lm.onnx"),
@@ -357,10 +359,7 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
         "--quiet",
         "--out",
         lm_url,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let mut c = bin("logits-build", port, &args);
     c.env("LOGITS_CACHE_DIR", tmp.path().join("fetched"));
     let o = run(c);
@@ -381,7 +380,7 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
         "the manifest names the corpus as given"
     );
     let run_dir = tmp.path().join("lm-run");
-    let args: Vec<String> = [
+    let args = owned(&[
         "train",
         lm_url,
         "--out",
@@ -400,10 +399,7 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
         "-T",
         "1",
         "--json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let o = run(bin("logits-train", port, &args));
     assert!(
         o.status.success(),
@@ -417,7 +413,7 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
             .is_some_and(f64::is_finite),
         "{r}"
     );
-    let args: Vec<String> = [
+    let args = owned(&[
         "generate",
         "--student",
         &run_dir.join("student.safetensors").display().to_string(),
@@ -427,10 +423,7 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
         "The module",
         "--max-tokens",
         "4",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let o = run(bin("logits-train", port, &args));
     assert!(
         o.status.success(),
