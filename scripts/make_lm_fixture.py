@@ -38,7 +38,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from fixture_text import train_bpe, write_jsonl  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "fixtures" / "gpt2"
@@ -175,18 +178,9 @@ def main():
     torch.set_num_threads(max(1, torch.get_num_threads()))
     OUT.mkdir(parents=True, exist_ok=True)
     train_docs, hold_docs = documents()
-    for name, part in [("train.jsonl", train_docs), ("holdout.jsonl", hold_docs)]:
-        with open(OUT / name, "w") as f:
-            for d in part:
-                f.write(json.dumps({"text": d}) + "\n")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<bos>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(train_docs, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)])
+    write_jsonl(OUT / "train.jsonl", train_docs)
+    write_jsonl(OUT / "holdout.jsonl", hold_docs)
+    tok = train_bpe(train_docs, VOCAB)
     assert tok.get_vocab_size() == VOCAB, tok.get_vocab_size()
     enc = lambda docs: [e.ids for e in tok.encode_batch(docs)]  # no padding yet: real tokens
     train_stream, n_train = windows(enc(train_docs), CTX)

@@ -27,7 +27,10 @@ import sys
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from fixture_text import train_bpe, write_jsonl  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "fixtures" / "tinylm"
@@ -110,18 +113,9 @@ def main():
     cut = int(len(docs) * 0.9)
     train = [docs[i] for i in sorted(order[:cut])]
     hold = [docs[i] for i in sorted(order[cut:])]
-    for name, part in [("train.jsonl", train), ("holdout.jsonl", hold)]:
-        with open(OUT / name, "w") as f:
-            for d in part:
-                f.write(json.dumps({"text": d}) + "\n")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<bos>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(train, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)])
+    write_jsonl(OUT / "train.jsonl", train)
+    write_jsonl(OUT / "holdout.jsonl", hold)
+    tok = train_bpe(train, VOCAB)
     tok.enable_padding(pad_id=0, pad_token="<pad>")
     tok.save(str(OUT / "tokenizer.json"))
     vocab = tok.get_vocab_size()
