@@ -22,12 +22,12 @@ use serde_json::Value;
 
 use crate::config::{FeatureKind, TrainConfig};
 use crate::data::{Needs, TeacherRows};
-use crate::error::{Result, StudentError, io};
+use crate::error::{Result, StudentError};
 use crate::losses::{feature, response};
 use crate::mlp::Linear;
 use crate::optim::Optimizer;
 use crate::params::Params;
-use crate::train::{Recorder, RunDir, Split, Terms, check_against, load_checkpoint, needs};
+use crate::train::{Split, Terms, check_against, needs};
 use crate::transformer::{Gpt, GptSpec, Tokens};
 
 /// A batch of token windows with their per-position targets.
@@ -627,27 +627,12 @@ pub fn train(
         cfg.optim.clip_norm,
         &fresh,
     );
-    let dir = RunDir(out.to_path_buf());
-    std::fs::create_dir_all(dir.checkpoints()).map_err(io(dir.checkpoints()))?;
-    let latest = dir.latest()?;
-    if latest.is_some() && !resume {
-        return Err(StudentError::Config(format!(
-            "{} already holds a training run; pass --resume to continue it or choose another output directory",
-            out.display()
-        )));
-    }
-    let (mut s, mut epoch, mut skip) = (fresh.clone(), 0u64, 0u64);
-    let mut resumed_at = None;
-    if resume && let Some(d) = &latest {
-        let st = load_checkpoint(d, &mut s, &mut opt)?;
-        crate::train::refuse_foreign(d, &st, m, cfg)?;
-        epoch = st.epoch;
-        skip = st.batch_in_epoch;
-        resumed_at = Some(st.step);
-    }
-    let mut rec = Recorder::open(
+    let (dir, latest) = crate::train::open_run_dir(out, resume)?;
+    let (mut s, (epoch, skip), mut rec) = crate::train::start_run(
         &dir,
-        resumed_at,
+        latest.as_deref(),
+        &fresh,
+        &mut opt,
         cfg,
         m,
         meta,

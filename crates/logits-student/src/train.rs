@@ -413,6 +413,48 @@ pub(crate) fn save_checkpoint(
     write_atomic(&dir.checkpoints().join("latest"), name.as_bytes())
 }
 
+/// Opens the run directory `out` and finds its latest checkpoint, refusing a directory that
+/// holds a run unless resuming.
+pub(crate) fn open_run_dir(out: &Path, resume: bool) -> Result<(RunDir, Option<PathBuf>)> {
+    let dir = RunDir(out.to_path_buf());
+    std::fs::create_dir_all(dir.checkpoints()).map_err(io(dir.checkpoints()))?;
+    let latest = dir.latest()?;
+    if latest.is_some() && !resume {
+        return Err(StudentError::Config(format!(
+            "{} already holds a training run; pass --resume to continue it or choose another output directory",
+            out.display()
+        )));
+    }
+    Ok((dir, latest))
+}
+
+/// Where a run starts: `fresh`, or the checkpoint `latest` (student, optimizer state, epoch and
+/// batch within it) after checking it belongs to this dataset and configuration; with the
+/// recorder of metrics and checkpoints opened accordingly.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn start_run<'a, S: Params + Clone>(
+    dir: &RunDir,
+    latest: Option<&Path>,
+    fresh: &S,
+    opt: &mut Optimizer,
+    cfg: &'a TrainConfig,
+    m: &'a logits_format::Manifest,
+    meta: HashMap<String, String>,
+    counts: (u64, u64, u64),
+    rate_key: &'static str,
+) -> Result<(S, (u64, u64), Recorder<'a>)> {
+    let mut s = fresh.clone();
+    let (mut at, mut resumed_at) = ((0u64, 0u64), None);
+    if let Some(d) = latest {
+        let st = load_checkpoint(d, &mut s, opt)?;
+        refuse_foreign(d, &st, m, cfg)?;
+        at = (st.epoch, st.batch_in_epoch);
+        resumed_at = Some(st.step);
+    }
+    let rec = Recorder::open(dir, resumed_at, cfg, m, meta, counts, rate_key)?;
+    Ok((s, at, rec))
+}
+
 /// Loads the checkpoint in `d` into `model` (same shape) and `opt`; returns its state.
 pub(crate) fn load_checkpoint(
     d: &Path,
@@ -652,15 +694,7 @@ pub fn train(
         teacher_sha256: m.teacher.sha256.clone(),
     };
     let meta = student::metadata(&info)?;
-    let dir = RunDir(out.to_path_buf());
-    std::fs::create_dir_all(dir.checkpoints()).map_err(io(dir.checkpoints()))?;
-    let latest = dir.latest()?;
-    if latest.is_some() && !resume {
-        return Err(StudentError::Config(format!(
-            "{} already holds a training run; pass --resume to continue it or choose another output directory",
-            out.display()
-        )));
-    }
+    let (dir, latest) = open_run_dir(out, resume)?;
     let train_rows = count_rows(ds, split.train.clone())?;
     if train_rows == 0 {
         return Err(StudentError::Dataset {
@@ -679,20 +713,11 @@ pub fn train(
         cfg.optim.clip_norm,
         &fresh,
     );
-    let (mut s, mut epoch, mut skip) = (fresh.clone(), 0u64, 0u64);
-    let mut resumed_at = None;
-    if resume && let Some(d) = &latest {
-        let mut ls = fresh.clone();
-        let st = load_checkpoint(d, &mut ls, &mut opt)?;
-        refuse_foreign(d, &st, m, cfg)?;
-        s = ls;
-        epoch = st.epoch;
-        skip = st.batch_in_epoch;
-        resumed_at = Some(st.step);
-    }
-    let mut rec = Recorder::open(
+    let (mut s, (epoch, skip), mut rec) = start_run(
         &dir,
-        resumed_at,
+        latest.as_deref(),
+        &fresh,
+        &mut opt,
         cfg,
         m,
         meta,
