@@ -1,12 +1,13 @@
 //! The build pipeline: corpus → teacher → targets and features → shards.
 //!
-//! Three stages overlap, joined by bounded channels so memory does not grow with the corpus:
+//! Four stages overlap, joined by bounded channels so memory does not grow with the corpus:
 //! a reader thread cuts each shard's row range into batches; `sessions` worker threads each own
-//! one ONNX Runtime session (ONNX Runtime's advice: one session per thread), run batches and
-//! turn outputs into targets and features (rayon over rows); the calling thread puts results
-//! back in order and writes shards through the format library. The shard plan (rows per shard)
-//! and the batch cut within a shard depend only on the options, so the output is identical
-//! whatever the number of sessions or threads.
+//! one ONNX Runtime session (ONNX Runtime's advice: one session per thread) and only run
+//! batches; as many post-processing workers turn each batch's outputs into targets and
+//! features (rayon over rows) while its session already runs the next batch; the calling
+//! thread puts results back in order and writes shards through the format library. The shard
+//! plan (rows per shard) and the batch cut within a shard depend only on the options, so the
+//! output is identical whatever the number of sessions or threads.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -730,6 +731,9 @@ pub fn merge(out: &std::path::Path, plan_shards: Option<u32>) -> Result<Manifest
     Ok(writer::commit(out, Some(plan))?)
 }
 
+/// An input value for a session run.
+type SessionInput = ort::session::SessionInputValue<'static>;
+
 struct Job {
     shard: u32,
     seq: u32,
@@ -737,6 +741,14 @@ struct Job {
 }
 
 type Done = (u32, u32, Result<(RowBatch, Vec<u64>)>);
+
+/// A batch the teacher has run on, holding the outputs it still has to be turned into rows.
+/// The outputs are owned values, so a post-processing thread works on them while the session
+/// runs the next batch.
+struct Ran {
+    batch: Payload,
+    outputs: HashMap<String, ort::value::DynValue>,
+}
 
 fn run_pipeline(
     o: &BuildOptions,
@@ -759,6 +771,11 @@ fn run_pipeline(
     let per = o.rows_per_shard;
     let (job_tx, job_rx) = sync_channel::<Job>(2 * o.sessions);
     let job_rx = Arc::new(Mutex::new(job_rx));
+    // A rendezvous: a session hands its outputs to a free post-processing worker and runs the
+    // next batch, so at most two batches of outputs per session are alive (the largest buffers
+    // of a language-model build).
+    let (ran_tx, ran_rx) = sync_channel::<(u32, u32, Result<Ran>)>(0);
+    let ran_rx = Arc::new(Mutex::new(ran_rx));
     let (done_tx, done_rx) = sync_channel::<Done>(2 * o.sessions);
     let (count_tx, count_rx) = std::sync::mpsc::channel::<(u32, u32, Option<TeacherError>)>();
     std::thread::scope(|scope| {
@@ -785,9 +802,11 @@ fn run_pipeline(
                 }
             }
         });
-        for mut session in sessions {
+        // Sessions are borrowed, not moved: output values live in their session's memory, so
+        // every session outlives the post-processing workers that may still hold its outputs.
+        for session in sessions.iter_mut() {
             let rx = Arc::clone(&job_rx);
-            let tx = done_tx.clone();
+            let tx = ran_tx.clone();
             let plan = Arc::clone(plan);
             scope.spawn(move || {
                 loop {
@@ -796,11 +815,30 @@ fn run_pipeline(
                         Err(_) => return,
                     };
                     let Ok(job) = job else { return };
-                    let out = match job.batch {
-                        Payload::Tensor(b) => process(&plan, &mut session, b),
-                        Payload::Text(w) => process_text(&plan, &mut session, w),
+                    let ran = run_batch(&plan, session, job.batch);
+                    if tx.send((job.shard, job.seq, ran)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(ran_tx);
+        for _ in 0..o.sessions {
+            let rx = Arc::clone(&ran_rx);
+            let tx = done_tx.clone();
+            let plan = Arc::clone(plan);
+            scope.spawn(move || {
+                loop {
+                    let ran = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => return,
                     };
-                    if tx.send((job.shard, job.seq, out)).is_err() {
+                    let Ok((shard, seq, ran)) = ran else { return };
+                    let out = ran.and_then(|r| match r.batch {
+                        Payload::Tensor(b) => process(&plan, b, &r.outputs),
+                        Payload::Text(w) => process_text(&plan, w, &r.outputs),
+                    });
+                    if tx.send((shard, seq, out)).is_err() {
                         return;
                     }
                 }
@@ -878,7 +916,7 @@ fn corpus_mismatch(plan: &Plan, row: u64, msg: String) -> TeacherError {
 /// Shape and borrowed f32 data of a session output.
 fn output_f32<'a>(
     plan: &Plan,
-    outputs: &'a ort::session::SessionOutputs<'_>,
+    outputs: &'a HashMap<String, ort::value::DynValue>,
     name: &str,
 ) -> Result<(Vec<i64>, &'a [f32])> {
     let err = |message: String| TeacherError::Session {
@@ -894,18 +932,14 @@ fn output_f32<'a>(
     Ok((shape.iter().copied().collect(), data))
 }
 
-/// Runs one batch through the teacher and turns the outputs into a row batch.
-fn process(
-    plan: &Plan,
-    session: &mut ort::session::Session,
-    b: CorpusBatch,
-) -> Result<(RowBatch, Vec<u64>)> {
+/// The teacher's inputs for a batch of corpus rows, checked against the model's shapes.
+fn tensor_inputs(plan: &Plan, b: &CorpusBatch) -> Result<Vec<(String, SessionInput)>> {
     let n = b.row_ids.len();
     let sess_err = |e: String| TeacherError::Session {
         model: plan.teacher.path.clone(),
         message: e,
     };
-    let mut values: Vec<(String, ort::session::SessionInputValue<'static>)> = Vec::new();
+    let mut values: Vec<(String, SessionInput)> = Vec::new();
     for ip in &plan.inputs {
         let (offsets, flat) = b.inputs.get(&ip.name).ok_or_else(|| {
             TeacherError::Pipeline(format!("input {:?} missing from the batch", ip.name))
@@ -932,7 +966,7 @@ fn process(
         let dims: Vec<usize> = std::iter::once(n)
             .chain(ip.row_dims.clone().unwrap_or_else(|| vec![len0]))
             .collect();
-        let v: ort::session::SessionInputValue<'static> = match (flat, ip.float) {
+        let v: SessionInput = match (flat, ip.float) {
             (Flat::F32(v), true) => {
                 let a = ndarray::ArrayD::from_shape_vec(dims, v.clone())
                     .map_err(|e| TeacherError::Pipeline(e.to_string()))?;
@@ -970,9 +1004,47 @@ fn process(
         };
         values.push((ip.name.clone(), v));
     }
-    let outputs = session.run(values).map_err(|e| sess_err(e.to_string()))?;
+    Ok(values)
+}
+
+/// Runs one batch through the teacher, keeping the target and feature outputs for
+/// post-processing on another thread.
+fn run_batch(plan: &Plan, session: &mut ort::session::Session, batch: Payload) -> Result<Ran> {
+    let values = match &batch {
+        Payload::Tensor(b) => tensor_inputs(plan, b)?,
+        Payload::Text(w) => text_inputs(plan, w)?,
+    };
+    let sess_err = |message: String| TeacherError::Session {
+        model: plan.teacher.path.clone(),
+        message,
+    };
+    let mut run = session.run(values).map_err(|e| sess_err(e.to_string()))?;
+    let mut outputs = HashMap::new();
+    let names = std::iter::once(&plan.target).chain(plan.features.iter().map(|(f, _)| &f.tensor));
+    for name in names {
+        if !outputs.contains_key(name) {
+            let v = run
+                .remove(name)
+                .ok_or_else(|| sess_err(format!("no output {name:?}")))?;
+            outputs.insert(name.clone(), v);
+        }
+    }
+    Ok(Ran { batch, outputs })
+}
+
+/// Turns the teacher's outputs for a batch of corpus rows into a row batch.
+fn process(
+    plan: &Plan,
+    b: CorpusBatch,
+    outputs: &HashMap<String, ort::value::DynValue>,
+) -> Result<(RowBatch, Vec<u64>)> {
+    let n = b.row_ids.len();
+    let sess_err = |e: String| TeacherError::Session {
+        model: plan.teacher.path.clone(),
+        message: e,
+    };
     let extract = |name: &str| -> Result<(Vec<i64>, Vec<f32>)> {
-        output_f32(plan, &outputs, name).map(|(shape, data)| (shape, data.to_vec()))
+        output_f32(plan, outputs, name).map(|(shape, data)| (shape, data.to_vec()))
     };
     let (shape, mut logits) = extract(&plan.target)?;
     if shape.first() != Some(&(n as i64)) || logits.len() != n * plan.axis {
@@ -1000,7 +1072,6 @@ fn process(
         }
         feats.push(data);
     }
-    drop(outputs);
     let per_row: Vec<Result<Option<_>>> = (0..n)
         .into_par_iter()
         .map(|r| {
@@ -1127,13 +1198,8 @@ fn process(
     Ok((out, skipped))
 }
 
-/// Runs one batch of token windows through a language-model teacher: per-position targets for
-/// every real token, per-position or pooled features.
-fn process_text(
-    plan: &Plan,
-    session: &mut ort::session::Session,
-    windows: Vec<Window>,
-) -> Result<(RowBatch, Vec<u64>)> {
+/// The teacher's inputs for a batch of token windows, padded to the longest.
+fn text_inputs(plan: &Plan, windows: &[Window]) -> Result<Vec<(String, SessionInput)>> {
     let tp = plan
         .text
         .as_ref()
@@ -1153,7 +1219,7 @@ fn process_text(
             mask[r * l + p] = 1;
         }
     }
-    let tensor = |v: Vec<i64>| -> Result<ort::session::SessionInputValue<'static>> {
+    let tensor = |v: Vec<i64>| -> Result<SessionInput> {
         let a = ndarray::Array2::from_shape_vec((n, l), v)
             .map_err(|e| TeacherError::Pipeline(e.to_string()))?;
         Ok(ort::value::Tensor::from_array(a)
@@ -1173,13 +1239,33 @@ fn process_text(
     for z in &tp.zeros {
         values.push((z.clone(), tensor(vec![0; n * l])?));
     }
-    let outputs = session.run(values).map_err(|e| sess_err(e.to_string()))?;
+    Ok(values)
+}
+
+/// Turns a language-model teacher's outputs for a batch of token windows into a row batch:
+/// per-position targets for every real token, per-position or pooled features.
+fn process_text(
+    plan: &Plan,
+    windows: Vec<Window>,
+    outputs: &HashMap<String, ort::value::DynValue>,
+) -> Result<(RowBatch, Vec<u64>)> {
+    let tp = plan
+        .text
+        .as_ref()
+        .ok_or_else(|| TeacherError::Pipeline("text batch without a text plan".into()))?;
+    let sess_err = |e: String| TeacherError::Session {
+        model: plan.teacher.path.clone(),
+        message: e,
+    };
+    let n = windows.len();
+    let lens: Vec<usize> = windows.iter().map(|w| w.ids.len()).collect();
+    let l = lens.iter().copied().max().unwrap_or(0).max(1);
     let extract = |name: &str| -> Result<(Vec<i64>, Vec<f32>)> {
-        output_f32(plan, &outputs, name).map(|(shape, data)| (shape, data.to_vec()))
+        output_f32(plan, outputs, name).map(|(shape, data)| (shape, data.to_vec()))
     };
     // The vocabulary-sized output is read in place (no copy): it is the largest buffer of a
     // language-model build.
-    let (shape, raw) = output_f32(plan, &outputs, &plan.target)?;
+    let (shape, raw) = output_f32(plan, outputs, &plan.target)?;
     if shape != [n as i64, l as i64, plan.axis as i64] {
         return Err(sess_err(format!(
             "output {:?} has shape {shape:?}; expected [{n}, {l}, {}]",
