@@ -2,13 +2,16 @@
 //! model, batch size and threads, measured in the same run; and peak RSS of the build for a
 //! corpus 1x and 10x as large.
 //!
-//! Two teachers: the digits classifier fixture (per example), and a random language model with
-//! a 32,000-entry output axis (per token; made at run time by
-//! `scripts/make_tiny_lm_fixture.py --bench-model`, so the Python fixture environment is
-//! needed), where top-k and logZ over the vocabulary cost real time.
+//! Teachers: the digits classifier fixture (per example); and, per token over a 32,000-entry
+//! vocabulary, two random GPT-style language models written at run time by the student's ONNX
+//! exporter: one with no transformer block (embedding, LayerNorm, output projection: the
+//! cheapest teacher a 32,000-way output allows, where top-k and logZ weigh most), and one with
+//! four blocks of width 512 (a small real teacher).
 //!
 //! Run: `cargo bench --bench build` (ONNX Runtime from ORT_DYLIB_PATH or scripts/fetch-ort.sh's
-//! cache). Figures are recorded in BENCHMARKS.md.
+//! cache); `-- classifier`, `-- lm` or `-- lm-small` runs one part only. `LOGITS_BUILD_BIN`
+//! points at another `logits-build` binary (for running the benchmark on another machine).
+//! Figures are recorded in BENCHMARKS.md.
 
 use std::fs::File;
 use std::path::Path;
@@ -113,7 +116,9 @@ fn build_with(
     threads: usize,
     extra: &[&str],
 ) -> (f64, f64) {
-    let o = Command::new(env!("CARGO_BIN_EXE_logits-build"))
+    let bin = std::env::var("LOGITS_BUILD_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_logits-build").to_string());
+    let o = Command::new(bin)
         .args([
             "build",
             "--model",
@@ -157,6 +162,7 @@ fn bare_lm(
     threads: usize,
 ) -> f64 {
     let teacher = logits_teacher::TeacherModel::open(model, &[]).expect("model");
+    let with_mask = teacher.input("attention_mask").is_some();
     let t = Instant::now();
     std::thread::scope(|s| {
         for w in 0..sessions {
@@ -176,10 +182,13 @@ fn bare_lm(
                         }
                     }
                     let ids = ort::value::Tensor::from_array(ids).expect("ids");
-                    let mask = ort::value::Tensor::from_array(mask).expect("mask");
-                    let out = sess
-                        .run(ort::inputs!["input_ids" => ids, "attention_mask" => mask])
-                        .expect("run");
+                    let out = if with_mask {
+                        let mask = ort::value::Tensor::from_array(mask).expect("mask");
+                        sess.run(ort::inputs!["input_ids" => ids, "attention_mask" => mask])
+                    } else {
+                        sess.run(ort::inputs!["input_ids" => ids])
+                    }
+                    .expect("run");
                     let (_, logits) = out["logits"].try_extract_tensor::<f32>().expect("logits");
                     std::hint::black_box(logits);
                     at += sessions * batch;
@@ -190,28 +199,26 @@ fn bare_lm(
     windows.len() as f64 / t.elapsed().as_secs_f64()
 }
 
-fn lm(root: &Path, tmp: &Path) {
-    let py = Command::new(root.join("scripts/pyenv.sh"))
-        .arg(root.join("scripts/requirements-fixtures.txt"))
-        .output()
-        .expect("pyenv");
-    let py = String::from_utf8_lossy(&py.stdout).trim().to_string();
-    let model = tmp.join("bench_lm.onnx");
-    let ok = Command::new(&py)
-        .args([
-            root.join("scripts/make_tiny_lm_fixture.py")
-                .to_str()
-                .expect("utf8"),
-            "--bench-model",
-            model.to_str().expect("utf8"),
-            "--axis",
-            "32000",
-            "--dim",
-            "256",
-        ])
-        .status()
-        .expect("make bench model");
-    assert!(ok.success());
+/// A random GPT-style teacher over a 32,000-entry vocabulary, written by the student's
+/// exporter (so no Python is needed to make it).
+fn lm_teacher(path: &Path, dim: usize, layers: usize, heads: usize) {
+    let spec = logits_student::transformer::GptSpec {
+        vocab: 32_000,
+        context: 128,
+        dim,
+        layers,
+        heads,
+        tied: true,
+    };
+    let gpt = logits_student::transformer::Gpt::new(spec, 7);
+    let bytes = logits_student::export::gpt_onnx_bytes(&gpt, &serde_json::json!({"random": true}));
+    std::fs::write(path, bytes).expect("write teacher");
+}
+
+/// The per-token part: `name` describes the teacher; throughput on the 10x corpus when
+/// `tenfold` (fixed costs, model load above all, are then a small part of either side), else
+/// on the 1x corpus.
+fn lm(root: &Path, tmp: &Path, model: &Path, name: &str, tenfold: bool) {
     let tok = root.join("fixtures/tinylm/tokenizer.json");
     let src = std::fs::read_to_string(root.join("fixtures/tinylm/train.jsonl")).expect("corpus");
     let c1 = tmp.join("lm_x1.jsonl");
@@ -234,9 +241,23 @@ fn lm(root: &Path, tmp: &Path) {
         })
         .expect("read");
     let positions: usize = windows.iter().map(Vec::len).sum();
+    // A 1x build lasts a few seconds, of which loading and hashing the model and tokenizing
+    // the corpus are a tenth: throughput is measured on 10x.
+    let (windows_t, corpus_t) = if tenfold {
+        (
+            std::iter::repeat_n(&windows, 10)
+                .flatten()
+                .cloned()
+                .collect(),
+            &c10,
+        )
+    } else {
+        (windows.clone(), &c1)
+    };
     println!(
-        "\nper-token: random LM (hidden 256, output axis 32,000), {} windows of <= {window} tokens ({positions} positions), k=32, int8 values, batch {batch}",
-        windows.len()
+        "\nper-token: {name}, output axis 32,000, {} windows of <= {window} tokens ({positions} positions; throughput on {} that), k=32, int8 values, batch {batch}",
+        windows.len(),
+        if tenfold { "10x" } else { "1x" }
     );
     println!(
         "{:>9} {:>8} {:>14} {:>14} {:>7}",
@@ -254,36 +275,33 @@ fn lm(root: &Path, tmp: &Path) {
     ];
     for (sessions, threads) in [(1, 1), (1, 2), (2, 1)] {
         let _ = bare_lm(
-            &model,
+            model,
             &windows[..windows.len().min(64)],
             batch,
             sessions,
             threads,
         );
-        let bare = (0..2)
-            .map(|_| bare_lm(&model, &windows, batch, sessions, threads))
-            .fold(0.0, f64::max);
-        let b = (0..2)
-            .map(|_| {
-                build_with(
-                    &model,
-                    &c1,
-                    &tmp.join("lm"),
-                    batch,
-                    sessions,
-                    threads,
-                    &args,
-                )
-                .0
-            })
-            .fold(0.0, f64::max);
+        // One run each: at 25-40 s a run, noise is smaller than between the two sides.
+        let bare = bare_lm(model, &windows_t, batch, sessions, threads);
+        let (b, _) = build_with(
+            model,
+            corpus_t,
+            &tmp.join("lm"),
+            batch,
+            sessions,
+            threads,
+            &args,
+        );
         println!(
             "{sessions:>9} {threads:>8} {bare:>14.1} {b:>14.1} {:>7.3}",
             b / bare
         );
     }
-    let (_, rss1) = build_with(&model, &c1, &tmp.join("lm1"), batch, 1, 2, &args);
-    let (_, rss10) = build_with(&model, &c10, &tmp.join("lm10"), batch, 1, 2, &args);
+    if !tenfold {
+        return;
+    }
+    let (_, rss1) = build_with(model, &c1, &tmp.join("lm1"), batch, 1, 2, &args);
+    let (_, rss10) = build_with(model, &c10, &tmp.join("lm10"), batch, 1, 2, &args);
     println!(
         "peak RSS: 1x {:.1} MiB, 10x {:.1} MiB, growth {:.3}x (target <= 1.1x)",
         rss1 / 1048576.0,
@@ -296,11 +314,46 @@ fn main() {
     // The same allocator setting as the binaries, so both sides of each ratio run alike.
     logits::keep_freed_memory();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `cargo bench` passes `--bench`; any other argument picks the parts to run.
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let run = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
+    if run("classifier") {
+        classifier(root, dir.path());
+    }
+    if run("lm") {
+        let model = dir.path().join("lm_projection.onnx");
+        lm_teacher(&model, 256, 0, 4);
+        lm(
+            root,
+            dir.path(),
+            &model,
+            "random LM with no transformer block (embedding, LayerNorm, 256 -> 32,000 projection)",
+            true,
+        );
+    }
+    if run("lm-small") {
+        let model = dir.path().join("lm_small.onnx");
+        lm_teacher(&model, 512, 4, 8);
+        lm(
+            root,
+            dir.path(),
+            &model,
+            "random GPT, 4 blocks of width 512, 8 heads",
+            true,
+        );
+    }
+}
+
+/// The per-example part: the digits classifier fixture.
+fn classifier(root: &Path, tmp: &Path) {
     let model = root.join("fixtures/digits/digits_teacher.onnx");
     let src = read(&root.join("fixtures/digits/train.parquet"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let c1 = dir.path().join("x10.parquet");
-    let c10 = dir.path().join("x100.parquet");
+    let c1 = tmp.join("x10.parquet");
+    let c10 = tmp.join("x100.parquet");
     let rows1 = replicate(&src, 10, &c1);
     let rows10 = replicate(&src, 100, &c10);
     // Throughput is measured on the 10x corpus: at a few hundred thousand rows per second the
@@ -320,30 +373,19 @@ fn main() {
             .map(|_| bare_ort(&model, &data10, rows10, batch, sessions, threads))
             .fold(0.0, f64::max);
         let b = (0..2)
-            .map(|_| {
-                build(
-                    &model,
-                    &c10,
-                    &dir.path().join("ds"),
-                    batch,
-                    sessions,
-                    threads,
-                )
-                .0
-            })
+            .map(|_| build(&model, &c10, &tmp.join("ds"), batch, sessions, threads).0)
             .fold(0.0, f64::max);
         println!(
             "{batch:>6} {sessions:>9} {threads:>8} {bare:>14.0} {b:>14.0} {:>7.3}",
             b / bare
         );
     }
-    let (_, rss1) = build(&model, &c1, &dir.path().join("ds1"), 256, 1, 2);
-    let (_, rss10) = build(&model, &c10, &dir.path().join("ds10"), 256, 1, 2);
+    let (_, rss1) = build(&model, &c1, &tmp.join("ds1"), 256, 1, 2);
+    let (_, rss10) = build(&model, &c10, &tmp.join("ds10"), 256, 1, 2);
     println!(
         "peak RSS: 1x {:.1} MiB, 10x {:.1} MiB, growth {:.3}x (target <= 1.1x)",
         rss1 / 1048576.0,
         rss10 / 1048576.0,
         rss10 / rss1
     );
-    lm(root, dir.path());
 }

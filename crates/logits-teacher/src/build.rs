@@ -19,7 +19,7 @@ use logits_format::manifest::*;
 use logits_format::rows::{
     FeatureValues, InputValues, RowBatch, Targets, TensorValues, input_hash_v1,
 };
-use logits_format::targets::{position_targets, sample_counts};
+use logits_format::targets::{position_targets, position_targets_ahead, sample_counts};
 use logits_format::writer::{self, CreateMode, DatasetWriter, WriteOptions};
 use logits_onnx::model::{Dim as ODim, ElemType};
 use logits_onnx::surgery::OutputKind;
@@ -731,6 +731,9 @@ pub fn merge(out: &std::path::Path, plan_shards: Option<u32>) -> Result<Manifest
     Ok(writer::commit(out, Some(plan))?)
 }
 
+/// Below this many logits in a batch, rows are post-processed on the worker's own thread.
+const PARALLEL_MIN_VALUES: usize = 1 << 16;
+
 /// An input value for a session run.
 type SessionInput = ort::session::SessionInputValue<'static>;
 
@@ -1072,48 +1075,52 @@ fn process(
         }
         feats.push(data);
     }
-    let per_row: Vec<Result<Option<_>>> = (0..n)
-        .into_par_iter()
-        .map(|r| {
-            let z = &logits[r * plan.axis..(r + 1) * plan.axis];
-            let id = b.row_ids[r];
-            let Some(t) = position_targets(z, plan.k, plan.adaptive, &plan.temps) else {
+    let one_row = |r: usize| {
+        let z = &logits[r * plan.axis..(r + 1) * plan.axis];
+        let id = b.row_ids[r];
+        let Some(t) = position_targets(z, plan.k, plan.adaptive, &plan.temps) else {
+            if plan.skip_non_finite {
+                return Ok(None);
+            }
+            let value = z
+                .iter()
+                .copied()
+                .find(|x| !x.is_finite())
+                .unwrap_or(f32::NAN);
+            return Err(TeacherError::NonFinite {
+                row_id: id,
+                tensor: plan.target.clone(),
+                value,
+            });
+        };
+        let s = plan.sample.as_ref().map(|rule| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+                rule.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+            sample_counts(z, rule.temperature, rule.draws, &mut rng)
+        });
+        for (fi, (f, width)) in plan.features.iter().enumerate() {
+            let row = &feats[fi][r * width..(r + 1) * width];
+            if let Some(v) = row.iter().find(|x| !x.is_finite()) {
                 if plan.skip_non_finite {
                     return Ok(None);
                 }
-                let value = z
-                    .iter()
-                    .copied()
-                    .find(|x| !x.is_finite())
-                    .unwrap_or(f32::NAN);
                 return Err(TeacherError::NonFinite {
                     row_id: id,
-                    tensor: plan.target.clone(),
-                    value,
+                    tensor: f.tensor.clone(),
+                    value: *v,
                 });
-            };
-            let s = plan.sample.as_ref().map(|rule| {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-                    rule.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                );
-                sample_counts(z, rule.temperature, rule.draws, &mut rng)
-            });
-            for (fi, (f, width)) in plan.features.iter().enumerate() {
-                let row = &feats[fi][r * width..(r + 1) * width];
-                if let Some(v) = row.iter().find(|x| !x.is_finite()) {
-                    if plan.skip_non_finite {
-                        return Ok(None);
-                    }
-                    return Err(TeacherError::NonFinite {
-                        row_id: id,
-                        tensor: f.tensor.clone(),
-                        value: *v,
-                    });
-                }
             }
-            Ok(Some((t, s)))
-        })
-        .collect();
+        }
+        Ok(Some((t, s)))
+    };
+    // Handing a batch of short rows to the thread pool costs more (waking threads) than the
+    // rows themselves: a classifier's batch of 256 rows × 10 classes is a few microseconds.
+    let per_row: Vec<Result<Option<_>>> = if n * plan.axis < PARALLEL_MIN_VALUES {
+        (0..n).map(one_row).collect()
+    } else {
+        (0..n).into_par_iter().map(one_row).collect()
+    };
     let mut out = RowBatch::default();
     let mut skipped = Vec::new();
     let mut t = Targets::empty(true, plan.sample.is_some());
@@ -1294,11 +1301,17 @@ fn process_text(
     let cells: Vec<(usize, usize)> = (0..n)
         .flat_map(|r| (0..lens[r]).map(move |p| (r, p)))
         .collect();
-    let computed: Vec<_> = cells
-        .par_iter()
-        .map(|&(r, p)| {
-            let z = &logits[(r * l + p) * plan.axis..(r * l + p + 1) * plan.axis];
-            let t = position_targets(z, plan.k, plan.adaptive, &plan.temps);
+    let row =
+        |(r, p): (usize, usize)| &logits[(r * l + p) * plan.axis..(r * l + p + 1) * plan.axis];
+    let computed: Vec<_> = (0..cells.len())
+        .into_par_iter()
+        .map(|i| {
+            let (r, p) = cells[i];
+            let z = row(cells[i]);
+            // Rayon hands each thread a run of consecutive cells: the next cell is usually
+            // this thread's next row.
+            let next = cells.get(i + 1).map_or(&[][..], |&c| row(c));
+            let t = position_targets_ahead(z, next, plan.k, plan.adaptive, &plan.temps);
             let s = match (&t, &plan.sample) {
                 (Some(_), Some(rule)) => {
                     let seed = rule.seed
