@@ -143,29 +143,12 @@ fn finite_max_lanes(z: &[f32]) -> Option<f32> {
 /// same to the bit on every code path (AVX-512, AVX2 + FMA, portable), so workers on different
 /// CPUs write identical shards.
 pub fn logsumexp_from_max(z: &[f32], m: f32, t: f64) -> f64 {
-    logsumexp_ahead(z, m, t, &[])
-}
-
-/// [`logsumexp_from_max`] that also asks the CPU to fetch `next` (the row to be read after
-/// this one) into its cache, block by block, so the next row's first read overlaps this row's
-/// arithmetic instead of waiting on memory. A hint only: the result does not depend on it.
-fn logsumexp_ahead(z: &[f32], m: f32, t: f64, next: &[f32]) -> f64 {
     if !m.is_finite() {
         return m as f64;
     }
     let inv = (1.0 / t) as f32;
     let nmi = -(m * inv);
-    let mut s = 0.0f64;
-    let mut ahead = next.chunks(SUM_BLOCK);
-    for block in z.chunks(SUM_BLOCK) {
-        if let Some(b) = ahead.next() {
-            prefetch(b);
-        }
-        s += block_sum(block, inv, nmi);
-    }
-    for b in ahead {
-        prefetch(b);
-    }
+    let s: f64 = z.chunks(SUM_BLOCK).map(|b| block_sum(b, inv, nmi)).sum();
     m as f64 / t + s.ln()
 }
 
@@ -345,36 +328,9 @@ pub fn logsumexp(z: &[f32], t: f64) -> f64 {
 }
 
 /// The `n` largest entries of `z` as (id, logit), by descending logit, ties to the lower id;
-/// `None` when an entry is NaN or infinite. One pass: the finiteness check rides along the
-/// candidate scan, so the row is read from memory once for both.
+/// `None` when an entry is NaN or infinite (the scan of [`position_targets`] without its sums).
 pub fn top_n(z: &[f32], n: usize) -> Option<Vec<(u32, f32)>> {
-    let n = n.min(z.len());
-    if n == 0 {
-        return finite_max(z).map(|_| Vec::new());
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { top_n_avx2(z, n) };
-    }
-    top_n_portable(z, n)
-}
-
-/// The portable [`top_n`] (for 1 ≤ n ≤ z.len()).
-fn top_n_portable(z: &[f32], n: usize) -> Option<Vec<(u32, f32)>> {
-    let mut top = TopN::new(n);
-    let (groups, rest) = z.as_chunks::<SCAN>();
-    let mut fine = true;
-    for (g, c) in groups.iter().enumerate() {
-        fine &= c.iter().fold(true, |a, &x| a & (x.abs() <= f32::MAX));
-        let mx = c.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-        top.offer(g * SCAN, c, mx);
-    }
-    for (j, &x) in rest.iter().enumerate() {
-        fine &= x.abs() <= f32::MAX;
-        top.push(groups.len() * SCAN + j, x);
-    }
-    fine.then(|| top.finish())
+    row_pass(z, &[], n.min(z.len()), &[]).map(|(top, _, _)| top)
 }
 
 /// Entries per step of the top-k scan: one comparison of their maximum with the threshold
@@ -434,62 +390,6 @@ impl TopN {
     }
 }
 
-/// [`top_n`] with AVX2: per 32 entries, four loads, their maximum and one comparison with the
-/// threshold; the finiteness check is an integer maximum of the entries' magnitudes (NaN and
-/// both infinities have the largest bit patterns).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn top_n_avx2(z: &[f32], n: usize) -> Option<Vec<(u32, f32)>> {
-    use std::arch::x86_64::*;
-    let mut top = TopN::new(n);
-    let magnitude = _mm256_set1_epi32(0x7fff_ffff);
-    let mut worst = _mm256_setzero_si256();
-    let (groups, rest) = z.as_chunks::<SCAN>();
-    for (g, c) in groups.iter().enumerate() {
-        // Written out, not through arrays or closures: those went through the stack.
-        // SAFETY: `c` is 32 readable f32s; loadu has no alignment requirement.
-        let (x0, x1, x2, x3) = unsafe {
-            let p = c.as_ptr();
-            (
-                _mm256_loadu_ps(p),
-                _mm256_loadu_ps(p.add(8)),
-                _mm256_loadu_ps(p.add(16)),
-                _mm256_loadu_ps(p.add(24)),
-            )
-        };
-        let a01 = _mm256_max_epi32(
-            _mm256_and_si256(_mm256_castps_si256(x0), magnitude),
-            _mm256_and_si256(_mm256_castps_si256(x1), magnitude),
-        );
-        let a23 = _mm256_max_epi32(
-            _mm256_and_si256(_mm256_castps_si256(x2), magnitude),
-            _mm256_and_si256(_mm256_castps_si256(x3), magnitude),
-        );
-        worst = _mm256_max_epi32(worst, _mm256_max_epi32(a01, a23));
-        let th = _mm256_set1_ps(top.threshold);
-        let mx = _mm256_max_ps(_mm256_max_ps(x0, x1), _mm256_max_ps(x2, x3));
-        if _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(mx, th)) != 0 {
-            // Only the entries at or above the threshold are offered, one bit each.
-            let ge = |x| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(x, th)) as u32;
-            let mut bits = ge(x0) | ge(x1) << 8 | ge(x2) << 16 | ge(x3) << 24;
-            while bits != 0 {
-                let j = bits.trailing_zeros() as usize;
-                top.push(g * SCAN + j, c[j]);
-                bits &= bits - 1;
-            }
-        }
-    }
-    let mut fine = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(
-        worst,
-        _mm256_set1_epi32(f32::MAX.to_bits() as i32),
-    ))) == 0;
-    for (j, &x) in rest.iter().enumerate() {
-        fine &= x.abs() <= f32::MAX;
-        top.push(groups.len() * SCAN + j, x);
-    }
-    fine.then(|| top.finish())
-}
-
 /// Targets of one position: `k` entries (or, with `adaptive = Some((min_k, mass))`, the
 /// fewest entries from `min_k` up to `k` whose T=1 probability reaches `mass`), logZ at T=1 and
 /// at `temps`. Returns `None` if any logit is not finite.
@@ -512,13 +412,10 @@ pub fn position_targets_ahead(
     adaptive: Option<(usize, f64)>,
     temps: &[f64],
 ) -> Option<PositionTargets> {
-    // The largest kept logit is the maximum; only without top-k is a separate pass needed.
-    let mut top = top_n(z, k)?;
-    let m = match top.first() {
-        Some(e) => e.1,
-        None => finite_max(z)?,
-    };
-    let logz = logsumexp_ahead(z, m, 1.0, next);
+    let all: Vec<f64> = std::iter::once(1.0).chain(temps.iter().copied()).collect();
+    let (mut top, m, sums) = row_pass(z, next, k.min(z.len()), &all)?;
+    let logz_at = |i: usize| m as f64 / all[i] + sums[i].ln();
+    let logz = logz_at(0);
     if let Some((min_k, mass)) = adaptive {
         let mut cum = 0.0f64;
         let mut keep = top.len();
@@ -535,11 +432,182 @@ pub fn position_targets_ahead(
         ids: top.iter().map(|e| e.0).collect(),
         logits: top.iter().map(|e| e.1).collect(),
         logz: logz as f32,
-        logz_temps: temps
-            .iter()
-            .map(|&t| logsumexp_from_max(z, m, t) as f32)
-            .collect(),
+        logz_temps: (1..all.len()).map(|i| logz_at(i) as f32).collect(),
     })
+}
+
+/// What one pass over a row yields: the top-n (id, logit), the row's maximum, and for each
+/// temperature Σ exp((z_i - max) / t).
+type RowPass = (Vec<(u32, f32)>, f32, Vec<f64>);
+
+/// One pass over a row, block by block (256 entries, 1 KB, which stay in the first-level
+/// cache between the two steps): scan the block (finiteness, its maximum, top-k candidates),
+/// then add its exponentials relative to the running maximum, rescaling the sums when the
+/// maximum grows. The row is read from memory once, and the exponentials are computed while
+/// the next blocks stream in. `None` when an entry is NaN or infinite.
+fn row_pass(z: &[f32], next: &[f32], n: usize, temps: &[f64]) -> Option<RowPass> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        let wide = std::is_x86_feature_detected!("avx512f");
+        // SAFETY: the CPU has AVX2 and FMA (and AVX-512F when `wide`), checked just above.
+        return unsafe { row_pass_avx2(z, next, n, temps, wide) };
+    }
+    row_pass_portable(z, n, temps)
+}
+
+/// Running maximum and per-temperature sums of a row pass.
+struct Sums<'t> {
+    temps: &'t [f64],
+    max: f32,
+    sums: Vec<f64>,
+}
+
+impl<'t> Sums<'t> {
+    fn new(temps: &'t [f64]) -> Self {
+        Sums {
+            temps,
+            max: f32::NEG_INFINITY,
+            sums: vec![0.0; temps.len()],
+        }
+    }
+
+    /// Adds a block whose maximum is `bm`, with `sum(block, 1/t, -max/t)` its exponential sum.
+    #[inline(always)]
+    fn absorb(&mut self, block: &[f32], bm: f32, sum: impl Fn(&[f32], f32, f32) -> f64) {
+        if bm > self.max {
+            if self.max > f32::NEG_INFINITY {
+                for (s, &t) in self.sums.iter_mut().zip(self.temps) {
+                    *s *= ((self.max as f64 - bm as f64) / t).exp();
+                }
+            }
+            self.max = bm;
+        }
+        for (s, &t) in self.sums.iter_mut().zip(self.temps) {
+            let inv = (1.0 / t) as f32;
+            *s += sum(block, inv, -(self.max * inv));
+        }
+    }
+}
+
+/// The portable [`row_pass`].
+fn row_pass_portable(z: &[f32], n: usize, temps: &[f64]) -> Option<RowPass> {
+    let mut top = TopN::new(n);
+    let mut sums = Sums::new(temps);
+    let mut fine = true;
+    for (b, block) in z.chunks(SUM_BLOCK).enumerate() {
+        let at = b * SUM_BLOCK;
+        let mut bm = f32::NEG_INFINITY;
+        let (groups, rest) = block.as_chunks::<SCAN>();
+        for (g, c) in groups.iter().enumerate() {
+            fine &= c.iter().fold(true, |a, &x| a & (x.abs() <= f32::MAX));
+            let mx = c.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            bm = bm.max(mx);
+            if n > 0 {
+                top.offer(at + g * SCAN, c, mx);
+            }
+        }
+        for (j, &x) in rest.iter().enumerate() {
+            fine &= x.abs() <= f32::MAX;
+            bm = bm.max(x);
+            if n > 0 {
+                top.push(at + groups.len() * SCAN + j, x);
+            }
+        }
+        sums.absorb(block, bm, block_sum_lanes);
+    }
+    fine.then(|| (top.finish(), sums.max, sums.sums))
+}
+
+/// [`row_pass`] with AVX2 (scan) and AVX2 + FMA or, when `wide`, AVX-512 (exponentials);
+/// the next row is prefetched a block per block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_pass_avx2(
+    z: &[f32],
+    next: &[f32],
+    n: usize,
+    temps: &[f64],
+    wide: bool,
+) -> Option<RowPass> {
+    use std::arch::x86_64::*;
+    let mut top = TopN::new(n);
+    let mut sums = Sums::new(temps);
+    let magnitude = _mm256_set1_epi32(0x7fff_ffff);
+    let mut worst = _mm256_setzero_si256();
+    let mut fine = true;
+    let mut ahead = next.chunks(SUM_BLOCK);
+    for (b, block) in z.chunks(SUM_BLOCK).enumerate() {
+        if let Some(nb) = ahead.next() {
+            prefetch(nb);
+        }
+        let at = b * SUM_BLOCK;
+        let mut bmv = _mm256_set1_ps(f32::NEG_INFINITY);
+        let (groups, rest) = block.as_chunks::<SCAN>();
+        for (g, c) in groups.iter().enumerate() {
+            // Written out, not through arrays or closures: those went through the stack.
+            // SAFETY: `c` is 32 readable f32s; loadu has no alignment requirement.
+            let (x0, x1, x2, x3) = unsafe {
+                let p = c.as_ptr();
+                (
+                    _mm256_loadu_ps(p),
+                    _mm256_loadu_ps(p.add(8)),
+                    _mm256_loadu_ps(p.add(16)),
+                    _mm256_loadu_ps(p.add(24)),
+                )
+            };
+            let a01 = _mm256_max_epi32(
+                _mm256_and_si256(_mm256_castps_si256(x0), magnitude),
+                _mm256_and_si256(_mm256_castps_si256(x1), magnitude),
+            );
+            let a23 = _mm256_max_epi32(
+                _mm256_and_si256(_mm256_castps_si256(x2), magnitude),
+                _mm256_and_si256(_mm256_castps_si256(x3), magnitude),
+            );
+            worst = _mm256_max_epi32(worst, _mm256_max_epi32(a01, a23));
+            let mx = _mm256_max_ps(_mm256_max_ps(x0, x1), _mm256_max_ps(x2, x3));
+            bmv = _mm256_max_ps(bmv, mx);
+            if n == 0 {
+                continue;
+            }
+            let th = _mm256_set1_ps(top.threshold);
+            if _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(mx, th)) != 0 {
+                // Only the entries at or above the threshold are offered, one bit each.
+                let ge = |x| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(x, th)) as u32;
+                let mut bits = ge(x0) | ge(x1) << 8 | ge(x2) << 16 | ge(x3) << 24;
+                while bits != 0 {
+                    let j = bits.trailing_zeros() as usize;
+                    top.push(at + g * SCAN + j, c[j]);
+                    bits &= bits - 1;
+                }
+            }
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` is eight writable f32s.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), bmv) };
+        let mut bm = lanes.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        for (j, &x) in rest.iter().enumerate() {
+            fine &= x.abs() <= f32::MAX;
+            bm = bm.max(x);
+            if n > 0 {
+                top.push(at + groups.len() * SCAN + j, x);
+            }
+        }
+        if wide {
+            // SAFETY: the caller checked AVX-512F when it set `wide`.
+            sums.absorb(block, bm, |b, i, m| unsafe { block_sum_avx512(b, i, m) });
+        } else {
+            // SAFETY: this function's own features.
+            sums.absorb(block, bm, |b, i, m| unsafe { block_sum_avx2(b, i, m) });
+        }
+    }
+    for nb in ahead {
+        prefetch(nb);
+    }
+    fine &= _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(
+        worst,
+        _mm256_set1_epi32(f32::MAX.to_bits() as i32),
+    ))) == 0;
+    fine.then(|| (top.finish(), sums.max, sums.sums))
 }
 
 /// Draws `draws` ids from softmax(z / t) and returns the distinct ids ascending with counts.
@@ -592,7 +660,10 @@ mod tests {
                     z.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
                 all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
                 all.truncate(n.min(len));
-                assert_eq!(top_n_portable(&z, n.min(len)), Some(all.clone()));
+                assert_eq!(
+                    row_pass_portable(&z, n.min(len), &[]).map(|r| r.0),
+                    Some(all.clone())
+                );
                 assert_eq!(top_n(&z, n), Some(all), "len {len} n {n}");
             }
         }
@@ -689,6 +760,48 @@ mod tests {
     }
 
     #[test]
+    fn one_pass_targets_match_f64_and_agree_across_paths() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let temps = [1.0f64, 0.5, 2.0, 8.0];
+        for len in [1usize, 10, 255, 256, 257, 1000, 32_000, 50_257] {
+            // A drift upwards puts the maximum late, so the running maximum grows many times
+            // and the sums are rescaled; and a flat row, where it never does.
+            for drift in [0.0f32, 40.0] {
+                let z: Vec<f32> = (0..len)
+                    .map(|i| rng.random_range(-30.0f32..20.0) + drift * i as f32 / len as f32)
+                    .collect();
+                let t = position_targets(&z, 8, None, &temps[1..]).unwrap();
+                let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+                for (i, &tt) in temps.iter().enumerate() {
+                    let exact = m / tt
+                        + z.iter()
+                            .map(|&x| ((x as f64 - m) / tt).exp())
+                            .sum::<f64>()
+                            .ln();
+                    let got = if i == 0 { t.logz } else { t.logz_temps[i - 1] } as f64;
+                    assert!(
+                        (got - exact).abs() <= 2e-6 * exact.abs().max(1.0),
+                        "len {len} drift {drift} t {tt}: {got} vs {exact}"
+                    );
+                }
+                let portable = row_pass_portable(&z, 8, &temps).unwrap();
+                let here = row_pass(&z, &[], 8, &temps).unwrap();
+                assert_eq!(portable.0, here.0);
+                assert_eq!(portable.1.to_bits(), here.1.to_bits());
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&portable.2), bits(&here.2), "len {len} drift {drift}");
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: AVX2 and FMA checked just above; `wide` false needs no more.
+                    let narrow = unsafe { row_pass_avx2(&z, &z, 8, &temps, false) }.unwrap();
+                    assert_eq!(bits(&portable.2), bits(&narrow.2), "avx2, len {len}");
+                    assert_eq!(portable.0, narrow.0);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn top_n_refuses_nan_and_infinity_anywhere() {
         let z: Vec<f32> = (0..1000).map(|i| ((i * 37) % 1000) as f32).collect();
         for at in [0usize, 5, 31, 32, 500, 990, 999] {
@@ -698,7 +811,10 @@ mod tests {
                 for n in [0usize, 1, 32] {
                     assert_eq!(top_n(&w, n), None, "at {at} bad {bad} n {n}");
                 }
-                assert_eq!(top_n_portable(&w, 32), None, "at {at} bad {bad}");
+                assert!(
+                    row_pass_portable(&w, 32, &[1.0]).is_none(),
+                    "at {at} bad {bad}"
+                );
             }
         }
         assert_eq!(top_n(&z, 0), Some(vec![]));
