@@ -282,12 +282,19 @@ unsafe fn block_sum_avx512(block: &[f32], inv: f32, nmi: f32) -> f64 {
         let x = unsafe { _mm512_loadu_ps(c.as_ptr()) };
         acc = _mm512_add_ps(acc, exp_nonpos_avx512(_mm512_fmadd_ps(x, vinv, vnmi)));
     }
+    if !rest.is_empty() {
+        // The tail (all of a classifier's row) in one masked step: entry j still goes to lane
+        // j, added once, as on the other paths.
+        let k: __mmask16 = (1u16 << rest.len()) - 1;
+        // SAFETY: the mask covers only the `rest.len()` readable entries; masked-off lanes are
+        // not read.
+        let x = unsafe { _mm512_maskz_loadu_ps(k, rest.as_ptr()) };
+        let e = exp_nonpos_avx512(_mm512_fmadd_ps(x, vinv, vnmi));
+        acc = _mm512_mask_add_ps(acc, k, acc, e);
+    }
     let mut lanes = [0.0f32; SUM_LANES];
     // SAFETY: `lanes` is sixteen writable f32s.
     unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
-    for (j, &x) in rest.iter().enumerate() {
-        lanes[j] += exp_nonpos(x.mul_add(inv, nmi));
-    }
     lanes.iter().map(|&a| a as f64).sum()
 }
 
