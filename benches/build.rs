@@ -10,7 +10,8 @@
 //!
 //! Run: `cargo bench --bench build` (ONNX Runtime from ORT_DYLIB_PATH or scripts/fetch-ort.sh's
 //! cache); `-- classifier`, `-- lm` or `-- lm-small` runs one part only. `LOGITS_BUILD_BIN`
-//! points at another `logits-build` binary (for running the benchmark on another machine).
+//! points at another `logits-build` binary and `LOGITS_ROOT` at the repository (for running the
+//! benchmark on another machine), `LOGITS_BENCH_CONFIGS=SxT,...` picks sessions × threads.
 //! Figures are recorded in BENCHMARKS.md.
 
 use std::fs::File;
@@ -199,6 +200,25 @@ fn bare_lm(
     windows.len() as f64 / t.elapsed().as_secs_f64()
 }
 
+/// The (batch, sessions, threads) rows to measure: `defaults`, or LOGITS_BENCH_CONFIGS as
+/// `SxT,...` (sessions × threads, keeping the default batch) for a machine with more cores.
+fn configs(defaults: &[(usize, usize, usize)]) -> Vec<(usize, usize, usize)> {
+    let Ok(spec) = std::env::var("LOGITS_BENCH_CONFIGS") else {
+        return defaults.to_vec();
+    };
+    let batch = defaults.last().map_or(256, |d| d.0);
+    spec.split(',')
+        .map(|c| {
+            let (s, t) = c.split_once('x').expect("LOGITS_BENCH_CONFIGS: SxT,...");
+            (
+                batch,
+                s.parse().expect("sessions"),
+                t.parse().expect("threads"),
+            )
+        })
+        .collect()
+}
+
 /// A random GPT-style teacher over a 32,000-entry vocabulary, written by the student's
 /// exporter (so no Python is needed to make it).
 fn lm_teacher(path: &Path, dim: usize, layers: usize, heads: usize) {
@@ -273,7 +293,7 @@ fn lm(root: &Path, tmp: &Path, model: &Path, name: &str, tenfold: bool) {
         "-k",
         "32",
     ];
-    for (sessions, threads) in [(1, 1), (1, 2), (2, 1)] {
+    for (_, sessions, threads) in configs(&[(batch, 1, 1), (batch, 1, 2), (batch, 2, 1)]) {
         let _ = bare_lm(
             model,
             &windows[..windows.len().min(64)],
@@ -313,7 +333,10 @@ fn lm(root: &Path, tmp: &Path, model: &Path, name: &str, tenfold: bool) {
 fn main() {
     // The same allocator setting as the binaries, so both sides of each ratio run alike.
     logits::keep_freed_memory();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // LOGITS_ROOT: the repository when the benchmark binary runs away from where it was built.
+    let root_dir =
+        std::env::var("LOGITS_ROOT").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let root = Path::new(&root_dir);
     let dir = tempfile::tempdir().expect("tempdir");
     // `cargo bench` passes `--bench`; any other argument picks the parts to run.
     let parts: Vec<String> = std::env::args()
@@ -366,7 +389,8 @@ fn classifier(root: &Path, tmp: &Path) {
         "{:>6} {:>9} {:>8} {:>14} {:>14} {:>7}",
         "batch", "sessions", "threads", "bare ORT r/s", "build r/s", "ratio"
     );
-    for (batch, sessions, threads) in [(64, 1, 1), (256, 1, 1), (256, 1, 2), (256, 2, 1)] {
+    for (batch, sessions, threads) in configs(&[(64, 1, 1), (256, 1, 1), (256, 1, 2), (256, 2, 1)])
+    {
         // Warm both once, then measure each twice and keep the better (noise on 2 vCPUs).
         let _ = bare_ort(&model, &data10, rows1.min(2000), batch, sessions, threads);
         let bare = (0..2)
