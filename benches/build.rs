@@ -2,14 +2,14 @@
 //! model, batch size and threads, measured in the same run; and peak RSS of the build for a
 //! corpus 1x and 10x as large.
 //!
-//! Teachers: the digits classifier fixture (per example); and, per token over a 32,000-entry
+//! Teachers: the digits classifier fixture and a random 1,000-class MLP (per example); and, per token over a 32,000-entry
 //! vocabulary, two random GPT-style language models written at run time by the student's ONNX
 //! exporter: one with no transformer block (embedding, LayerNorm, output projection: the
 //! cheapest teacher a 32,000-way output allows, where top-k and logZ weigh most), and one with
 //! four blocks of width 512 (a small real teacher).
 //!
 //! Run: `cargo bench --bench build` (ONNX Runtime from ORT_DYLIB_PATH or scripts/fetch-ort.sh's
-//! cache); `-- classifier`, `-- lm` or `-- lm-small` runs one part only. `LOGITS_BUILD_BIN`
+//! cache); `-- classifier`, `-- classifier-1k`, `-- lm` or `-- lm-small` runs one part only. `LOGITS_BUILD_BIN`
 //! points at another `logits-build` binary and `LOGITS_ROOT` at the repository (for running the
 //! benchmark on another machine), `LOGITS_BENCH_CONFIGS=SxT,...` picks sessions × threads.
 //! Figures are recorded in BENCHMARKS.md.
@@ -62,8 +62,12 @@ fn pixels(src: &[RecordBatch]) -> Vec<f32> {
     v
 }
 
+/// Bare ONNX Runtime over the classifier's inputs (`width` values per row, input `name`).
+#[allow(clippy::too_many_arguments)]
 fn bare_ort(
     model: &Path,
+    name: &str,
+    width: usize,
     data: &[f32],
     rows: usize,
     batch: usize,
@@ -81,12 +85,12 @@ fn bare_ort(
                 while at < rows {
                     let n = batch.min(rows - at);
                     let x = ndarray::Array2::from_shape_vec(
-                        (n, 64),
-                        data[at * 64..(at + n) * 64].to_vec(),
+                        (n, width),
+                        data[at * width..(at + n) * width].to_vec(),
                     )
                     .expect("shape");
                     let input = ort::value::Tensor::from_array(x).expect("tensor");
-                    let out = sess.run(ort::inputs!["pixels" => input]).expect("run");
+                    let out = sess.run(ort::inputs![name => input]).expect("run");
                     let (_, logits) = out["logits"].try_extract_tensor::<f32>().expect("logits");
                     std::hint::black_box(logits);
                     at += sessions * batch;
@@ -198,6 +202,77 @@ fn bare_lm(
         }
     });
     windows.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The per-example part for a classifier that does more work per row than the digits one: a
+/// random MLP 784-2048-2048-1000 (ReLU; 16 MFLOP per row, written by the student's exporter)
+/// over 40,000 inputs of 784 values quantised like 8-bit pixels.
+fn wide_classifier(tmp: &Path) {
+    use logits_student::mlp::{Activation, Mlp, MlpSpec};
+    let widths = vec![784, 2048, 2048, 1000];
+    let mlp = Mlp::new(
+        MlpSpec {
+            widths: widths.clone(),
+            activation: Activation::Relu,
+            layer_norm: false,
+            dropout: 0.0,
+        },
+        3,
+    );
+    let info = logits_student::student::StudentInfo {
+        kind: "mlp".into(),
+        widths,
+        activation: "relu".into(),
+        layer_norm: false,
+        input: "input".into(),
+        dataset_id: "benchmark".into(),
+        teacher_sha256: String::new(),
+    };
+    let model = tmp.join("classifier_1k.onnx");
+    std::fs::write(&model, logits_student::export::onnx_bytes(&mlp, &info)).expect("model");
+    let rows = 40_000usize;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<f32> = (0..rows * 784)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 256) as f32 / 255.0
+        })
+        .collect();
+    let field = std::sync::Arc::new(arrow_schema::Field::new_list_field(
+        arrow_schema::DataType::Float32,
+        false,
+    ));
+    let list = arrow_array::ListArray::new(
+        field,
+        arrow_buffer::OffsetBuffer::from_lengths(std::iter::repeat_n(784, rows)),
+        std::sync::Arc::new(arrow_array::Float32Array::from(data.clone())),
+        None,
+    );
+    let batch =
+        RecordBatch::try_from_iter([("input", std::sync::Arc::new(list) as _)]).expect("batch");
+    let corpus = tmp.join("classifier_1k.parquet");
+    let mut w = ArrowWriter::try_new(File::create(&corpus).expect("create"), batch.schema(), None)
+        .expect("writer");
+    w.write(&batch).expect("write");
+    w.close().expect("close");
+    println!(
+        "\nper-example: random MLP classifier 784-2048-2048-1000 (16 MFLOP per row), {rows} rows of 784 inputs, k=5, logZ at 3 temperatures"
+    );
+    println!(
+        "{:>6} {:>9} {:>8} {:>14} {:>14} {:>7}",
+        "batch", "sessions", "threads", "bare ORT r/s", "build r/s", "ratio"
+    );
+    for (batch, sessions, threads) in configs(&[(256, 1, 1), (256, 1, 2), (256, 2, 1)]) {
+        let _ = bare_ort(&model, "input", 784, &data, 2000, batch, sessions, threads);
+        let bare = bare_ort(&model, "input", 784, &data, rows, batch, sessions, threads);
+        let (b, _) = build(&model, &corpus, &tmp.join("c1k"), batch, sessions, threads);
+        println!(
+            "{batch:>6} {sessions:>9} {threads:>8} {bare:>14.0} {b:>14.0} {:>7.3}",
+            b / bare
+        );
+    }
 }
 
 /// The (batch, sessions, threads) rows to measure: `defaults`, or LOGITS_BENCH_CONFIGS as
@@ -347,6 +422,9 @@ fn main() {
     if run("classifier") {
         classifier(root, dir.path());
     }
+    if run("classifier-1k") {
+        wide_classifier(dir.path());
+    }
     if run("lm") {
         let model = dir.path().join("lm_projection.onnx");
         lm_teacher(&model, 256, 0, 4);
@@ -392,9 +470,22 @@ fn classifier(root: &Path, tmp: &Path) {
     for (batch, sessions, threads) in configs(&[(64, 1, 1), (256, 1, 1), (256, 1, 2), (256, 2, 1)])
     {
         // Warm both once, then measure each twice and keep the better (noise on 2 vCPUs).
-        let _ = bare_ort(&model, &data10, rows1.min(2000), batch, sessions, threads);
+        let _ = bare_ort(
+            &model,
+            "pixels",
+            64,
+            &data10,
+            rows1.min(2000),
+            batch,
+            sessions,
+            threads,
+        );
         let bare = (0..2)
-            .map(|_| bare_ort(&model, &data10, rows10, batch, sessions, threads))
+            .map(|_| {
+                bare_ort(
+                    &model, "pixels", 64, &data10, rows10, batch, sessions, threads,
+                )
+            })
             .fold(0.0, f64::max);
         let b = (0..2)
             .map(|_| build(&model, &c10, &tmp.join("ds"), batch, sessions, threads).0)
