@@ -1175,7 +1175,7 @@ fn process(
         for (i, h) in hashes.iter_mut().enumerate() {
             let range = iv.offsets[i]..iv.offsets[i + 1];
             h.push((
-                ip.name.clone(),
+                ip.name.as_str(),
                 iv.values.le_bytes(range.clone()),
                 range.len(),
             ));
@@ -1184,18 +1184,7 @@ fn process(
             out.inputs.insert(ip.name.clone(), iv);
         }
     }
-    out.input_hashes = Some(
-        hashes
-            .iter()
-            .map(|parts| {
-                let refs: Vec<(&str, Vec<u8>, usize)> = parts
-                    .iter()
-                    .map(|(n, b, l)| (n.as_str(), b.clone(), *l))
-                    .collect();
-                input_hash_v1(&refs)
-            })
-            .collect(),
-    );
+    out.input_hashes = Some(hashes.iter().map(|parts| input_hash_v1(parts)).collect());
     if let Some(labels) = &b.labels {
         out.labels = Some(kept_rows.iter().map(|&r| labels[r]).collect());
     }
