@@ -310,10 +310,8 @@ fn lm_teacher(path: &Path, dim: usize, layers: usize, heads: usize) {
     std::fs::write(path, bytes).expect("write teacher");
 }
 
-/// The per-token part: `name` describes the teacher; throughput on the 10x corpus when
-/// `tenfold` (fixed costs, model load above all, are then a small part of either side), else
-/// on the 1x corpus.
-fn lm(root: &Path, tmp: &Path, model: &Path, name: &str, tenfold: bool) {
+/// The per-token part: `name` describes the teacher.
+fn lm(root: &Path, tmp: &Path, model: &Path, name: &str) {
     let tok = root.join("fixtures/tinylm/tokenizer.json");
     let src = std::fs::read_to_string(root.join("fixtures/tinylm/train.jsonl")).expect("corpus");
     let c1 = tmp.join("lm_x1.jsonl");
@@ -338,21 +336,13 @@ fn lm(root: &Path, tmp: &Path, model: &Path, name: &str, tenfold: bool) {
     let positions: usize = windows.iter().map(Vec::len).sum();
     // A 1x build lasts a few seconds, of which loading and hashing the model and tokenizing
     // the corpus are a tenth: throughput is measured on 10x.
-    let (windows_t, corpus_t) = if tenfold {
-        (
-            std::iter::repeat_n(&windows, 10)
-                .flatten()
-                .cloned()
-                .collect(),
-            &c10,
-        )
-    } else {
-        (windows.clone(), &c1)
-    };
+    let windows10: Vec<Vec<u32>> = std::iter::repeat_n(&windows, 10)
+        .flatten()
+        .cloned()
+        .collect();
     println!(
-        "\nper-token: {name}, output axis 32,000, {} windows of <= {window} tokens ({positions} positions; throughput on {} that), k=32, int8 values, batch {batch}",
+        "\nper-token: {name}, output axis 32,000, {} windows of <= {window} tokens ({positions} positions; throughput on 10x that), k=32, int8 values, batch {batch}",
         windows.len(),
-        if tenfold { "10x" } else { "1x" }
     );
     println!(
         "{:>9} {:>8} {:>14} {:>14} {:>7}",
@@ -377,10 +367,10 @@ fn lm(root: &Path, tmp: &Path, model: &Path, name: &str, tenfold: bool) {
             threads,
         );
         // One run each: at 25-40 s a run, noise is smaller than between the two sides.
-        let bare = bare_lm(model, &windows_t, batch, sessions, threads);
+        let bare = bare_lm(model, &windows10, batch, sessions, threads);
         let (b, _) = build_with(
             model,
-            corpus_t,
+            &c10,
             &tmp.join("lm"),
             batch,
             sessions,
@@ -391,9 +381,6 @@ fn lm(root: &Path, tmp: &Path, model: &Path, name: &str, tenfold: bool) {
             "{sessions:>9} {threads:>8} {bare:>14.1} {b:>14.1} {:>7.3}",
             b / bare
         );
-    }
-    if !tenfold {
-        return;
     }
     let (_, rss1) = build_with(model, &c1, &tmp.join("lm1"), batch, 1, 2, &args);
     let (_, rss10) = build_with(model, &c10, &tmp.join("lm10"), batch, 1, 2, &args);
@@ -425,27 +412,24 @@ fn main() {
     if run("classifier-1k") {
         wide_classifier(dir.path());
     }
-    if run("lm") {
-        let model = dir.path().join("lm_projection.onnx");
-        lm_teacher(&model, 256, 0, 4);
-        lm(
-            root,
-            dir.path(),
-            &model,
+    let teachers = [
+        (
+            "lm",
+            (256, 0, 4),
             "random LM with no transformer block (embedding, LayerNorm, 256 -> 32,000 projection)",
-            true,
-        );
-    }
-    if run("lm-small") {
-        let model = dir.path().join("lm_small.onnx");
-        lm_teacher(&model, 512, 4, 8);
-        lm(
-            root,
-            dir.path(),
-            &model,
+        ),
+        (
+            "lm-small",
+            (512, 4, 8),
             "random GPT, 4 blocks of width 512, 8 heads",
-            true,
-        );
+        ),
+    ];
+    for (part, (dim, layers, heads), name) in teachers {
+        if run(part) {
+            let model = dir.path().join(format!("{part}.onnx"));
+            lm_teacher(&model, dim, layers, heads);
+            lm(root, dir.path(), &model, name);
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -812,17 +812,9 @@ fn run_pipeline(
             let tx = ran_tx.clone();
             let plan = Arc::clone(plan);
             scope.spawn(move || {
-                loop {
-                    let job = match rx.lock() {
-                        Ok(guard) => guard.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
-                    let ran = run_batch(&plan, session, job.batch);
-                    if tx.send((job.shard, job.seq, ran)).is_err() {
-                        return;
-                    }
-                }
+                serve(&rx, &tx, |job: Job| {
+                    (job.shard, job.seq, run_batch(&plan, session, job.batch))
+                })
             });
         }
         drop(ran_tx);
@@ -831,20 +823,13 @@ fn run_pipeline(
             let tx = done_tx.clone();
             let plan = Arc::clone(plan);
             scope.spawn(move || {
-                loop {
-                    let ran = match rx.lock() {
-                        Ok(guard) => guard.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok((shard, seq, ran)) = ran else { return };
+                serve(&rx, &tx, |(shard, seq, ran): (u32, u32, Result<Ran>)| {
                     let out = ran.and_then(|r| match r.batch {
                         Payload::Tensor(b) => process(&plan, b, &r.outputs),
                         Payload::Text(w) => process_text(&plan, w, &r.outputs),
                     });
-                    if tx.send((shard, seq, out)).is_err() {
-                        return;
-                    }
-                }
+                    (shard, seq, out)
+                })
             });
         }
         drop(done_tx);
@@ -852,6 +837,23 @@ fn run_pipeline(
     })
 }
 
+/// A worker's loop: takes items from a receiver shared with its peers until it closes, and
+/// sends `f`'s result for each until the next stage is gone.
+fn serve<T, U>(rx: &Mutex<Receiver<T>>, tx: &SyncSender<U>, mut f: impl FnMut(T) -> U) {
+    loop {
+        let item = match rx.lock() {
+            Ok(guard) => guard.recv(),
+            Err(_) => return,
+        };
+        let Ok(item) = item else { return };
+        if tx.send(f(item)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Puts finished batches back in shard order and writes them, shard by shard, recording each
+/// finished shard.
 fn write_in_order(
     w: &mut DatasetWriter,
     todo: &[u32],
@@ -922,10 +924,7 @@ fn output_f32<'a>(
     outputs: &'a HashMap<String, ort::value::DynValue>,
     name: &str,
 ) -> Result<(Vec<i64>, &'a [f32])> {
-    let err = |message: String| TeacherError::Session {
-        model: plan.teacher.path.clone(),
-        message,
-    };
+    let err = |message: String| session_error(plan, message);
     let v = outputs
         .get(name)
         .ok_or_else(|| err(format!("no output {name:?}")))?;
@@ -938,10 +937,7 @@ fn output_f32<'a>(
 /// The teacher's inputs for a batch of corpus rows, checked against the model's shapes.
 fn tensor_inputs(plan: &Plan, b: &CorpusBatch) -> Result<Vec<(String, SessionInput)>> {
     let n = b.row_ids.len();
-    let sess_err = |e: String| TeacherError::Session {
-        model: plan.teacher.path.clone(),
-        message: e,
-    };
+    let sess_err = |e: String| session_error(plan, e);
     let mut values: Vec<(String, SessionInput)> = Vec::new();
     for ip in &plan.inputs {
         let (offsets, flat) = b.inputs.get(&ip.name).ok_or_else(|| {
@@ -1017,10 +1013,7 @@ fn run_batch(plan: &Plan, session: &mut ort::session::Session, batch: Payload) -
         Payload::Tensor(b) => tensor_inputs(plan, b)?,
         Payload::Text(w) => text_inputs(plan, w)?,
     };
-    let sess_err = |message: String| TeacherError::Session {
-        model: plan.teacher.path.clone(),
-        message,
-    };
+    let sess_err = |message: String| session_error(plan, message);
     let mut run = session.run(values).map_err(|e| sess_err(e.to_string()))?;
     let mut outputs = HashMap::new();
     let names = std::iter::once(&plan.target).chain(plan.features.iter().map(|(f, _)| &f.tensor));
@@ -1042,10 +1035,7 @@ fn process(
     outputs: &HashMap<String, ort::value::DynValue>,
 ) -> Result<(RowBatch, Vec<u64>)> {
     let n = b.row_ids.len();
-    let sess_err = |e: String| TeacherError::Session {
-        model: plan.teacher.path.clone(),
-        message: e,
-    };
+    let sess_err = |e: String| session_error(plan, e);
     let extract = |name: &str| -> Result<(Vec<i64>, Vec<f32>)> {
         output_f32(plan, outputs, name).map(|(shape, data)| (shape, data.to_vec()))
     };
@@ -1194,19 +1184,30 @@ fn process(
     Ok((out, skipped))
 }
 
-/// The teacher's inputs for a batch of token windows, padded to the longest.
-fn text_inputs(plan: &Plan, windows: &[Window]) -> Result<Vec<(String, SessionInput)>> {
+/// A session error naming the teacher.
+fn session_error(plan: &Plan, message: String) -> TeacherError {
+    TeacherError::Session {
+        model: plan.teacher.path.clone(),
+        message,
+    }
+}
+
+/// The text plan of a batch of token windows, their real lengths and the padded length.
+fn text_shape<'p>(plan: &'p Plan, windows: &[Window]) -> Result<(&'p TextPlan, Vec<usize>, usize)> {
     let tp = plan
         .text
         .as_ref()
         .ok_or_else(|| TeacherError::Pipeline("text batch without a text plan".into()))?;
-    let sess_err = |e: String| TeacherError::Session {
-        model: plan.teacher.path.clone(),
-        message: e,
-    };
-    let n = windows.len();
     let lens: Vec<usize> = windows.iter().map(|w| w.ids.len()).collect();
     let l = lens.iter().copied().max().unwrap_or(0).max(1);
+    Ok((tp, lens, l))
+}
+
+/// The teacher's inputs for a batch of token windows, padded to the longest.
+fn text_inputs(plan: &Plan, windows: &[Window]) -> Result<Vec<(String, SessionInput)>> {
+    let (tp, _, l) = text_shape(plan, windows)?;
+    let sess_err = |e: String| session_error(plan, e);
+    let n = windows.len();
     let mut ids = vec![tp.pad; n * l];
     let mut mask = vec![0i64; n * l];
     for (r, w) in windows.iter().enumerate() {
@@ -1245,17 +1246,9 @@ fn process_text(
     windows: Vec<Window>,
     outputs: &HashMap<String, ort::value::DynValue>,
 ) -> Result<(RowBatch, Vec<u64>)> {
-    let tp = plan
-        .text
-        .as_ref()
-        .ok_or_else(|| TeacherError::Pipeline("text batch without a text plan".into()))?;
-    let sess_err = |e: String| TeacherError::Session {
-        model: plan.teacher.path.clone(),
-        message: e,
-    };
+    let (tp, lens, l) = text_shape(plan, &windows)?;
+    let sess_err = |e: String| session_error(plan, e);
     let n = windows.len();
-    let lens: Vec<usize> = windows.iter().map(|w| w.ids.len()).collect();
-    let l = lens.iter().copied().max().unwrap_or(0).max(1);
     let extract = |name: &str| -> Result<(Vec<i64>, Vec<f32>)> {
         output_f32(plan, outputs, name).map(|(shape, data)| (shape, data.to_vec()))
     };
