@@ -1,5 +1,6 @@
-//! End-to-end tests of `logits-build` on the digits fixture teacher: determinism across
-//! sessions and threads, resume, job-array workers and merge, and every kind of bad input.
+//! End-to-end tests of `logits-build` on the digits fixture teacher (and the tiny LM for
+//! per-token determinism): determinism across sessions and threads, resume, job-array workers
+//! and merge, and every kind of bad input.
 //! ONNX Runtime comes from ORT_DYLIB_PATH or the cache scripts/fetch-ort.sh fills.
 
 use std::fs;
@@ -113,6 +114,63 @@ fn output_is_identical_whatever_sessions_and_threads() {
         v.status.success() && text(&v).contains("validation: OK (5 shards, 1437 rows"),
         "{}",
         text(&v)
+    );
+}
+
+#[test]
+fn per_token_output_is_identical_whatever_sessions_and_threads() {
+    // The language-model path: a vocabulary-sized output per position, post-processed while
+    // the session runs the next batch, with extra temperatures and sampled targets.
+    let lm = root().join("fixtures/tinylm");
+    let (m, tok, corpus) = (
+        lm.join("tiny_lm.onnx"),
+        lm.join("tokenizer.json"),
+        lm.join("holdout.jsonl"),
+    );
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    for (dir, (sessions, threads)) in dirs.iter().zip([("1", "1"), ("3", "2")]) {
+        let o = run(
+            "build",
+            &[
+                "build",
+                "--model",
+                m.to_str().unwrap(),
+                "--tokenizer",
+                tok.to_str().unwrap(),
+                "--corpus",
+                corpus.to_str().unwrap(),
+                "--out",
+                dir.path().to_str().unwrap(),
+                "--window",
+                "64",
+                "--stride",
+                "48",
+                "-k",
+                "16",
+                "--temperatures",
+                "0.5,2",
+                "--sample",
+                "8",
+                "--rows-per-shard",
+                "20",
+                "--batch-size",
+                "3",
+                "--sessions",
+                sessions,
+                "--threads",
+                threads,
+                "--quiet",
+            ],
+            &[],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let h = shard_hashes(dirs[0].path());
+    assert!(h.len() >= 3, "{h:?}");
+    assert_eq!(
+        h,
+        shard_hashes(dirs[1].path()),
+        "shards must be byte-identical"
     );
 }
 
