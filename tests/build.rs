@@ -27,6 +27,35 @@ fn train() -> String {
         .to_string()
 }
 
+/// The tiny LM fixture: model, tokenizer and held-out text.
+fn tinylm() -> (PathBuf, PathBuf, PathBuf) {
+    let lm = root().join("fixtures/tinylm");
+    (
+        lm.join("tiny_lm.onnx"),
+        lm.join("tokenizer.json"),
+        lm.join("holdout.jsonl"),
+    )
+}
+
+/// `build` over the tiny LM fixture's held-out text into `out`, then `extra`.
+fn tinylm_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let (m, tok, corpus) = tinylm();
+    let path = |p: &Path| p.display().to_string();
+    let mut a = vec![
+        "build".to_string(),
+        "--model".into(),
+        path(&m),
+        "--tokenizer".into(),
+        path(&tok),
+        "--corpus".into(),
+        path(&corpus),
+        "--out".into(),
+        path(out),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
 fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let exe = match bin {
         "build" => env!("CARGO_BIN_EXE_logits-build"),
@@ -121,26 +150,11 @@ fn output_is_identical_whatever_sessions_and_threads() {
 fn per_token_output_is_identical_whatever_sessions_and_threads() {
     // The language-model path: a vocabulary-sized output per position, post-processed while
     // the session runs the next batch, with extra temperatures and sampled targets.
-    let lm = root().join("fixtures/tinylm");
-    let (m, tok, corpus) = (
-        lm.join("tiny_lm.onnx"),
-        lm.join("tokenizer.json"),
-        lm.join("holdout.jsonl"),
-    );
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     for (dir, (sessions, threads)) in dirs.iter().zip([("1", "1"), ("3", "2")]) {
-        let o = run(
-            "build",
+        let a = tinylm_args(
+            dir.path(),
             &[
-                "build",
-                "--model",
-                m.to_str().unwrap(),
-                "--tokenizer",
-                tok.to_str().unwrap(),
-                "--corpus",
-                corpus.to_str().unwrap(),
-                "--out",
-                dir.path().to_str().unwrap(),
                 "--window",
                 "64",
                 "--stride",
@@ -161,6 +175,10 @@ fn per_token_output_is_identical_whatever_sessions_and_threads() {
                 threads,
                 "--quiet",
             ],
+        );
+        let o = run(
+            "build",
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
             &[],
         );
         assert!(o.status.success(), "{}", text(&o));
@@ -505,37 +523,23 @@ fn inspect_model_lists_capturable_tensors() {
 #[test]
 fn text_corpora_build_per_token_targets() {
     let d = tempfile::tempdir().unwrap();
-    let lm = root().join("fixtures/tinylm");
-    let (m, tok, corpus) = (
-        lm.join("tiny_lm.onnx"),
-        lm.join("tokenizer.json"),
-        lm.join("holdout.jsonl"),
-    );
+    let (m, tok, corpus) = tinylm();
     let out = d.path().join("lm");
     let args = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "build",
-            "--model",
-            m.to_str().unwrap(),
-            "--tokenizer",
-            tok.to_str().unwrap(),
-            "--corpus",
-            corpus.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--window",
-            "32",
-            "-k",
-            "8",
-            "--values",
-            "int8",
-            "--feature",
-            "h=hidden:last",
-            "--quiet",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut a = tinylm_args(
+            &out,
+            &[
+                "--window",
+                "32",
+                "-k",
+                "8",
+                "--values",
+                "int8",
+                "--feature",
+                "h=hidden:last",
+                "--quiet",
+            ],
+        );
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
