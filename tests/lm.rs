@@ -46,25 +46,11 @@ fn dataset() -> &'static Path {
 }
 
 fn train(out: &Path, extra: &[&str]) -> Output {
-    let ds = dataset().display().to_string();
-    let o = out.display().to_string();
-    let mut args = vec![
-        "train",
-        &ds,
-        "--out",
-        &o,
-        "--quiet",
-        "--lm-dim",
-        "16",
-        "--lm-layers",
-        "1",
-        "--lm-heads",
-        "2",
-        "--batch-size",
-        "8",
-    ];
-    args.extend_from_slice(extra);
-    common::logits_train(&args)
+    common::logits_train(&common::tiny_lm_train_args(
+        &dataset().display().to_string(),
+        &out.display().to_string(),
+        extra,
+    ))
 }
 
 #[test]

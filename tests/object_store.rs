@@ -380,26 +380,11 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
         "the manifest names the corpus as given"
     );
     let run_dir = tmp.path().join("lm-run");
-    let args = owned(&[
-        "train",
+    let args = common::tiny_lm_train_args(
         lm_url,
-        "--out",
         &run_dir.display().to_string(),
-        "--quiet",
-        "--lm-dim",
-        "16",
-        "--lm-layers",
-        "1",
-        "--lm-heads",
-        "2",
-        "--batch-size",
-        "8",
-        "--steps",
-        "4",
-        "-T",
-        "1",
-        "--json",
-    ]);
+        &["--steps", "4", "-T", "1", "--json"],
+    );
     let o = run(bin("logits-train", port, &args));
     assert!(
         o.status.success(),

@@ -248,25 +248,10 @@ fn refusals_name_what_is_wrong() {
 fn distillation_beats_labels_alone_on_the_few_labels_corpus() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = tmp.path().join("few");
-    let o = common::logits_build(&[
-        "build",
-        "--model",
-        &fixture("fixtures/digits/digits_teacher.onnx"),
-        "--corpus",
-        &fixture("fixtures/digits/train_100_labels.parquet"),
-        &fixture("fixtures/digits/holdout.parquet"),
-        "--holdout-from",
-        "1437",
-        "--label-column",
-        "label",
-        "-k",
-        "5",
-        "--temperatures",
-        "2,4",
-        "--quiet",
-        "--out",
+    let o = common::logits_build(&common::digits_corpus_args(
+        "fixtures/digits/train_100_labels.parquet",
         &ds.display().to_string(),
-    ]);
+    ));
     assert!(o.status.success(), "{}", text(&o));
     let run = |name: &str, extra: &[&str]| -> serde_json::Value {
         let out = tmp.path().join(name);

@@ -21,12 +21,19 @@ pub fn fixture(p: &str) -> String {
 /// train and holdout corpus (held out from row 1437), top-5 with logZ at T = 2, 4, a teacher
 /// feature, labels, written to `out`.
 pub fn digits_build_args(out: &str) -> Vec<String> {
+    let mut a = digits_corpus_args("fixtures/digits/train.parquet", out);
+    a.extend(["--feature".to_string(), "penult=hidden2:f16".to_string()]);
+    a
+}
+
+/// The same build from another training corpus (a fixture path), without the feature.
+pub fn digits_corpus_args(train: &str, out: &str) -> Vec<String> {
     [
         "build",
         "--model",
         &fixture("fixtures/digits/digits_teacher.onnx"),
         "--corpus",
-        &fixture("fixtures/digits/train.parquet"),
+        &fixture(train),
         &fixture("fixtures/digits/holdout.parquet"),
         "--holdout-from",
         "1437",
@@ -36,13 +43,35 @@ pub fn digits_build_args(out: &str) -> Vec<String> {
         "5",
         "--temperatures",
         "2,4",
-        "--feature",
-        "penult=hidden2:f16",
         "--quiet",
         "--out",
         out,
     ]
     .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `logits-train train` arguments for a tiny transformer student (width 16, 1 block, 2 heads,
+/// 8 windows a step) from dataset `ds` (a path or URL) into `out`, then `extra`.
+pub fn tiny_lm_train_args(ds: &str, out: &str, extra: &[&str]) -> Vec<String> {
+    [
+        "train",
+        ds,
+        "--out",
+        out,
+        "--quiet",
+        "--lm-dim",
+        "16",
+        "--lm-layers",
+        "1",
+        "--lm-heads",
+        "2",
+        "--batch-size",
+        "8",
+    ]
+    .iter()
+    .chain(extra)
     .map(|s| s.to_string())
     .collect()
 }
