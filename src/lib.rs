@@ -89,3 +89,78 @@ fn upload_tree(
     }
     Ok(())
 }
+
+/// The fault points a test armed with `LOGITS_FAULT=POINT:N[,...]`. Read only in debug builds
+/// (the binaries the test command runs): a release build ignores the variable, so nothing in
+/// an installed tool's environment can make it fail on purpose.
+pub fn faults_from_env() -> anyhow::Result<logits_format::fault::Faults> {
+    #[cfg(debug_assertions)]
+    if let Ok(spec) = std::env::var("LOGITS_FAULT") {
+        return logits_format::fault::Faults::parse(&spec).map_err(|e| anyhow::anyhow!(e));
+    }
+    Ok(logits_format::fault::Faults::none())
+}
+
+/// Set by SIGINT or SIGTERM once [`stop_on_signals`] is installed.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The signal number that asked to stop (0: none yet).
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(sig: libc::c_int) {
+    // Only atomic stores: async-signal-safe. A second signal of the same kind ends the
+    // process at once (the default action), for a user who does not want to wait.
+    STOP_SIGNAL.store(sig, std::sync::atomic::Ordering::SeqCst);
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: signal() is async-signal-safe; restores the default disposition.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+    }
+}
+
+/// Makes SIGINT and SIGTERM set a flag instead of killing the process, so a build or a
+/// training run can finish what it holds, keep what is complete and say how to resume. The
+/// returned flag is what the libraries poll. Call before starting threads.
+pub fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
+    #[cfg(unix)]
+    // SAFETY: installs a handler that only does atomic stores; before other threads start.
+    unsafe {
+        let handler = on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+    &STOP
+}
+
+/// The name of the signal that stopped the run, for messages ("SIGINT", "SIGTERM").
+pub fn stop_signal_name() -> &'static str {
+    match STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a stop signal",
+    }
+}
+
+/// Exit status of a run stopped by a signal: 128 + the signal number, as shells report it.
+pub fn stop_exit_code() -> u8 {
+    let sig = STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst);
+    (128 + sig.clamp(1, 127)) as u8
+}
+
+/// An error in how a command was called (a flag out of range, flags that contradict each
+/// other): the binaries exit with status 2 for it, as for the argument parser's own errors.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A usage error as an `anyhow` error (exit status 2 in the binaries).
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}

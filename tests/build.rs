@@ -6,10 +6,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Float32Array, Int64Array, ListArray, RecordBatch};
-use arrow_schema::{DataType, Field, Schema};
+mod common;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -275,43 +273,6 @@ fn resume_keeps_completed_shards() {
     assert!(o.status.success(), "{}", text(&o));
 }
 
-fn write_corpus(path: &Path, rows: &[Vec<f32>], ints: bool) {
-    let offsets: Vec<i32> = std::iter::once(0)
-        .chain(rows.iter().scan(0, |a, r| {
-            *a += r.len() as i32;
-            Some(*a)
-        }))
-        .collect();
-    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-    let (child, dt): (ArrayRef, DataType) = if ints {
-        (
-            Arc::new(Int64Array::from(
-                flat.iter().map(|&x| x as i64).collect::<Vec<_>>(),
-            )),
-            DataType::Int64,
-        )
-    } else {
-        (Arc::new(Float32Array::from(flat)), DataType::Float32)
-    };
-    let field = Arc::new(Field::new_list_field(dt, true));
-    let list = ListArray::new(
-        field.clone(),
-        arrow_buffer::OffsetBuffer::new(offsets.into()),
-        child,
-        None,
-    );
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        "pixels",
-        DataType::List(field),
-        true,
-    )]));
-    let rb = RecordBatch::try_new(schema.clone(), vec![Arc::new(list)]).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(fs::File::create(path).unwrap(), schema, None)
-        .unwrap();
-    w.write(&rb).unwrap();
-    w.close().unwrap();
-}
-
 fn expect_error(args: &[&str], wants: &[&str]) {
     let o = run("build", args, &[]);
     assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
@@ -399,7 +360,7 @@ fn bad_input_gets_a_clear_error() {
         ],
         &["no tensor named \"hiden2\"", "\"hidden2\""],
     );
-    write_corpus(&d.path().join("empty.parquet"), &[], false);
+    common::write_corpus(&d.path().join("empty.parquet"), &[], false);
     expect_error(
         &[
             "build",
@@ -412,7 +373,7 @@ fn bad_input_gets_a_clear_error() {
         ],
         &["empty.parquet", "empty"],
     );
-    write_corpus(
+    common::write_corpus(
         &d.path().join("short.parquet"),
         &[vec![0.0; 64], vec![0.0; 63]],
         false,
@@ -429,7 +390,7 @@ fn bad_input_gets_a_clear_error() {
         ],
         &["row 1", "63 values", "64"],
     );
-    write_corpus(&d.path().join("ints.parquet"), &[vec![1.0; 64]], true);
+    common::write_corpus(&d.path().join("ints.parquet"), &[vec![1.0; 64]], true);
     expect_error(
         &[
             "build",
@@ -444,7 +405,7 @@ fn bad_input_gets_a_clear_error() {
     );
     let mut nan = vec![vec![0.5f32; 64]; 3];
     nan[2][5] = f32::NAN;
-    write_corpus(&d.path().join("nan.parquet"), &nan, false);
+    common::write_corpus(&d.path().join("nan.parquet"), &nan, false);
     expect_error(
         &[
             "build",

@@ -171,16 +171,24 @@ fn main() -> ExitCode {
     }
     logits::keep_freed_memory();
     let cli = Cli::parse();
-    match run(cli) {
+    let stop = logits::stop_on_signals();
+    match run(cli, stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("logits-build: error: {e:#}");
+            if let Some(logits_teacher::TeacherError::Interrupted(_)) = e.downcast_ref() {
+                eprintln!("logits-build: stopped by {}", logits::stop_signal_name());
+                return ExitCode::from(logits::stop_exit_code());
+            }
+            if e.downcast_ref::<logits::UsageError>().is_some() {
+                return ExitCode::from(2);
+            }
             ExitCode::from(1)
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
     match cli.command {
         Command::InspectModel { model } => {
             let m = TeacherModel::open(&model, &[])?;
@@ -205,7 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Build(a) => build(*a),
+        Command::Build(a) => build(*a, stop),
     }
 }
 
@@ -225,7 +233,7 @@ fn env_index() -> Option<u32> {
         .find_map(|v| std::env::var(v).ok()?.parse().ok())
 }
 
-fn build(a: BuildArgs) -> anyhow::Result<()> {
+fn build(a: BuildArgs, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
     let mut columns = ColumnMap {
         label: a.label_column.clone(),
         id: a.id_column.clone(),
@@ -274,14 +282,18 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
         }
     };
     if a.resume && a.overwrite {
-        bail!("--resume and --overwrite contradict each other");
+        return Err(logits::usage(
+            "--resume and --overwrite contradict each other",
+        ));
     }
     let worker = match a.num_workers {
         None => None,
         Some(n) => {
             let i = a.worker_index.or_else(env_index).context("--num-workers needs --worker-index (or SLURM_ARRAY_TASK_ID / JOB_COMPLETION_INDEX)")?;
             if n == 0 || i >= n {
-                bail!("worker index {i} is not below --num-workers {n}");
+                return Err(logits::usage(format!(
+                    "worker index {i} is not below --num-workers {n}"
+                )));
             }
             Some((i, n))
         }
@@ -289,7 +301,7 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let sessions = a.sessions.max(1);
+    let sessions = a.sessions;
     // Inputs given as URLs are fetched once; the manifest names the corpus as given.
     let corpus_names: Vec<String> = a.corpus.iter().map(|p| p.display().to_string()).collect();
     let corpus = a
@@ -330,7 +342,7 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
         rows_per_shard: a.rows_per_shard,
         batch_size: a.batch_size,
         sessions,
-        intra_threads: a.threads.unwrap_or((cores / sessions).max(1)),
+        intra_threads: a.threads.unwrap_or((cores / sessions.max(1)).max(1)),
         mode: if a.overwrite {
             CreateMode::Overwrite
         } else if a.resume {
@@ -344,13 +356,16 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
         skip_non_finite: a.skip_non_finite,
         write: WriteOptions {
             zstd_level: a.zstd_level,
+            faults: logits::faults_from_env()?,
             ..Default::default()
         },
         license: a.license,
         notes: a.notes,
         split: a.split,
         holdout_from: a.holdout_from,
+        stop: Some(stop),
     };
+    opts.check().map_err(logits::usage)?;
     let bar = if a.quiet || a.json {
         ProgressBar::hidden()
     } else {

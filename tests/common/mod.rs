@@ -4,8 +4,12 @@
 pub mod moto;
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float32Array, Int64Array, ListArray, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -101,4 +105,98 @@ pub fn logits_train<S: AsRef<OsStr>>(args: &[S]) -> Output {
         .args(args)
         .output()
         .expect("run logits-train")
+}
+
+/// Runs `cmd` to its end, failing the test if it is still running after `secs` seconds (it is
+/// killed first): the check that a program never hangs.
+pub fn output_within(mut cmd: Command, secs: u64, what: &str) -> Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Pipes are drained on threads so a chatty child cannot block on a full pipe.
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let o = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut v);
+        v
+    });
+    let e = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut v);
+        v
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed().as_secs() >= secs {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = String::from_utf8_lossy(&e.join().unwrap_or_default()).to_string();
+            panic!("{what}: still running after {secs} s (hung); killed. stderr:\n{stderr}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: o.join().unwrap_or_default(),
+        stderr: e.join().unwrap_or_default(),
+    }
+}
+
+/// A `logits-build` command with `args` and `env`, job-array variables removed.
+pub fn build_command<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_logits-build"));
+    c.args(args)
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .env_remove("LOGITS_FAULT");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Writes a tensor corpus: one list column `pixels` (float32, or int64 with `ints`) a row.
+pub fn write_corpus(path: &Path, rows: &[Vec<f32>], ints: bool) {
+    let offsets: Vec<i32> = std::iter::once(0)
+        .chain(rows.iter().scan(0, |a, r| {
+            *a += r.len() as i32;
+            Some(*a)
+        }))
+        .collect();
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    let (child, dt): (ArrayRef, DataType) = if ints {
+        (
+            Arc::new(Int64Array::from(
+                flat.iter().map(|&x| x as i64).collect::<Vec<_>>(),
+            )),
+            DataType::Int64,
+        )
+    } else {
+        (Arc::new(Float32Array::from(flat)), DataType::Float32)
+    };
+    let field = Arc::new(Field::new_list_field(dt, true));
+    let list = ListArray::new(
+        field.clone(),
+        arrow_buffer::OffsetBuffer::new(offsets.into()),
+        child,
+        None,
+    );
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "pixels",
+        DataType::List(field),
+        true,
+    )]));
+    let rb = RecordBatch::try_new(schema.clone(), vec![Arc::new(list)]).unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None)
+            .unwrap();
+    w.write(&rb).unwrap();
+    w.close().unwrap();
 }

@@ -94,6 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             WriteOptions {
                 zstd_level: 3,
                 row_group_rows: 8,
+                ..Default::default()
             },
         )?;
         let b = synth::batch(spec, &m, 0..spec.rows);

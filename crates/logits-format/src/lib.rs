@@ -21,6 +21,8 @@
 //! - [`reader`]: opening datasets and streaming rows (projection, shuffle, prefetch).
 //! - [`corpus`]: Parquet tensor corpora (read by the teacher pass, and joined by students
 //!   with datasets built without their inputs).
+//! - [`lock`]: one writer per output (advisory lock with the owner's pid and host).
+//! - [`fault`]: fault points armed by tests (debug builds only).
 //! - [`validate`]: full validation. [`stats`]: target-quality statistics.
 //!
 //! Dependencies, and why: `arrow-*` and `parquet` (the storage, without the heavy `arrow`
@@ -32,7 +34,9 @@
 pub mod codec;
 pub mod corpus;
 pub mod error;
+pub mod fault;
 pub mod location;
+pub mod lock;
 pub mod manifest;
 pub mod reader;
 pub mod rows;

@@ -323,8 +323,13 @@ pub fn prepare(
 }
 
 /// Uploads a finished shard from staging and marks it complete (steps 2 and 3 above). Returns
-/// false when another worker had already finalized the shard (its copy is kept).
-pub fn publish(sink: &RemoteSink, rec: &ShardRecord) -> Result<bool> {
+/// false when another worker had already finalized the shard (its copy is kept). `faults`
+/// arms the crash points `after-upload:SHARD` and `after-finalize:SHARD` for recovery tests.
+pub fn publish(
+    sink: &RemoteSink,
+    rec: &ShardRecord,
+    faults: &crate::fault::Faults,
+) -> Result<bool> {
     let r = &sink.remote;
     let local = sink.staging.join(&rec.entry.path);
     let nanos = std::time::SystemTime::now()
@@ -337,7 +342,7 @@ pub fn publish(sink: &RemoteSink, rec: &ShardRecord) -> Result<bool> {
         std::process::id()
     );
     r.upload(&tmp, &local)?;
-    fault("after-upload", rec.index);
+    faults.abort_at("after-upload", rec.index as u64);
     let won = r.copy_new(&tmp, &rec.entry.path);
     r.delete(&tmp)?;
     let won = won?;
@@ -354,21 +359,11 @@ pub fn publish(sink: &RemoteSink, rec: &ShardRecord) -> Result<bool> {
             });
         }
     }
-    fault("after-finalize", rec.index);
+    faults.abort_at("after-finalize", rec.index as u64);
     let marker = serde_json::to_string_pretty(rec).unwrap_or_default();
     r.put_new(&marker_rel(rec.index), Bytes::from(marker))?;
     std::fs::remove_file(&local).map_err(|e| FormatError::io(&local, e))?;
     Ok(won)
-}
-
-/// Fault injection for the end-to-end test of worker recovery: `LOGITS_FAULT=POINT:SHARD`
-/// (`after-upload` or `after-finalize`) aborts the process at that point of publishing that
-/// shard, leaving what a kill at that moment leaves. Unset, it costs one lookup per shard.
-fn fault(point: &str, index: u32) {
-    if std::env::var("LOGITS_FAULT").is_ok_and(|v| v == format!("{point}:{index}")) {
-        eprintln!("LOGITS_FAULT: aborting {point} of shard {index}");
-        std::process::abort();
-    }
 }
 
 /// Checks one downloaded shard against its completion record: size, sha256, dataset id,

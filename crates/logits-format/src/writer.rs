@@ -51,6 +51,8 @@ pub struct WriteOptions {
     pub zstd_level: i32,
     /// Rows per Parquet row group: the unit of shuffling and of range reads.
     pub row_group_rows: usize,
+    /// Fault points armed by tests (none in normal use).
+    pub faults: crate::fault::Faults,
 }
 
 impl Default for WriteOptions {
@@ -58,6 +60,7 @@ impl Default for WriteOptions {
         WriteOptions {
             zstd_level: 3,
             row_group_rows: 1024,
+            faults: crate::fault::Faults::none(),
         }
     }
 }
@@ -104,9 +107,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// A temporary name beside `path`, unique to this write: `.NAME.HOST.PID.SEQ.tmp`. The host
+/// and pid say whose it is, so a later run removes only temporaries of processes that are gone
+/// (see [`remove_stale_temporaries`]) and never a live job-array worker's.
 fn temp_name(path: &Path) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    path.with_file_name(format!(
+        ".{name}.{}.{}.{seq}.tmp",
+        crate::lock::host_name(),
+        std::process::id()
+    ))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -162,6 +174,9 @@ pub struct DatasetWriter {
     schema: SchemaRef,
     options: WriteOptions,
     completed: BTreeMap<u32, ShardRecord>,
+    /// The output's lock, held for the writer's life (local outputs; a store's commit
+    /// protocol is conditional instead).
+    _lock: Option<crate::lock::OutputLock>,
 }
 
 impl DatasetWriter {
@@ -192,6 +207,22 @@ impl DatasetWriter {
             path: root.to_path_buf(),
             message,
         };
+        fs::create_dir_all(root).map_err(|e| FormatError::io(root, e))?;
+        // Before anything in the directory is touched: a second writer is refused while the
+        // first runs, whatever its flags (job-array workers of one build share the lock).
+        let lock = crate::lock::OutputLock::acquire(
+            root,
+            if mode == CreateMode::Join {
+                crate::lock::LockMode::Shared
+            } else {
+                crate::lock::LockMode::Exclusive
+            },
+            if mode == CreateMode::Join {
+                "a job-array build"
+            } else {
+                "a build"
+            },
+        )?;
         let manifest_path = root.join(MANIFEST_FILE);
         let build = root.join(BUILD_DIR);
         if mode == CreateMode::Overwrite {
@@ -218,7 +249,12 @@ impl DatasetWriter {
             }));
         }
         if root.exists() && mode == CreateMode::New {
-            let mut entries = fs::read_dir(root).map_err(|e| FormatError::io(root, e))?;
+            let mut entries = fs::read_dir(root)
+                .map_err(|e| FormatError::io(root, e))?
+                .filter(|e| {
+                    e.as_ref()
+                        .map_or(true, |e| e.file_name() != crate::lock::LOCK_FILE)
+                });
             if entries.next().is_some() {
                 return Err(conflict(if build.join(DRAFT_FILE).exists() {
                     "an interrupted build is here; pass --resume to continue it or --overwrite to start again".into()
@@ -268,6 +304,7 @@ impl DatasetWriter {
             schema,
             options,
             completed,
+            _lock: Some(lock),
         })
     }
 
@@ -300,7 +337,7 @@ impl DatasetWriter {
     /// For a store, this uploads the shard, makes it final and writes its marker.
     pub fn record(&mut self, record: ShardRecord) -> Result<()> {
         if let Some(sink) = &self.sink {
-            crate::location::publish(sink, &record)?;
+            crate::location::publish(sink, &record, &self.options.faults)?;
             self.completed.insert(record.index, record);
             return Ok(());
         }
@@ -321,7 +358,7 @@ impl DatasetWriter {
     pub fn commit(self, plan_shards: u32) -> Result<Manifest> {
         match &self.sink {
             Some(sink) => crate::location::commit(&sink.remote, Some(plan_shards)),
-            None => commit(&self.dir, Some(plan_shards)),
+            None => commit_locked(&self.dir, Some(plan_shards)),
         }
     }
 }
@@ -372,13 +409,30 @@ pub fn parse_record(path: &Path, bytes: &[u8]) -> Result<ShardRecord> {
     Ok(rec)
 }
 
+/// Removes the temporaries of processes on this host that are no longer running. Those of a
+/// live process (another job-array worker writing its shard right now) and those written on
+/// another host (whose processes this one cannot see) are left alone.
 fn remove_stale_temporaries(dir: &Path) -> Result<()> {
     let entries = fs::read_dir(dir).map_err(|e| FormatError::io(dir, e))?;
+    let host = crate::lock::host_name();
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') && name.ends_with(".tmp") {
-            // Another live worker's temporary file would carry its pid; ours are stale.
+        let Some(stem) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+            continue;
+        };
+        // .NAME.HOST.PID.SEQ.tmp; NAME may itself hold dots, HOST may not be ours.
+        let parts: Vec<&str> = stem.rsplitn(4, '.').collect();
+        let stale = match parts.as_slice() {
+            [_seq, pid, h, _name] => {
+                *h == host
+                    && pid
+                        .parse::<u32>()
+                        .is_ok_and(|p| !crate::lock::process_alive(p))
+            }
+            _ => false,
+        };
+        if stale {
             let _ = fs::remove_file(e.path());
         }
     }
@@ -423,6 +477,14 @@ pub fn commit(root: &Path, plan_shards: Option<u32>) -> Result<Manifest> {
     if let Some(r) = crate::location::remote_for(root)? {
         return crate::location::commit(&r, plan_shards);
     }
+    read_draft(root)?; // a directory with no build in it is said so before anything else
+    let _lock =
+        crate::lock::OutputLock::acquire(root, crate::lock::LockMode::Exclusive, "a merge")?;
+    commit_locked(root, plan_shards)
+}
+
+/// [`commit`] on a local directory whose lock the caller holds.
+fn commit_locked(root: &Path, plan_shards: Option<u32>) -> Result<Manifest> {
     let draft = read_draft(root)?;
     let records = read_records(root)?;
     check_plan_complete(

@@ -15,6 +15,7 @@ fn opts() -> WriteOptions {
     WriteOptions {
         zstd_level: 3,
         row_group_rows: 16,
+        ..Default::default()
     }
 }
 

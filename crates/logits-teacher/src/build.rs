@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -115,6 +116,97 @@ pub struct BuildOptions {
     pub split: Option<String>,
     /// Row ids at or above this are declared held out.
     pub holdout_from: Option<u64>,
+    /// Polled by the pipeline: once set (by SIGINT/SIGTERM in the binary), the build stops at
+    /// the next batch, keeps the shards already complete and returns
+    /// [`TeacherError::Interrupted`].
+    pub stop: Option<&'static AtomicBool>,
+}
+
+impl BuildOptions {
+    /// Checks the options that do not depend on the model or the corpus: counts at least 1,
+    /// temperatures finite, positive and distinct, levels and masses in range. The message
+    /// names the command-line flag, so the binary can report it as a usage error.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let at_least_one = [
+            ("--batch-size", self.batch_size as u64),
+            ("--rows-per-shard", self.rows_per_shard),
+            ("--sessions", self.sessions as u64),
+            ("--threads", self.intra_threads as u64),
+            ("-k/--k", self.k as u64),
+        ];
+        for (flag, v) in at_least_one {
+            if v == 0 {
+                return Err(format!("{flag} must be at least 1 (got 0)"));
+            }
+        }
+        if let Some(t) = &self.text {
+            if t.window == 0 || t.stride == 0 {
+                return Err("--window and --stride must be at least 1".into());
+            }
+            if t.stride > t.window {
+                return Err(format!(
+                    "--stride {} is larger than --window {}: tokens between windows would get no target",
+                    t.stride, t.window
+                ));
+            }
+        }
+        let mut seen: Vec<f64> = Vec::new();
+        for &t in &self.temperatures {
+            if !t.is_finite() || t <= 0.0 {
+                return Err(format!(
+                    "--temperatures: {t} is not a positive finite temperature"
+                ));
+            }
+            if t == 1.0 {
+                return Err(
+                    "--temperatures: 1 is always stored; list only extra temperatures".into(),
+                );
+            }
+            if seen.contains(&t) {
+                return Err(format!("--temperatures: {t} is listed twice"));
+            }
+            seen.push(t);
+        }
+        if let Some((min, mass)) = self.adaptive {
+            if min == 0 || min > self.k {
+                return Err(format!(
+                    "--adaptive-k {min}:{mass}: MIN must be between 1 and k ({})",
+                    self.k
+                ));
+            }
+            if !(mass > 0.0 && mass <= 1.0) {
+                return Err(format!("--adaptive-k {min}:{mass}: MASS must be in (0, 1]"));
+            }
+        }
+        if let Some(sp) = &self.sample {
+            if sp.draws == 0 {
+                return Err(
+                    "--sample must be at least 1 (leave it out for no sampled targets)".into(),
+                );
+            }
+            if !sp.temperature.is_finite() || sp.temperature <= 0.0 {
+                return Err(format!(
+                    "--sample-temperature {} is not a positive finite temperature",
+                    sp.temperature
+                ));
+            }
+        }
+        if !(1..=22).contains(&self.write.zstd_level) {
+            return Err(format!(
+                "--zstd-level {} is outside 1..=22",
+                self.write.zstd_level
+            ));
+        }
+        if self.write.row_group_rows == 0 {
+            return Err("rows per row group must be at least 1".into());
+        }
+        if let Some((i, n)) = self.worker
+            && (n == 0 || i >= n)
+        {
+            return Err(format!("worker index {i} is not below --num-workers {n}"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for BuildOptions {
@@ -147,6 +239,7 @@ impl Default for BuildOptions {
             notes: None,
             split: None,
             holdout_from: None,
+            stop: None,
         }
     }
 }
@@ -301,11 +394,7 @@ struct Plan {
 /// the plan is complete. `progress(rows_done, rows_total)` is called as batches are written.
 pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<BuildReport> {
     let t0 = Instant::now();
-    if o.batch_size == 0 || o.rows_per_shard == 0 || o.sessions == 0 {
-        return Err(TeacherError::Options(
-            "batch size, rows per shard and sessions must be at least 1".into(),
-        ));
-    }
+    o.check().map_err(TeacherError::Options)?;
     let tensors: Vec<String> = o.features.iter().map(|f| f.tensor.clone()).collect();
     let teacher = TeacherModel::open(&o.model, &tensors)?;
     let target = teacher.target_output(o.target.as_deref())?.clone();
@@ -679,15 +768,22 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
         skip_non_finite: o.skip_non_finite,
         text: text_plan,
     });
-    let (written, skipped) = run_pipeline(o, &plan, &corpus, &todo, &mut w, total_rows, progress)?;
-    let manifest = if o.worker.is_none() || w.completed().len() as u32 == plan_shards {
-        if w.completed().len() as u32 == plan_shards {
-            Some(w.commit(plan_shards)?)
-        } else {
-            None
-        }
+    let (written, skipped) =
+        match run_pipeline(o, &plan, &corpus, &todo, &mut w, total_rows, progress) {
+            Err(TeacherError::Interrupted(_)) => {
+                return Err(TeacherError::Interrupted(format!(
+                    ": {} of {} shards of {} are complete and kept",
+                    w.completed().len(),
+                    plan_shards,
+                    o.out.display()
+                )));
+            }
+            r => r?,
+        };
+    let manifest = if o.worker.is_none() {
+        Some(w.commit(plan_shards)?)
     } else {
-        None
+        commit_if_last(w, plan_shards)?
     };
     Ok(BuildReport {
         corpus_rows: rows,
@@ -700,6 +796,26 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
         manifest,
         peak_rss_bytes: peak_rss_bytes(),
     })
+}
+
+/// A job-array worker that has finished its shards commits the dataset when every shard of
+/// the plan is complete. The records are listed again now (not the ones seen at start), so
+/// with workers that all run at once the last to finish sees the others' shards. Two workers
+/// finishing together may both try: the manifest they write is the same, and the one that
+/// finds the dataset already committed by the other reports it as committed.
+fn commit_if_last(w: DatasetWriter, plan_shards: u32) -> Result<Option<Manifest>> {
+    let root = w.root().to_path_buf();
+    let records = writer::read_records(&root)?;
+    if (0..plan_shards).any(|s| !records.contains_key(&s)) {
+        return Ok(None);
+    }
+    match w.commit(plan_shards) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) => match logits_format::Dataset::open(&root) {
+            Ok(ds) if writer::read_draft(&root).is_err() => Ok(Some(ds.manifest().clone())),
+            _ => Err(e.into()),
+        },
+    }
 }
 
 /// The merge step of a job array: checks every shard of the plan and writes the manifest.
@@ -738,12 +854,11 @@ const PARALLEL_MIN_VALUES: usize = 1 << 16;
 type SessionInput = ort::session::SessionInputValue<'static>;
 
 struct Job {
-    shard: u32,
-    seq: u32,
+    tag: Tag,
     batch: Payload,
 }
 
-type Done = (u32, u32, Result<(RowBatch, Vec<u64>)>);
+type Done = (Tag, Result<(RowBatch, Vec<u64>)>);
 
 /// A batch the teacher has run on, holding the outputs it still has to be turned into rows.
 /// The outputs are owned values, so a post-processing thread works on them while the session
@@ -753,6 +868,27 @@ struct Ran {
     outputs: HashMap<String, ort::value::DynValue>,
 }
 
+/// Shared by the pipeline's threads: set when any stage fails or a stop was asked for, so the
+/// others stop taking work at their next step instead of finishing the corpus.
+struct Halt<'a> {
+    failed: std::sync::atomic::AtomicBool,
+    /// The caller's stop flag (SIGINT/SIGTERM), if any.
+    stop: Option<&'a AtomicBool>,
+}
+
+impl Halt<'_> {
+    fn halted(&self) -> bool {
+        self.failed.load(Ordering::Relaxed) || self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+}
+
+/// Runs the shards `todo` through reader → sessions → post-processing → writer.
+///
+/// No stage can wait forever on another: every channel end is owned by exactly the threads
+/// that use it (no extra handle kept here), so when a stage returns — on success, on its own
+/// error or because the writer stopped — its channels disconnect and its neighbours see that
+/// at their next send or receive. The writer, on any error, drops its receiver and sets the
+/// halt flag; the reader and sessions then stop at their next batch.
 fn run_pipeline(
     o: &BuildOptions,
     plan: &Arc<Plan>,
@@ -772,34 +908,45 @@ fn run_pipeline(
     }
     let rows = corpus.rows();
     let per = o.rows_per_shard;
+    let faults = &o.write.faults;
+    let halt = Halt {
+        failed: std::sync::atomic::AtomicBool::new(false),
+        stop: o.stop,
+    };
+    let halt = &halt;
     let (job_tx, job_rx) = sync_channel::<Job>(2 * o.sessions);
     let job_rx = Arc::new(Mutex::new(job_rx));
     // A rendezvous: a session hands its outputs to a free post-processing worker and runs the
     // next batch, so at most two batches of outputs per session are alive (the largest buffers
     // of a language-model build).
-    let (ran_tx, ran_rx) = sync_channel::<(u32, u32, Result<Ran>)>(0);
+    let (ran_tx, ran_rx) = sync_channel::<(Tag, Result<Ran>)>(0);
     let ran_rx = Arc::new(Mutex::new(ran_rx));
     let (done_tx, done_rx) = sync_channel::<Done>(2 * o.sessions);
     let (count_tx, count_rx) = std::sync::mpsc::channel::<(u32, u32, Option<TeacherError>)>();
     std::thread::scope(|scope| {
         let shards = todo.to_vec();
         scope.spawn(move || {
+            // Batches are numbered from 1 in reading order over this run (fault points).
+            let mut n = 0u64;
             for s in shards {
                 let range = s as u64 * per..((s as u64 + 1) * per).min(rows);
                 let mut seq = 0u32;
+                let mut injected = None;
                 let r = corpus.read_each(range, o.batch_size, |batch| {
-                    let ok = job_tx
-                        .send(Job {
-                            shard: s,
-                            seq,
-                            batch,
-                        })
-                        .is_ok();
+                    n += 1;
+                    if halt.halted() {
+                        return false;
+                    }
+                    if faults.hit("reader", n) {
+                        injected = Some(fault_error("reader", n));
+                        return false;
+                    }
+                    let tag = Tag { shard: s, seq, n };
                     seq += 1;
-                    ok
+                    job_tx.send(Job { tag, batch }).is_ok()
                 });
-                let failed = r.err();
-                let stop = failed.is_some();
+                let failed = r.err().or(injected);
+                let stop = failed.is_some() || halt.halted();
                 if count_tx.send((s, seq, failed)).is_err() || stop {
                     return;
                 }
@@ -812,40 +959,81 @@ fn run_pipeline(
             let tx = ran_tx.clone();
             let plan = Arc::clone(plan);
             scope.spawn(move || {
-                serve(&rx, &tx, |job: Job| {
-                    (job.shard, job.seq, run_batch(&plan, session, job.batch))
+                serve(&rx, &tx, halt, |job: Job| {
+                    if let Some(ms) = faults.value("delay-ms") {
+                        std::thread::sleep(std::time::Duration::from_millis(ms));
+                    }
+                    let ran = if faults.hit("session", job.tag.n) {
+                        Err(fault_error("session", job.tag.n))
+                    } else {
+                        run_batch(&plan, session, job.batch)
+                    };
+                    (job.tag, ran)
                 })
             });
         }
-        drop(ran_tx);
+        // Only the workers hold the channel ends from here on (see above).
+        drop((ran_tx, job_rx));
         for _ in 0..o.sessions {
             let rx = Arc::clone(&ran_rx);
             let tx = done_tx.clone();
             let plan = Arc::clone(plan);
             scope.spawn(move || {
-                serve(&rx, &tx, |(shard, seq, ran): (u32, u32, Result<Ran>)| {
-                    let out = ran.and_then(|r| match r.batch {
-                        Payload::Tensor(b) => process(&plan, b, &r.outputs),
-                        Payload::Text(w) => process_text(&plan, w, &r.outputs),
+                serve(&rx, &tx, halt, |(tag, ran): (Tag, Result<Ran>)| {
+                    let out = ran.and_then(|r| {
+                        if faults.hit("post", tag.n) {
+                            return Err(fault_error("post", tag.n));
+                        }
+                        match r.batch {
+                            Payload::Tensor(b) => process(&plan, b, &r.outputs),
+                            Payload::Text(w) => process_text(&plan, w, &r.outputs),
+                        }
                     });
-                    (shard, seq, out)
+                    (tag, out)
                 })
             });
         }
-        drop(done_tx);
-        write_in_order(w, todo, done_rx, count_rx, total_rows, progress)
+        drop((done_tx, ran_rx));
+        let r = write_in_order(
+            w, todo, done_rx, count_rx, total_rows, progress, halt, faults,
+        );
+        if r.is_err() {
+            halt.failed.store(true, Ordering::Relaxed);
+        }
+        r
     })
 }
 
-/// A worker's loop: takes items from a receiver shared with its peers until it closes, and
-/// sends `f`'s result for each until the next stage is gone.
-fn serve<T, U>(rx: &Mutex<Receiver<T>>, tx: &SyncSender<U>, mut f: impl FnMut(T) -> U) {
+/// Where a batch belongs: its shard, its place in the shard, and its number in this run.
+#[derive(Debug, Clone, Copy)]
+struct Tag {
+    shard: u32,
+    seq: u32,
+    n: u64,
+}
+
+/// The error an armed fault point produces (tests only).
+fn fault_error(stage: &str, n: u64) -> TeacherError {
+    TeacherError::Pipeline(format!("injected fault in the {stage} stage at batch {n}"))
+}
+
+/// A worker's loop: takes items from a receiver shared with its peers until it closes or the
+/// pipeline halts, and sends `f`'s result for each until the next stage is gone.
+fn serve<T, U>(
+    rx: &Mutex<Receiver<T>>,
+    tx: &SyncSender<U>,
+    halt: &Halt<'_>,
+    mut f: impl FnMut(T) -> U,
+) {
     loop {
         let item = match rx.lock() {
             Ok(guard) => guard.recv(),
             Err(_) => return,
         };
         let Ok(item) = item else { return };
+        if halt.halted() {
+            return;
+        }
         if tx.send(f(item)).is_err() {
             return;
         }
@@ -853,7 +1041,9 @@ fn serve<T, U>(rx: &Mutex<Receiver<T>>, tx: &SyncSender<U>, mut f: impl FnMut(T)
 }
 
 /// Puts finished batches back in shard order and writes them, shard by shard, recording each
-/// finished shard.
+/// finished shard. Returns at the first error of any stage, or when a stop was asked for
+/// (checked at least every 50 ms), leaving the shards finished so far recorded.
+#[allow(clippy::too_many_arguments)]
 fn write_in_order(
     w: &mut DatasetWriter,
     todo: &[u32],
@@ -861,21 +1051,38 @@ fn write_in_order(
     count_rx: Receiver<(u32, u32, Option<TeacherError>)>,
     total_rows: u64,
     progress: &(dyn Fn(u64, u64) + Sync),
+    halt: &Halt<'_>,
+    faults: &logits_format::fault::Faults,
 ) -> Result<(u64, u64)> {
-    let mut pending: BTreeMap<(u32, u32), (RowBatch, Vec<u64>)> = BTreeMap::new();
+    let mut pending: BTreeMap<(u32, u32), (u64, RowBatch, Vec<u64>)> = BTreeMap::new();
     let mut counts: HashMap<u32, u32> = HashMap::new();
     let (mut written, mut skipped) = (0u64, 0u64);
+    let interrupted = || halt.stop.is_some_and(|s| s.load(Ordering::Relaxed));
     for &s in todo {
         let mut shard = w.shard(s)?;
         let mut seq = 0u32;
         loop {
+            if interrupted() {
+                return Err(TeacherError::Interrupted(String::new()));
+            }
             while let Ok((cs, n, err)) = count_rx.try_recv() {
                 if let Some(e) = err {
                     return Err(e);
                 }
                 counts.insert(cs, n);
             }
-            if let Some((batch, skip)) = pending.remove(&(s, seq)) {
+            if let Some((n, batch, skip)) = pending.remove(&(s, seq)) {
+                if faults.hit("writer", n) {
+                    return Err(fault_error("writer", n));
+                }
+                if faults.hit("disk-full", n) {
+                    let e = std::io::Error::from_raw_os_error(28); // ENOSPC
+                    return Err(logits_format::FormatError::io(
+                        w.root().join(writer::SHARD_DIR),
+                        e,
+                    )
+                    .into());
+                }
                 shard.write(&batch)?;
                 shard.skip(&skip);
                 written += batch.len() as u64;
@@ -888,8 +1095,9 @@ fn write_in_order(
                 break;
             }
             match done_rx.recv_timeout(std::time::Duration::from_millis(50)) {
-                Ok((ds, dq, r)) => {
-                    pending.insert((ds, dq), r?);
+                Ok((tag, r)) => {
+                    let (batch, skip) = r?;
+                    pending.insert((tag.shard, tag.seq), (tag.n, batch, skip));
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
@@ -899,6 +1107,9 @@ fn write_in_order(
                             return Err(e);
                         }
                         counts.insert(cs, n);
+                    }
+                    if interrupted() {
+                        return Err(TeacherError::Interrupted(String::new()));
                     }
                     if counts.get(&s) != Some(&seq) && !pending.contains_key(&(s, seq)) {
                         return Err(TeacherError::Pipeline(

@@ -46,6 +46,9 @@ pub enum TeacherError {
     /// Writing or reading the dataset failed.
     #[error(transparent)]
     Format(#[from] logits_format::FormatError),
+    /// The build was asked to stop (SIGINT/SIGTERM); the message says what was kept.
+    #[error("stopped before the end{0}; run the same command with --resume to continue")]
+    Interrupted(String),
     /// A worker thread stopped unexpectedly.
     #[error("pipeline: {0}")]
     Pipeline(String),
