@@ -88,3 +88,30 @@ impl OnnxModel {
         Ok(t[t.len() / 2])
     }
 }
+
+/// The largest difference between exported-model outputs and the reference forward, scaled
+/// as |got − want| / max(1, |want|) (logits of magnitude 10 agree to float rounding at ~1e-6
+/// relative, not 1e-6 absolute). Any non-finite value on either side gives NaN, which no
+/// tolerance accepts.
+pub fn max_scaled_diff(pairs: impl Iterator<Item = (f32, f32)>) -> f64 {
+    let mut worst = 0.0f64;
+    for (got, want) in pairs {
+        if !got.is_finite() || !want.is_finite() {
+            return f64::NAN;
+        }
+        let d = (got as f64 - want as f64).abs() / (want.abs() as f64).max(1.0);
+        worst = worst.max(d);
+    }
+    worst
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scaled_diff_is_relative_and_nan_is_never_ok() {
+        let d = super::max_scaled_diff([(10.00002f32, 10.0f32), (0.5, 0.5)].into_iter());
+        assert!(d < 1e-5 && d > 1e-6, "{d}");
+        assert!(super::max_scaled_diff([(f32::NAN, f32::NAN)].into_iter()).is_nan());
+        assert!(super::max_scaled_diff([(1.0, f32::INFINITY)].into_iter()).is_nan());
+    }
+}

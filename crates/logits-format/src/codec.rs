@@ -231,34 +231,7 @@ fn encode_input(spec: &InputSpec, v: &InputValues, row_ids: &[u64]) -> Result<Ar
             ),
         ));
     }
-    let fixed: u64 = spec
-        .shape
-        .iter()
-        .map(|d| match d {
-            Dim::Fixed(n) => *n,
-            Dim::Named(_) => 1,
-        })
-        .product();
-    let variable = spec.shape.iter().any(|d| matches!(d, Dim::Named(_)));
-    for (r, w) in v.offsets.windows(2).enumerate() {
-        let n = (w[1] - w[0]) as u64;
-        let ok = if variable {
-            fixed > 0 && n.is_multiple_of(fixed)
-        } else {
-            n == fixed
-        };
-        if !ok {
-            let shape: Vec<String> = spec.shape.iter().map(|d| d.to_string()).collect();
-            return Err(bad_row(
-                row_ids[r],
-                &spec.name,
-                format!(
-                    "{n} values do not fit the declared shape [{}]",
-                    shape.join(", ")
-                ),
-            ));
-        }
-    }
+    check_input_shape(spec, v, row_ids)?;
     let child: ArrayRef = match &v.values {
         TensorValues::F32(x) => Arc::new(Float32Array::from(x.clone())),
         TensorValues::F64(x) => Arc::new(Float64Array::from(x.clone())),
@@ -272,12 +245,145 @@ fn encode_input(spec: &InputSpec, v: &InputValues, row_ids: &[u64]) -> Result<Ar
     list_array(col, child, &v.offsets)
 }
 
+/// Checks that every row of an input holds as many values as its declared shape.
+fn check_input_shape(spec: &InputSpec, v: &InputValues, row_ids: &[u64]) -> Result<()> {
+    let fixed: u64 = spec
+        .shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => *n,
+            Dim::Named(_) => 1,
+        })
+        .product();
+    let variable = spec.shape.iter().any(|d| matches!(d, Dim::Named(_)));
+    for (r, w) in v.offsets.windows(2).enumerate() {
+        let n = w[1].saturating_sub(w[0]) as u64;
+        let ok = if variable {
+            fixed > 0 && n.is_multiple_of(fixed)
+        } else {
+            n == fixed
+        };
+        if !ok {
+            let shape: Vec<String> = spec.shape.iter().map(|d| d.to_string()).collect();
+            return Err(bad_row(
+                row_ids.get(r).copied().unwrap_or(0),
+                &spec.name,
+                format!(
+                    "{n} values do not fit the declared shape [{}]",
+                    shape.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks decoded rows against the contract, as every reader does before handing rows on
+/// (rows may come shuffled; unique ids are the shard reader's check): labels within the class axis, inputs of their declared shape and
+/// finite, targets as [`check_targets`] says (lossy encodings with their rounding allowed),
+/// features finite. The error names the row and the column.
+pub fn check_rows(manifest: &Manifest, b: &RowBatch) -> Result<()> {
+    if let (Some(spec), Some(labels)) = (&manifest.labels, &b.labels) {
+        for (i, lab) in labels.iter().enumerate() {
+            if let Some(c) = lab
+                && (*c < 0 || *c as u64 >= spec.num_classes)
+            {
+                return Err(bad_row(
+                    b.row_ids.get(i).copied().unwrap_or(0),
+                    schema::LABEL,
+                    format!("label {c} outside 0..{}", spec.num_classes),
+                ));
+            }
+        }
+    }
+    for spec in &manifest.inputs {
+        let Some(v) = b.inputs.get(&spec.name) else {
+            continue;
+        };
+        check_offsets(&spec.column, &v.offsets, b.row_ids.len(), v.values.len())?;
+        check_input_shape(spec, v, &b.row_ids)?;
+        let bad = match &v.values {
+            TensorValues::F32(x) => x.iter().position(|z| !z.is_finite()),
+            TensorValues::F64(x) => x.iter().position(|z| !z.is_finite()),
+            _ => None,
+        };
+        if let Some(i) = bad {
+            let r = v.offsets.partition_point(|&o| o <= i).saturating_sub(1);
+            return Err(bad_row(
+                b.row_ids.get(r).copied().unwrap_or(0),
+                &spec.column,
+                "a stored input value is NaN or infinite",
+            ));
+        }
+    }
+    if let (Some(spec), Some(t)) = (&manifest.targets, &b.targets) {
+        check_targets(spec, t, &b.row_ids, spec.values == ValueEncoding::F32)?;
+    }
+    for spec in &manifest.features {
+        let Some(f) = b.features.get(&spec.name) else {
+            continue;
+        };
+        if let Some(i) = f.values.iter().position(|z| !z.is_finite()) {
+            let p = i / spec.width().max(1);
+            return Err(bad_row(
+                row_of(&f.row_positions, &b.row_ids, p),
+                &spec.column,
+                "a feature value is NaN or infinite",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn ids_array(enc: IdEncoding, ids: &[u32]) -> ArrayRef {
     match enc {
         // check_targets guarantees ids < axis_size <= 65,536 for u16.
         IdEncoding::U16 => Arc::new(UInt16Array::from_iter_values(ids.iter().map(|&i| i as u16))),
         IdEncoding::U32 => Arc::new(UInt32Array::from(ids.to_vec())),
     }
+}
+
+/// Checks that position `p`'s logZ (and logZ at each extra temperature) agrees with its kept
+/// logits: not below their log-sum-exp (the kept mass cannot exceed 1) and not above the
+/// largest plus ln(axis) (the tail cannot hold more than axis entries as large as the top).
+fn check_logz_consistent(
+    spec: &TargetSpec,
+    t: &Targets,
+    p: usize,
+    kept: &[f32],
+    tol: f32,
+) -> std::result::Result<(), String> {
+    let Some(&top) = kept.first() else {
+        return Ok(());
+    };
+    let ln_axis = (spec.axis_size.max(1) as f64).ln();
+    let temps = std::iter::once((1.0f64, t.logz[p])).chain(
+        spec.temperatures
+            .iter()
+            .enumerate()
+            .map(|(j, &temp)| (temp, t.logz_temps[p * spec.temperatures.len() + j])),
+    );
+    for (temp, z) in temps {
+        let z = z as f64;
+        let m = top as f64 / temp;
+        let lse = m + kept
+            .iter()
+            .map(|&x| (x as f64 / temp - m).exp())
+            .sum::<f64>()
+            .ln();
+        let tol = tol as f64 / temp.min(1.0);
+        if z < lse - tol {
+            return Err(format!(
+                "logZ at T={temp} is {z}, below the log-sum-exp {lse} of the kept entries alone"
+            ));
+        }
+        if z > m + ln_axis + tol {
+            return Err(format!(
+                "logZ at T={temp} is {z}, above the largest kept logit ÷ T ({m}) + ln(axis) ({ln_axis})"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks every position of a targets batch against the contract.
@@ -390,6 +496,8 @@ pub(crate) fn check_targets(
                         }
                     }
                 }
+                check_logz_consistent(spec, t, p, &k.logits[a..e], tol)
+                    .map_err(|m| bad_row(row(p), schema::LOGZ, format!("position {p}: {m}")))?;
             }
         }
         (None, None) => {}

@@ -38,6 +38,8 @@ pub struct Dataset {
     manifest: Manifest,
     complete: bool,
     remote: Option<RemoteDataset>,
+    /// Shards whose size and sha256 were checked by this process (each is hashed once).
+    verified: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Dataset {
@@ -53,6 +55,7 @@ impl Dataset {
                 manifest: remote.manifest()?,
                 complete: true,
                 remote: Some(remote),
+                verified: Default::default(),
             });
         }
         let mpath = root.join(MANIFEST_FILE);
@@ -77,6 +80,7 @@ impl Dataset {
             manifest,
             complete: true,
             remote: None,
+            verified: Default::default(),
         })
     }
 
@@ -93,6 +97,7 @@ impl Dataset {
                 manifest: writer::assemble(draft, &records),
                 complete: false,
                 remote: Some(RemoteDataset::new(remote)?),
+                verified: Default::default(),
             });
         }
         if root.join(MANIFEST_FILE).exists() {
@@ -105,6 +110,7 @@ impl Dataset {
             manifest: writer::assemble(draft, &records),
             complete: false,
             remote: None,
+            verified: Default::default(),
         })
     }
 
@@ -142,6 +148,50 @@ impl Dataset {
             }
             None => ShardInput::local(&self.shard_file(shard)?),
         }
+    }
+
+    /// Checks a shard's bytes against its manifest entry before they are parsed: the size
+    /// always; for a local file also the sha256, hashed once per process from the same open
+    /// file that is then read (so the bytes checked are the bytes used). A shard in a store is
+    /// read by ranges and not hashed here (`logits-inspect --validate` hashes it).
+    pub fn verify_shard(&self, path: &Path, entry: &ShardEntry, input: &ShardInput) -> Result<()> {
+        use parquet::file::reader::Length;
+        let len = input.len();
+        if len != entry.bytes {
+            return Err(FormatError::ShardMismatch {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{len} bytes, the manifest says {} (truncated or replaced); rebuild or fetch the dataset again",
+                    entry.bytes
+                ),
+            });
+        }
+        let ShardInput::Local(file) = input else {
+            return Ok(());
+        };
+        let key = entry.path.clone();
+        if self
+            .verified
+            .lock()
+            .map(|v| v.contains(&key))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        let sha = writer::reader_sha256(path, &mut &**file)?;
+        if sha != entry.sha256 {
+            return Err(FormatError::ShardMismatch {
+                path: path.to_path_buf(),
+                message: format!(
+                    "sha256 {sha} differs from the manifest's {} (the file is corrupted); rebuild or fetch the dataset again",
+                    entry.sha256
+                ),
+            });
+        }
+        if let Ok(mut v) = self.verified.lock() {
+            v.insert(key);
+        }
+        Ok(())
     }
 
     /// Size and sha256 of a shard's bytes, with an input to read it again (remote shards are
@@ -311,6 +361,7 @@ impl BatchStream {
             chunk_rows: o.batch_size.clamp(1, 4096),
             order_seed,
             row_range: o.row_range.clone(),
+            rows: Default::default(),
         };
         let thread = std::thread::Builder::new()
             .name("logits-prefetch".into())
@@ -334,10 +385,15 @@ impl BatchStream {
         })
     }
 
-    /// The next batch decoded into a [`RowBatch`] (values in their spec meaning).
+    /// The next batch decoded into a [`RowBatch`] (values in their spec meaning), checked
+    /// against the contract row by row ([`codec::check_rows`]).
     pub fn next_rows(&mut self) -> Option<Result<RowBatch>> {
         let b = self.next()?;
-        Some(b.and_then(|b| codec::decode(&self.manifest, &b)))
+        Some(b.and_then(|b| {
+            let rows = codec::decode(&self.manifest, &b)?;
+            codec::check_rows(&self.manifest, &rows)?;
+            Ok(rows)
+        }))
     }
 
     fn add_chunk(&mut self, b: RecordBatch) {
@@ -447,13 +503,173 @@ struct ReadJob {
     chunk_rows: usize,
     order_seed: Option<u64>,
     row_range: Option<Range<u64>>,
+    rows: std::cell::RefCell<ShardRows>,
+}
+
+/// The row ids seen in the shard being read, against its manifest entry: each id inside the
+/// entry's range, none twice, as many as the entry says. Swapped, duplicated or truncated
+/// shards whose bytes still parse are caught here (a bit per id of the entry's range).
+#[derive(Default)]
+struct ShardRows {
+    first: u64,
+    last: u64,
+    seen: Vec<u64>,
+    count: u64,
+}
+
+impl ShardRows {
+    fn start(&mut self, e: &ShardEntry) {
+        self.first = e.first_row_id;
+        self.last = e.last_row_id.max(e.first_row_id);
+        // Bounded by the entry's row count, so a forged range cannot ask for huge memory.
+        let span = (self.last - self.first + 1).min(e.rows.saturating_mul(64).max(64));
+        self.seen = vec![0; span.div_ceil(64) as usize];
+        self.count = 0;
+    }
+
+    fn see(&mut self, path: &Path, b: &RecordBatch) -> Result<()> {
+        let ids = b
+            .column_by_name(schema::ROW_ID)
+            .and_then(|c| c.as_primitive_opt::<UInt64Type>())
+            .ok_or_else(|| FormatError::ShardMismatch {
+                path: path.to_path_buf(),
+                message: "row_id column missing or not uint64".into(),
+            })?;
+        for id in ids.values().iter().copied() {
+            let off = id.wrapping_sub(self.first);
+            let (w, bit) = ((off / 64) as usize, off % 64);
+            if id < self.first || id > self.last || w >= self.seen.len() {
+                return Err(FormatError::ShardMismatch {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "row id {id} is outside the shard's range {}..={} in the manifest (a shard swapped or replaced?)",
+                        self.first, self.last
+                    ),
+                });
+            }
+            if self.seen[w] >> bit & 1 == 1 {
+                return Err(FormatError::ShardMismatch {
+                    path: path.to_path_buf(),
+                    message: format!("row id {id} appears twice"),
+                });
+            }
+            self.seen[w] |= 1 << bit;
+            self.count += 1;
+        }
+        Ok(())
+    }
+
+    fn finish(&self, path: &Path, e: &ShardEntry) -> Result<()> {
+        if self.count != e.rows {
+            return Err(FormatError::ShardMismatch {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{} rows read, the manifest says {} (truncated or replaced)",
+                    self.count, e.rows
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The error for a shard the Parquet library could not read.
+fn damaged(path: &Path, why: &str) -> FormatError {
+    FormatError::ShardMismatch {
+        path: path.to_path_buf(),
+        message: format!(
+            "the file is damaged ({why}); rebuild the dataset or fetch it again, and check it with `logits-inspect --validate`"
+        ),
+    }
+}
+
+/// The message of a caught panic.
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown".into());
+    format!("the Parquet reader panicked: {msg}")
+}
+
+/// Loads a shard's Parquet metadata without trusting it: the footer is parsed with the
+/// library's panics caught, and every column chunk's byte range is checked against the file's
+/// size before any reader asks for it (parquet 60 panics on negative ranges).
+pub fn load_metadata(path: &Path, input: &ShardInput) -> Result<ArrowReaderMetadata> {
+    use parquet::file::reader::Length;
+    let len = input.len();
+    let meta = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ArrowReaderMetadata::load(input, ArrowReaderOptions::new())
+    }))
+    .map_err(|p| damaged(path, &panic_text(&p)))?
+    .map_err(|e| FormatError::parquet(path, e))?;
+    let pm = meta.metadata();
+    for (g, rg) in pm.row_groups().iter().enumerate() {
+        if rg.num_rows() < 0 {
+            return Err(damaged(
+                path,
+                &format!("row group {g} has a negative row count"),
+            ));
+        }
+        for (c, cc) in rg.columns().iter().enumerate() {
+            let start = cc
+                .dictionary_page_offset()
+                .filter(|&d| d > 0)
+                .unwrap_or(cc.data_page_offset());
+            let size = cc.compressed_size();
+            let end = start.checked_add(size);
+            if start < 0 || size < 0 || end.is_none_or(|e| e as u64 > len) {
+                return Err(damaged(
+                    path,
+                    &format!(
+                        "row group {g}, column {c}: bytes {start}..+{size} outside the file's {len} bytes"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(meta)
+}
+
+/// Checks that a shard is the one its manifest entry names (`logits.shard` key), so shards
+/// swapped or copied over each other are caught even where no checksum is computed.
+fn check_shard_key(
+    path: &Path,
+    meta: &parquet::file::metadata::ParquetMetaData,
+    entry: &ShardEntry,
+) -> Result<()> {
+    let key = meta
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|e| e.key == writer::KV_SHARD))
+        .and_then(|e| e.value.clone());
+    match key {
+        Some(k) if k == entry.path => Ok(()),
+        other => Err(FormatError::ShardMismatch {
+            path: path.to_path_buf(),
+            message: format!(
+                "the file says it is shard {}, the manifest lists it as {} (shards swapped or copied over each other)",
+                other.unwrap_or_else(|| "<none>".into()),
+                entry.path
+            ),
+        }),
+    }
 }
 
 impl ReadJob {
     fn run(self, tx: SyncSender<Chunk>) {
         let mut rng = self.order_seed.map(ChaCha8Rng::seed_from_u64);
         for (path, entry) in &self.shards {
-            if let Err(e) = self.read_shard(path, entry, rng.as_mut(), &tx) {
+            self.rows.borrow_mut().start(entry);
+            // A damaged file must give an error, never take the process down: the Parquet
+            // library's own panics on corrupt input are caught here and reported as such.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.read_shard(path, entry, rng.as_mut(), &tx)
+            }))
+            .unwrap_or_else(|p| Err(damaged(path, &panic_text(&p))))
+            .and_then(|()| self.rows.borrow().finish(path, entry));
+            if let Err(e) = r {
                 let _ = tx.send(Err(e));
                 return;
             }
@@ -468,11 +684,12 @@ impl ReadJob {
         tx: &SyncSender<Chunk>,
     ) -> Result<()> {
         let input = self.ds.open_shard(entry)?;
-        let meta = ArrowReaderMetadata::load(&input, ArrowReaderOptions::new())
-            .map_err(|e| FormatError::parquet(path, e))?;
+        self.ds.verify_shard(path, entry, &input)?;
+        let meta = load_metadata(path, &input)?;
         let builder =
             ParquetRecordBatchReaderBuilder::new_with_metadata(input.clone(), meta.clone());
         check_shard_metadata(path, builder.metadata(), &self.dataset_id)?;
+        check_shard_key(path, builder.metadata(), entry)?;
         let arrow = builder.schema().clone();
         let mut roots = Vec::new();
         for c in &self.columns {
@@ -572,6 +789,7 @@ impl ReadJob {
 
     /// Filters to the row range and sends one batch; false when the receiver is gone.
     fn send(&self, path: &Path, b: RecordBatch, tx: &SyncSender<Chunk>) -> Result<bool> {
+        self.rows.borrow_mut().see(path, &b)?;
         let b = match &self.row_range {
             Some(r) => filter_range(path, &b, r)?,
             None => b,

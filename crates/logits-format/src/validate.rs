@@ -54,7 +54,9 @@ impl Seen {
 /// Checks the dataset: every shard's checksum, size, metadata, schema and row count against
 /// the manifest; row ids increasing within shards and covering the corpus exactly once (rows
 /// skipped on purpose excepted); every row decoding and keeping the contract (ids in range,
-/// sorted, finite values, logits not above logZ).
+/// sorted, finite values, logits not above logZ, logZ consistent with the kept entries,
+/// labels in range, inputs of their declared shape and finite, features finite) and its
+/// `input_hash` recomputed from the stored inputs.
 pub fn validate(ds: &Dataset) -> ValidationReport {
     let m = ds.manifest();
     let mut rep = ValidationReport::default();
@@ -121,8 +123,8 @@ fn check_shard(
             s.sha256
         ));
     }
-    let builder = ParquetRecordBatchReaderBuilder::try_new(input)
-        .map_err(|e| format!("{name}: parquet: {e}"))?;
+    let meta = crate::reader::load_metadata(&path, &input).map_err(|e| e.to_string())?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(input, meta);
     check_shard_metadata(&path, builder.metadata(), &m.dataset_id).map_err(|e| e.to_string())?;
     let found = Schema::new(builder.schema().fields().clone());
     if found != *expected {
@@ -168,14 +170,9 @@ fn check_shard(
             last = Some(id);
         }
         *rows_checked += rows.len() as u64;
-        if let (Some(spec), Some(t)) = (&m.targets, &rows.targets) {
-            codec::check_targets(
-                spec,
-                t,
-                &rows.row_ids,
-                spec.values == crate::manifest::ValueEncoding::F32,
-            )
-            .map_err(|e| format!("{name}: {e}"))?;
+        codec::check_rows(m, &rows).map_err(|e| format!("{name}: {e}"))?;
+        check_input_hashes(m, &rows).map_err(|e| format!("{name}: {e}"))?;
+        if let Some(t) = &rows.targets {
             positions += t.positions() as u64;
             entries += t.topk.as_ref().map_or(0, |k| k.ids.len() as u64);
         }
@@ -191,6 +188,39 @@ fn check_shard(
             "{name}: {positions} positions and {entries} entries, the manifest says {} and {}",
             s.positions, s.entries
         ));
+    }
+    Ok(())
+}
+
+/// Recomputes each row's `input_hash` from its stored inputs (when every input is stored) and
+/// compares it with the stored one.
+fn check_input_hashes(m: &crate::Manifest, rows: &crate::RowBatch) -> Result<(), String> {
+    let Some(hashes) = &rows.input_hashes else {
+        return Ok(());
+    };
+    if m.inputs.is_empty() || m.inputs.iter().any(|s| !rows.inputs.contains_key(&s.name)) {
+        return Ok(());
+    }
+    for (r, stored) in hashes.iter().enumerate() {
+        let parts: Vec<(&str, Vec<u8>, usize)> = m
+            .inputs
+            .iter()
+            .filter_map(|s| {
+                let v = rows.inputs.get(&s.name)?;
+                let range = v.offsets[r]..v.offsets[r + 1];
+                Some((
+                    s.name.as_str(),
+                    v.values.le_bytes(range.clone()),
+                    range.len(),
+                ))
+            })
+            .collect();
+        if crate::rows::input_hash_v1(&parts) != *stored {
+            return Err(format!(
+                "row {}: input_hash does not match the stored inputs (inputs or hash altered)",
+                rows.row_ids[r]
+            ));
+        }
     }
     Ok(())
 }

@@ -539,6 +539,34 @@ pub(crate) fn check_plan_complete(
     })
 }
 
+/// The sha256 (lowercase hex) of everything `r` holds from its start, read with positioned
+/// reads so a shared file handle's cursor does not matter; `path` names it in errors.
+pub fn reader_sha256(path: &Path, r: &mut &File) -> Result<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        loop {
+            let got = r
+                .read_at(&mut buf, at)
+                .map_err(|e| FormatError::io(path, e))?;
+            if got == 0 {
+                break;
+            }
+            h.update(&buf[..got]);
+            at += got as u64;
+        }
+        Ok(hex(&h.finalize()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = r;
+        Ok(file_sha256(path)?.1)
+    }
+}
+
 /// Size and sha256 (lowercase hex) of a file, streamed.
 pub fn file_sha256(path: &Path) -> Result<(u64, String)> {
     let mut f = File::open(path).map_err(|e| FormatError::io(path, e))?;

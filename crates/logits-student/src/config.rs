@@ -295,6 +295,29 @@ pub struct RunConfig {
     pub checkpoint_every: u64,
     /// Write a metrics line every N steps.
     pub log_every: u64,
+    /// Polled every step: once set (by SIGINT/SIGTERM in the binary), the run writes a
+    /// checkpoint and stops with [`crate::StudentError::Interrupted`]. Not part of the saved
+    /// configuration.
+    #[serde(skip)]
+    pub stop: StopFlag,
+}
+
+/// A stop flag a training loop polls; equal to every other (it is not configuration).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StopFlag(pub Option<&'static std::sync::atomic::AtomicBool>);
+
+impl StopFlag {
+    /// True once a stop was asked for.
+    pub fn is_set(&self) -> bool {
+        self.0
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl PartialEq for StopFlag {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Default for ModelConfig {
@@ -363,6 +386,7 @@ impl Default for RunConfig {
         RunConfig {
             checkpoint_every: 0,
             log_every: 10,
+            stop: StopFlag::default(),
         }
     }
 }
@@ -397,11 +421,79 @@ impl TrainConfig {
                 self.model.dropout
             ));
         }
-        if self.optim.lr.is_nan() || self.optim.lr <= 0.0 {
-            return bad(format!("optim.lr must be positive, got {}", self.optim.lr));
+        if !(self.optim.lr.is_finite() && self.optim.lr > 0.0) {
+            return bad(format!(
+                "optim.lr (--lr) must be positive and finite, got {}",
+                self.optim.lr
+            ));
         }
         if self.model.hidden.contains(&0) {
             return bad("model.hidden widths must be positive".into());
+        }
+        let weights = [
+            ("loss.kd (--kd)", self.loss.kd),
+            ("loss.ce (--ce)", self.loss.ce),
+            ("loss.sampled (--sampled)", self.loss.sampled),
+        ];
+        for (name, w) in weights {
+            if !(w.is_finite() && w >= 0.0) {
+                return bad(format!(
+                    "{name} must be a finite weight ≥ 0, got {w} (0 turns the term off)"
+                ));
+            }
+        }
+        for f in &self.loss.features {
+            if let Some(w) = f.weight
+                && !(w.is_finite() && w >= 0.0)
+            {
+                return bad(format!(
+                    "feature loss on {:?}: weight must be finite and ≥ 0, got {w}",
+                    f.feature
+                ));
+            }
+        }
+        let o = &self.optim;
+        if !(o.momentum.is_finite() && (0.0..1.0).contains(&o.momentum)) {
+            return bad(format!(
+                "optim.momentum (--momentum) must be in [0, 1), got {}",
+                o.momentum
+            ));
+        }
+        for (name, b) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
+            if !(b.is_finite() && (0.0..1.0).contains(&b)) {
+                return bad(format!("{name} must be in [0, 1), got {b}"));
+            }
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return bad(format!("optim.eps must be positive, got {}", o.eps));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return bad(format!(
+                "optim.weight_decay (--weight-decay) must be finite and ≥ 0, got {}",
+                o.weight_decay
+            ));
+        }
+        if let Some(c) = o.clip_norm
+            && !(c.is_finite() && c > 0.0)
+        {
+            return bad(format!(
+                "optim.clip_norm (--clip-norm) must be positive and finite, got {c} (leave it out for no clipping)"
+            ));
+        }
+        if !(o.min_lr.is_finite() && o.min_lr >= 0.0 && o.min_lr <= o.lr) {
+            return bad(format!(
+                "optim.min_lr must be in [0, lr], got {} with lr {}",
+                o.min_lr, o.lr
+            ));
+        }
+        if self.data.epochs == 0 && self.data.steps.is_none() {
+            return bad("data.epochs (--epochs) must be at least 1".into());
+        }
+        if self.data.steps == Some(0) {
+            return bad("data.steps (--steps) must be at least 1".into());
+        }
+        if self.run.log_every == 0 {
+            return bad("run.log_every must be at least 1".into());
         }
         let any = self.loss.kd > 0.0
             || self.loss.ce > 0.0

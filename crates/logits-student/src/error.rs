@@ -37,10 +37,9 @@ pub enum StudentError {
         /// What is wrong with it.
         why: String,
     },
-    /// Training produced a non-finite loss (diverged), or a row carries non-finite values.
-    #[error(
-        "non-finite value at step {step} ({term}); lower the learning rate or check row {row:?}"
-    )]
+    /// Training produced a non-finite loss, gradient or weight (diverged), or a row carries
+    /// non-finite values.
+    #[error("non-finite value at step {step} in {term}{}", nonfinite_advice(.row))]
     NonFinite {
         /// Training step.
         step: u64,
@@ -48,6 +47,28 @@ pub enum StudentError {
         term: String,
         /// The offending row id, when known.
         row: Option<u64>,
+    },
+    /// The run was asked to stop (SIGINT/SIGTERM) and wrote a checkpoint first.
+    #[error(
+        "stopped at step {step}; checkpoint written in {dir}: run the same command with --resume to continue"
+    )]
+    Interrupted {
+        /// Steps done (the checkpoint's step).
+        step: u64,
+        /// The run directory.
+        dir: PathBuf,
+    },
+    /// The model would not fit in memory; refused before allocating.
+    #[error(
+        "the student needs about {need_gib:.1} GiB for weights, gradients and optimizer state ({params} parameters), and {available_gib:.1} GiB is available: make it smaller"
+    )]
+    TooLarge {
+        /// Parameters of the model.
+        params: u64,
+        /// Estimated bytes needed, in GiB.
+        need_gib: f64,
+        /// Memory available, in GiB.
+        available_gib: f64,
     },
     /// A row of the dataset disagrees with the corpus it is joined with.
     #[error("{path}: row {row}: {why}")]
@@ -68,4 +89,13 @@ pub type Result<T> = std::result::Result<T, StudentError>;
 pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StudentError {
     let path = path.into();
     move |source| StudentError::Io { path, source }
+}
+
+/// The advice of a [`StudentError::NonFinite`]: the row when one is to blame, else the usual
+/// causes of divergence.
+fn nonfinite_advice(row: &Option<u64>) -> String {
+    match row {
+        Some(r) => format!(" (row {r} of the dataset): check that row"),
+        None => ": the run diverged; lower the learning rate (--lr), add --clip-norm, or check the loss weights".into(),
+    }
 }

@@ -613,6 +613,20 @@ pub fn train(
             })?;
         projections.push(Some(Linear::glorot(spec.dim, fs.width(), &mut rng)));
     }
+    // Embedding (+ untied head) and per block: attention 4d² and MLP 8d², with biases.
+    let (v, c, d, l) = (
+        spec.vocab as u64,
+        spec.context as u64,
+        spec.dim as u64,
+        spec.layers as u64,
+    );
+    let head = if spec.tied { 0 } else { v.saturating_mul(d) };
+    let params = v
+        .saturating_mul(d)
+        .saturating_add(c.saturating_mul(d))
+        .saturating_add(head)
+        .saturating_add(l.saturating_mul(d.saturating_mul(d).saturating_mul(12)));
+    crate::train::check_fits(params, crate::train::available_memory())?;
     let fresh = LmStudent {
         gpt: Gpt::new(spec, cfg.seed),
         projections,
@@ -627,7 +641,7 @@ pub fn train(
         cfg.optim.clip_norm,
         &fresh,
     );
-    let (dir, latest) = crate::train::open_run_dir(out, resume)?;
+    let (dir, latest, _lock) = crate::train::open_run_dir(out, resume)?;
     let (mut s, (epoch, skip), mut rec) = crate::train::start_run(
         &dir,
         latest.as_deref(),

@@ -140,15 +140,11 @@ pub fn read_safetensors(path: &Path) -> Result<Loaded> {
     Ok((out, meta.metadata().clone().unwrap_or_default()))
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so a crash or a full disk
-/// never leaves a half-written file under the final name.
+/// Writes `bytes` to `path` through a uniquely named temporary file, file fsync, rename and
+/// directory fsync (the one [`logits_format::writer::write_atomic`] shards and manifests use),
+/// so a crash or a full disk never leaves a half-written file under the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    Ok(logits_format::writer::write_atomic(path, bytes)?)
 }
 
 /// The safetensors metadata that makes a student file self-describing.

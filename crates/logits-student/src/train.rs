@@ -31,6 +31,7 @@ use crate::mlp::{Linear, Mlp};
 use crate::optim::Optimizer;
 use crate::params::Params;
 use crate::student::{self, Student, StudentInfo, read_safetensors, to_safetensors, write_atomic};
+use logits_format::lock::{LockMode, OutputLock};
 
 /// Loss values of one step: each term unweighted, and the weighted total.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -117,6 +118,16 @@ pub fn init_student(
     inputs: usize,
     classes: usize,
 ) -> Result<Student> {
+    let widths = cfg.mlp_spec(inputs, classes).widths;
+    let params: u64 = widths
+        .windows(2)
+        .map(|w| {
+            (w[0] as u64)
+                .saturating_mul(w[1] as u64)
+                .saturating_add(w[1] as u64)
+        })
+        .fold(0u64, u64::saturating_add);
+    check_fits(params, available_memory())?;
     let mlp = Mlp::new(cfg.mlp_spec(inputs, classes), cfg.seed);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x005e_ed0f_9e07);
     let mut projections = Vec::new();
@@ -142,6 +153,28 @@ pub fn init_student(
         });
     }
     Ok(Student { mlp, projections })
+}
+
+/// Bytes of memory the system can still give (Linux `MemAvailable`); None where unknown.
+pub fn available_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses, before anything is allocated, a model whose weights, gradients and two optimizer
+/// moments (16 bytes a parameter, f32) would not fit in `available` bytes.
+pub fn check_fits(params: u64, available: Option<u64>) -> Result<()> {
+    let need = params.saturating_mul(16);
+    match available {
+        Some(a) if need > a => Err(StudentError::TooLarge {
+            params,
+            need_gib: need as f64 / (1u64 << 30) as f64,
+            available_gib: a as f64 / (1u64 << 30) as f64,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn feature_term_name(f: &crate::config::FeatureLoss) -> String {
@@ -415,9 +448,15 @@ pub(crate) fn save_checkpoint(
 
 /// Opens the run directory `out` and finds its latest checkpoint, refusing a directory that
 /// holds a run unless resuming.
-pub(crate) fn open_run_dir(out: &Path, resume: bool) -> Result<(RunDir, Option<PathBuf>)> {
+/// The run directory is locked for the run's life (the returned lock): a second run on it at
+/// the same time is refused with the first one's pid and host.
+pub(crate) fn open_run_dir(
+    out: &Path,
+    resume: bool,
+) -> Result<(RunDir, Option<PathBuf>, OutputLock)> {
     let dir = RunDir(out.to_path_buf());
     std::fs::create_dir_all(dir.checkpoints()).map_err(io(dir.checkpoints()))?;
+    let lock = OutputLock::acquire(out, LockMode::Exclusive, "a training run")?;
     let latest = dir.latest()?;
     if latest.is_some() && !resume {
         return Err(StudentError::Config(format!(
@@ -425,7 +464,7 @@ pub(crate) fn open_run_dir(out: &Path, resume: bool) -> Result<(RunDir, Option<P
             out.display()
         )));
     }
-    Ok((dir, latest))
+    Ok((dir, latest, lock))
 }
 
 /// Where a run starts: `fresh`, or the checkpoint `latest` (student, optimizer state, epoch and
@@ -445,14 +484,56 @@ pub(crate) fn start_run<'a, S: Params + Clone>(
 ) -> Result<(S, (u64, u64), Recorder<'a>)> {
     let mut s = fresh.clone();
     let (mut at, mut resumed_at) = ((0u64, 0u64), None);
-    if let Some(d) = latest {
-        let st = load_checkpoint(d, &mut s, opt)?;
-        refuse_foreign(d, &st, m, cfg)?;
+    if let Some(latest) = latest {
+        let (d, st) = load_usable_checkpoint(dir, latest, &mut s, opt, fresh)?;
+        refuse_foreign(&d, &st, m, cfg)?;
         at = (st.epoch, st.batch_in_epoch);
         resumed_at = Some(st.step);
     }
     let rec = Recorder::open(dir, resumed_at, cfg, m, meta, counts, rate_key)?;
     Ok((s, at, rec))
+}
+
+/// Loads the newest checkpoint that loads: `latest`, or, when it is damaged (a truncated
+/// file after a crash or a full disk), the newest earlier `step-*` directory, saying so on
+/// stderr. Fails, naming `latest`'s problem, when none loads.
+fn load_usable_checkpoint<S: Params + Clone>(
+    dir: &RunDir,
+    latest: &Path,
+    model: &mut S,
+    opt: &mut Optimizer,
+    fresh: &S,
+) -> Result<(PathBuf, State)> {
+    let first = match load_checkpoint(latest, model, opt) {
+        Ok(st) => return Ok((latest.to_path_buf(), st)),
+        Err(e) => e,
+    };
+    let mut older: Vec<PathBuf> = std::fs::read_dir(dir.checkpoints())
+        .map_err(io(dir.checkpoints()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && p != latest
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("step-"))
+        })
+        .collect();
+    // step-NNNNNNNN sorts by step; newest first.
+    older.sort();
+    older.reverse();
+    for d in older {
+        *model = fresh.clone();
+        if let Ok(st) = load_checkpoint(&d, model, opt) {
+            eprintln!(
+                "warning: the newest checkpoint is damaged ({first}); resuming from {} instead",
+                d.display()
+            );
+            return Ok((d, st));
+        }
+    }
+    Err(first)
 }
 
 /// Loads the checkpoint in `d` into `model` (same shape) and `opt`; returns its state.
@@ -562,6 +643,7 @@ impl<'a> Recorder<'a> {
     ) -> Result<()> {
         self.window.1 += items;
         let done = opt.step;
+        check_finite(model, si.grad_norm, done)?;
         if done.is_multiple_of(self.cfg.run.log_every.max(1)) || done == self.total {
             let secs = self.window.0.elapsed().as_secs_f64().max(1e-9);
             let mut line = json!({
@@ -595,9 +677,54 @@ impl<'a> Recorder<'a> {
             };
             self.file.flush().map_err(io(self.dir.metrics()))?;
             save_checkpoint(&self.dir, model, opt, &state, &self.meta)?;
+            return Ok(());
+        }
+        if self.cfg.run.stop.is_set() {
+            let (epoch, batch_in_epoch) = if b_in_epoch >= self.per_epoch {
+                (epoch + 1, 0)
+            } else {
+                (epoch, b_in_epoch)
+            };
+            let state = State {
+                step: done,
+                epoch,
+                batch_in_epoch,
+                train_rows: self.train_rows,
+                dataset_id: self.manifest.dataset_id.clone(),
+                teacher_sha256: self.manifest.teacher.sha256.clone(),
+                config: self.cfg.clone(),
+            };
+            self.file.flush().map_err(io(self.dir.metrics()))?;
+            save_checkpoint(&self.dir, model, opt, &state, &self.meta)?;
+            return Err(StudentError::Interrupted {
+                step: done,
+                dir: self.dir.0.clone(),
+            });
         }
         Ok(())
     }
+}
+
+/// Stops a run whose gradient norm or weights stopped being finite, naming the step and the
+/// tensor, so a diverged student is never saved or exported as if it had trained.
+fn check_finite(model: &dyn Params, grad_norm: f64, step: u64) -> Result<()> {
+    if !grad_norm.is_finite() {
+        return Err(StudentError::NonFinite {
+            step,
+            term: format!("the gradient (norm {grad_norm})"),
+            row: None,
+        });
+    }
+    for (name, _, values) in model.tensors() {
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(StudentError::NonFinite {
+                step,
+                term: format!("weights {name}"),
+                row: None,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The epoch loop both students share: batches of each epoch in its seeded order (from
@@ -694,7 +821,7 @@ pub fn train(
         teacher_sha256: m.teacher.sha256.clone(),
     };
     let meta = student::metadata(&info)?;
-    let (dir, latest) = open_run_dir(out, resume)?;
+    let (dir, latest, _lock) = open_run_dir(out, resume)?;
     let train_rows = count_rows(ds, split.train.clone())?;
     if train_rows == 0 {
         return Err(StudentError::Dataset {

@@ -260,9 +260,14 @@ pub fn sampled_kd(s: &[f32], ids: &[u32], counts: &[u32], t: f64, w: f64, grad: 
         *gm += (scale * q[m]) as f32;
     }
     for (&i, &c) in ids.iter().zip(counts) {
+        // The reader refuses ids outside the class axis; a caller passing one anyway gets it
+        // ignored rather than an out-of-bounds panic.
+        let (Some(&qi), Some(gi)) = (q.get(i as usize), grad.get_mut(i as usize)) else {
+            continue;
+        };
         let pi = c as f64 / n;
-        loss -= pi * q[i as usize].max(TINY).ln();
-        grad[i as usize] -= (scale * pi) as f32;
+        loss -= pi * qi.max(TINY).ln();
+        *gi -= (scale * pi) as f32;
     }
     loss * t * t
 }
