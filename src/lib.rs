@@ -164,3 +164,37 @@ impl std::error::Error for UsageError {}
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
     UsageError(message.into()).into()
 }
+
+/// An error and its causes as one line, each cause said once: a cause whose text the message
+/// already holds (library errors that name their cause, such as "path: No such file") is not
+/// repeated, as `{:#}` would.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let t = cause.to_string();
+        if t.is_empty() || out.contains(&t) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&t);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::from_raw_os_error(20);
+        let e = anyhow::Error::new(io).context(format!(
+            "x/manifest.json: {}",
+            std::io::Error::from_raw_os_error(20)
+        ));
+        let t = super::error_text(&e);
+        assert_eq!(t.matches("Not a directory").count(), 1, "{t}");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::error_text(&e), "outer: inner");
+    }
+}

@@ -220,7 +220,11 @@ fn refusals_name_what_is_wrong() {
             1,
         ),
         (&["--feature-loss", "sp:penult@4"], "hidden layer 4", 1),
-        (&["--input", "pixelz"], "no stored input named \"pixelz\"", 1),
+        (
+            &["--input", "pixelz"],
+            "no stored input named \"pixelz\"",
+            1,
+        ),
         (&["--divergence", "kl"], "expected one of forward_kl", 2),
         (&["--kd", "0", "--ce", "0"], "nothing to train", 2),
         (&["--sampled", "1"], "no sampled targets", 1),

@@ -175,7 +175,7 @@ fn main() -> ExitCode {
     match run(cli, stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("logits-build: error: {e:#}");
+            eprintln!("logits-build: error: {}", logits::error_text(&e));
             if let Some(logits_teacher::TeacherError::Interrupted(_)) = e.downcast_ref() {
                 eprintln!("logits-build: stopped by {}", logits::stop_signal_name());
                 return ExitCode::from(logits::stop_exit_code());
@@ -383,6 +383,12 @@ fn build(a: BuildArgs, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::
         bar.set_position(done);
     })?;
     bar.finish_and_clear();
+    for (i, why) in &report.healed {
+        eprintln!(
+            "logits-build: {}: {why}; it was written again",
+            logits_format::writer::shard_path(*i)
+        );
+    }
     let summary = serde_json::json!({
         "out": a.out.display().to_string(),
         "corpus_rows": report.corpus_rows,
@@ -394,6 +400,7 @@ fn build(a: BuildArgs, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::
         "seconds": report.seconds,
         "rows_per_second": report.rows_written as f64 / report.seconds.max(1e-9),
         "committed": report.manifest.is_some(),
+        "healed_shards": report.healed.iter().map(|(i, _)| i).collect::<Vec<_>>(),
         "peak_rss_bytes": report.peak_rss_bytes,
     });
     if a.json {

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("logits-inspect: error: {e:#}");
+            eprintln!("logits-inspect: error: {}", logits::error_text(&e));
             ExitCode::from(1)
         }
     }

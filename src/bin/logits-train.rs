@@ -306,7 +306,7 @@ fn main() -> ExitCode {
     match run(cli, stop) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("logits-train: error: {e:#}");
+            eprintln!("logits-train: error: {}", logits::error_text(&e));
             use logits_student::StudentError as E;
             match e.downcast_ref::<E>() {
                 Some(E::Interrupted { .. }) => {

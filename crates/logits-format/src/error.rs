@@ -114,6 +114,14 @@ pub enum FormatError {
     /// Corpus options do not fit the model (an unknown input name, no file given).
     #[error("{0}")]
     CorpusOptions(String),
+    /// A row or batch of a shard breaks the contract; says which shard.
+    #[error("{path}: {source}")]
+    InShard {
+        /// The shard file (or URL).
+        path: PathBuf,
+        /// What is wrong (names the row and column).
+        source: Box<FormatError>,
+    },
     /// An object store refused or failed a request (the message names the URL).
     #[error(transparent)]
     Store(#[from] logits_store::StoreError),

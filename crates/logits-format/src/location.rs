@@ -307,9 +307,10 @@ pub fn prepare(
     if let Some(b) = existing {
         let there = Manifest::from_json(&at(r, &draft_rel()), &String::from_utf8_lossy(&b))?;
         if identity(&there) != identity(&draft) {
-            return Err(conflict(
-                "an unfinished build of a different dataset is here (teacher, corpus or options differ); pass --overwrite to replace it",
-            ));
+            return Err(conflict(&format!(
+                "an unfinished build of a different dataset is here (its {} differ from this command's); resume it with the same teacher, corpus and options, or pass --overwrite to replace it",
+                crate::writer::identity_differences(&there, &draft).join(", ")
+            )));
         }
         if mode == CreateMode::New {
             return Err(conflict(

@@ -64,7 +64,7 @@ impl Dataset {
             return Err(FormatError::OutputConflict {
                 path: root.to_path_buf(),
                 message: format!(
-                    "the build of this dataset is not complete ({done} shards done, no manifest.json); resume the build, or read the completed part explicitly (--partial)"
+                    "the build of this dataset is not complete ({done} shards done, no manifest.json); finish it with `logits-build build ... --resume` (or `logits-build merge` for a job array); `logits-inspect --partial` shows the completed part"
                 ),
             });
         }
@@ -190,6 +190,37 @@ impl Dataset {
         }
         if let Ok(mut v) = self.verified.lock() {
             v.insert(key);
+        }
+        Ok(())
+    }
+
+    /// Checks that every shard of the manifest is there at the size it records (a stat per
+    /// shard; a store's objects by their listed size), so a dataset with a lost or truncated
+    /// shard is refused before a long job starts rather than when the reader reaches it.
+    pub fn check_shard_sizes(&self) -> Result<()> {
+        for s in &self.manifest.shards {
+            let path = self.shard_name(s);
+            let len = match &self.remote {
+                Some(_) => {
+                    use parquet::file::reader::Length;
+                    self.open_shard(s)?.len()
+                }
+                None => {
+                    let f = self.shard_file(s)?;
+                    std::fs::metadata(&f)
+                        .map_err(|e| FormatError::io(&f, e))?
+                        .len()
+                }
+            };
+            if len != s.bytes {
+                return Err(FormatError::ShardMismatch {
+                    path,
+                    message: format!(
+                        "{len} bytes, the manifest says {} (truncated or replaced); rebuild or fetch the dataset again",
+                        s.bytes
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -385,15 +416,11 @@ impl BatchStream {
         })
     }
 
-    /// The next batch decoded into a [`RowBatch`] (values in their spec meaning), checked
-    /// against the contract row by row ([`codec::check_rows`]).
+    /// The next batch decoded into a [`RowBatch`] (values in their spec meaning). Every row
+    /// was checked against the contract ([`codec::check_rows`]) by the reading thread.
     pub fn next_rows(&mut self) -> Option<Result<RowBatch>> {
         let b = self.next()?;
-        Some(b.and_then(|b| {
-            let rows = codec::decode(&self.manifest, &b)?;
-            codec::check_rows(&self.manifest, &rows)?;
-            Ok(rows)
-        }))
+        Some(b.and_then(|b| codec::decode(&self.manifest, &b)))
     }
 
     fn add_chunk(&mut self, b: RecordBatch) {
@@ -790,6 +817,13 @@ impl ReadJob {
     /// Filters to the row range and sends one batch; false when the receiver is gone.
     fn send(&self, path: &Path, b: RecordBatch, tx: &SyncSender<Chunk>) -> Result<bool> {
         self.rows.borrow_mut().see(path, &b)?;
+        // The contract is checked here, where the shard is known, so the error names it.
+        codec::decode(self.ds.manifest(), &b)
+            .and_then(|rows| codec::check_rows(self.ds.manifest(), &rows))
+            .map_err(|e| FormatError::InShard {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            })?;
         let b = match &self.row_range {
             Some(r) => filter_range(path, &b, r)?,
             None => b,

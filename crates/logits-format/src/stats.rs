@@ -106,14 +106,14 @@ pub fn target_stats(ds: &Dataset, max_positions: Option<u64>) -> Result<Option<T
 /// Compressed bytes per top-level column over all shards, read from Parquet footers only,
 /// plus `(footer and headers)` for the rest of each file: where a dataset's bytes go.
 pub fn column_bytes(ds: &Dataset) -> Result<std::collections::BTreeMap<String, u64>> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
     let mut out = std::collections::BTreeMap::new();
     for s in &ds.manifest().shards {
         let path = ds.shard_name(s);
         let f = ds.open_shard(s)?;
-        let r = SerializedFileReader::new(f).map_err(|e| crate::FormatError::parquet(&path, e))?;
+        ds.verify_shard(&path, s, &f)?;
+        let meta = crate::reader::load_metadata(&path, &f)?;
         let mut counted = 0u64;
-        for rg in r.metadata().row_groups() {
+        for rg in meta.metadata().row_groups() {
             for c in rg.columns() {
                 let top = c.column_path().parts().first().cloned().unwrap_or_default();
                 let n = c.compressed_size().max(0) as u64;

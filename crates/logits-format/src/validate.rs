@@ -178,8 +178,12 @@ fn check_shard(
         }
     }
     if s.rows > 0 && (first != Some(s.first_row_id) || last != Some(s.last_row_id)) {
+        let found = match (first, last) {
+            (Some(a), Some(b)) => format!("run {a}..={b}"),
+            _ => "are absent (no rows)".to_string(),
+        };
         return Err(format!(
-            "{name}: row ids run {first:?}..={last:?}, the manifest says {}..={}",
+            "{name}: row ids {found}, the manifest says {}..={}",
             s.first_row_id, s.last_row_id
         ));
     }

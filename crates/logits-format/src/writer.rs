@@ -141,6 +141,28 @@ pub fn identity(m: &Manifest) -> serde_json::Value {
     v
 }
 
+/// The top-level parts of two drafts' identities that differ (e.g. `teacher`, `targets`,
+/// `build`), to say what a refused resume changed.
+pub fn identity_differences(a: &Manifest, b: &Manifest) -> Vec<String> {
+    let (a, b) = (identity(a), identity(b));
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return vec!["settings".into()];
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let out: Vec<String> = keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    if out.is_empty() {
+        vec!["settings".into()]
+    } else {
+        out
+    }
+}
+
 /// The dataset id of a draft: derived from its identity, so every worker of a job array
 /// computes the same one without talking to the others.
 pub fn dataset_id(m: &Manifest) -> String {
@@ -275,9 +297,10 @@ impl DatasetWriter {
                     message: e.to_string(),
                 })?;
             if identity(&existing) != identity(&draft) {
-                return Err(conflict(
-                    "an unfinished build of a different dataset is here (teacher, corpus or options differ); pass --overwrite to replace it".into(),
-                ));
+                return Err(conflict(format!(
+                    "an unfinished build of a different dataset is here (its {} differ from this command's); resume it with the same teacher, corpus and options, or pass --overwrite to replace it",
+                    identity_differences(&existing, &draft).join(", ")
+                )));
             }
             if mode == CreateMode::New {
                 return Err(conflict(
@@ -326,6 +349,63 @@ impl DatasetWriter {
     /// Shards already complete (by plan index), from this run or an earlier one.
     pub fn completed(&self) -> &BTreeMap<u32, ShardRecord> {
         &self.completed
+    }
+
+    /// Checks the recorded shards among `shards` against their completion records (local:
+    /// size and sha256; store: size) and forgets those that are missing or damaged (a disk
+    /// that lost a file after a kill, a shard overwritten by hand), removing their record, so
+    /// the build writes them again. Returns each forgotten shard with what was wrong.
+    pub fn heal(&mut self, shards: &[u32]) -> Result<Vec<(u32, String)>> {
+        let mut healed = Vec::new();
+        for &i in shards {
+            let Some(rec) = self.completed.get(&i) else {
+                continue;
+            };
+            let problem = match &self.sink {
+                Some(sink) => match sink.remote.size(&rec.entry.path)? {
+                    None => Some("its file is missing".to_string()),
+                    Some(n) if n != rec.entry.bytes => Some(format!(
+                        "its file is {n} bytes, its record says {}",
+                        rec.entry.bytes
+                    )),
+                    Some(_) => None,
+                },
+                None => {
+                    let path = self.dir.join(&rec.entry.path);
+                    match file_sha256(&path) {
+                        Err(_) => Some("its file is missing or unreadable".to_string()),
+                        Ok((n, sha)) if n != rec.entry.bytes || sha != rec.entry.sha256 => {
+                            Some(format!(
+                                "its file ({n} bytes, sha256 {sha}) differs from its record ({} bytes, sha256 {})",
+                                rec.entry.bytes, rec.entry.sha256
+                            ))
+                        }
+                        Ok(_) => None,
+                    }
+                }
+            };
+            if let Some(p) = problem {
+                match &self.sink {
+                    Some(sink) => {
+                        sink.remote
+                            .delete(&format!("{BUILD_DIR}/{DONE_DIR}/part-{i:05}.json"))?;
+                        sink.remote.delete(&rec.entry.path)?;
+                    }
+                    None => {
+                        let record = self
+                            .dir
+                            .join(BUILD_DIR)
+                            .join(DONE_DIR)
+                            .join(format!("part-{i:05}.json"));
+                        fs::remove_file(&record).map_err(|e| FormatError::io(&record, e))?;
+                        sync_dir(&self.dir.join(BUILD_DIR).join(DONE_DIR))?;
+                    }
+                }
+                self.completed.remove(&i);
+                healed.push((i, p));
+            }
+        }
+        Ok(healed)
     }
 
     /// Starts shard `index` of the plan. Any previous partial file for it is replaced.

@@ -88,6 +88,9 @@ pub fn needs(cfg: &TrainConfig) -> Needs {
 /// Refuses a configuration the dataset cannot serve beyond missing columns: a tail-bucket
 /// response loss at a temperature whose logZ was not stored.
 pub fn check_against(ds: &Dataset, cfg: &TrainConfig) -> Result<()> {
+    // Every shard present at its recorded size before any training: a run must not spend
+    // hours and then fail (or export) on a dataset that was damaged from the start.
+    ds.check_shard_sizes()?;
     let t = cfg.loss.temperature;
     if cfg.loss.kd > 0.0
         && cfg.topk_mode() == response::TopKMode::TailBucket

@@ -261,6 +261,9 @@ pub struct BuildReport {
     pub rows_skipped: u64,
     /// Wall time.
     pub seconds: f64,
+    /// Shards recorded as complete by an earlier run but found missing or damaged, and
+    /// written again by this one (with what was wrong).
+    pub healed: Vec<(u32, String)>,
     /// The manifest, when this run committed the dataset.
     pub manifest: Option<Manifest>,
     /// Peak resident memory of the process so far (Linux; None elsewhere).
@@ -740,6 +743,9 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
             None => true,
         })
         .collect();
+    // A resumed build checks the shards it would keep, and writes again any that was lost or
+    // damaged since it was recorded (instead of failing at the commit).
+    let healed = w.heal(&mine)?;
     let kept = mine
         .iter()
         .filter(|s| w.completed().contains_key(s))
@@ -793,6 +799,7 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
         rows_written: written,
         rows_skipped: skipped,
         seconds: t0.elapsed().as_secs_f64(),
+        healed,
         manifest,
         peak_rss_bytes: peak_rss_bytes(),
     })

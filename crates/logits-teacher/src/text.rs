@@ -347,6 +347,27 @@ fn index(
     Ok(())
 }
 
+/// "line N" for the line starting at byte `start` of `path` (counted only when an error is
+/// reported, since documents are read from byte offsets).
+fn line_at(path: &Path, start: u64) -> String {
+    let n = File::open(path).ok().and_then(|f| {
+        let mut lines = 1u64;
+        let mut buf = [0u8; 1 << 16];
+        let mut r = std::io::Read::take(f, start);
+        loop {
+            match std::io::Read::read(&mut r, &mut buf) {
+                Ok(0) => return Some(lines),
+                Ok(k) => lines += buf[..k].iter().filter(|&&b| b == b'\n').count() as u64,
+                Err(_) => return None,
+            }
+        }
+    });
+    match n {
+        Some(n) => format!("line {n}"),
+        None => format!("the line at byte {start}"),
+    }
+}
+
 /// Reads documents of a source starting at `at` (byte offset or row), at most `limit`, calling
 /// `each(at, text)` until it returns false.
 fn read_docs(
@@ -380,14 +401,15 @@ fn read_docs(
                     continue;
                 }
                 let text = if let TextSource::Jsonl { field, .. } = s {
-                    let v: serde_json::Value = serde_json::from_str(trimmed)
-                        .map_err(|e| err(path, format!("line at byte {start}: not JSON: {e}")))?;
+                    let v: serde_json::Value = serde_json::from_str(trimmed).map_err(|e| {
+                        err(path, format!("{}: not JSON: {e}", line_at(path, start)))
+                    })?;
                     match v.get(field).and_then(|t| t.as_str()) {
                         Some(t) => t.to_string(),
                         None => {
                             return Err(err(
                                 path,
-                                format!("line at byte {start}: no string field {field:?}"),
+                                format!("{}: no string field {field:?}", line_at(path, start)),
                             ));
                         }
                     }
