@@ -640,13 +640,18 @@ pub fn load_metadata(path: &Path, input: &ShardInput) -> Result<ArrowReaderMetad
             ));
         }
         for (c, cc) in rg.columns().iter().enumerate() {
-            let start = cc
-                .dictionary_page_offset()
-                .filter(|&d| d > 0)
-                .unwrap_or(cc.data_page_offset());
+            // The same start the library's `byte_range` takes (the dictionary page when there
+            // is one), and the data page offset too, which page readers use.
+            let start = cc.dictionary_page_offset().unwrap_or(cc.data_page_offset());
             let size = cc.compressed_size();
             let end = start.checked_add(size);
-            if start < 0 || size < 0 || end.is_none_or(|e| e as u64 > len) {
+            let data = cc.data_page_offset();
+            if start < 0
+                || size < 0
+                || data < 0
+                || data as u64 > len
+                || end.is_none_or(|e| e as u64 > len)
+            {
                 return Err(damaged(
                     path,
                     &format!(
