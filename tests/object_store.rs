@@ -169,6 +169,33 @@ fn four_workers_build_into_s3_and_training_reads_it_in_place() {
     let o = run(bin("logits-build", port, &["merge".into(), url.into()]));
     assert!(o.status.success(), "merge: {}", text(&o));
 
+    // Four workers that all run at once, none killed: the last to finish lists the markers
+    // again after its own and commits, with no merge step.
+    let at_once = "s3://logits/datasets/digits-at-once";
+    let workers: Vec<Child> = (0..4)
+        .map(|i| {
+            let mut c = bin("logits-build", port, &build_args(at_once, Some(i)));
+            c.env("LOGITS_STAGING_DIR", tmp.path().join("staging"));
+            c.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn worker")
+        })
+        .collect();
+    let mut committed = 0;
+    for child in workers {
+        let o = child.wait_with_output().expect("worker");
+        assert!(o.status.success(), "{}", text(&o));
+        committed += text(&o).contains("dataset committed") as usize;
+    }
+    assert!(committed >= 1, "no worker committed the dataset");
+    let o = run(bin(
+        "logits-inspect",
+        port,
+        &[at_once.into(), "--validate".into()],
+    ));
+    assert!(o.status.success(), "{}", text(&o));
+
     // Byte-identical to the local build: a copy of the bucket downloaded by a third party
     // (boto3, which moto's server ships with) against the local files.
     let o = run(bin(

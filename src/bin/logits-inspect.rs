@@ -58,13 +58,16 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     .with_context(|| format!("cannot open dataset {}", args.dataset.display()))?;
     let m = ds.manifest();
-    let st = if args.stats_positions > 0 {
+    // Validation first: on a damaged dataset it lists every problem (exit 3), where the
+    // statistics' reader would stop at the first.
+    let report = args.validate.then(|| validate(&ds));
+    let damaged = report.as_ref().is_some_and(|r| !r.is_ok());
+    let st = if args.stats_positions > 0 && !damaged {
         stats::target_stats(&ds, Some(args.stats_positions))?
     } else {
         None
     };
     let cols = stats::column_bytes(&ds)?;
-    let report = args.validate.then(|| validate(&ds));
     if args.json {
         let mut v = serde_json::json!({
             "dataset": args.dataset.display().to_string(),

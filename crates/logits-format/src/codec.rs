@@ -315,6 +315,37 @@ pub fn check_rows(manifest: &Manifest, b: &RowBatch) -> Result<()> {
                 "a stored input value is NaN or infinite",
             ));
         }
+        // Token ids of a text dataset must be ids of its tokenizer.
+        if let Some(tok) = &manifest.tokenizer {
+            let vocab = tok.vocab_size;
+            let outside = |t: i64| t < 0 || t as u64 >= vocab;
+            let over = match &v.values {
+                TensorValues::U32(x) => x
+                    .iter()
+                    .enumerate()
+                    .find(|(_, t)| outside(**t as i64))
+                    .map(|(i, &t)| (i, t as i64)),
+                TensorValues::I64(x) => x
+                    .iter()
+                    .enumerate()
+                    .find(|(_, t)| outside(**t))
+                    .map(|(i, &t)| (i, t)),
+                TensorValues::I32(x) => x
+                    .iter()
+                    .enumerate()
+                    .find(|(_, t)| outside(**t as i64))
+                    .map(|(i, &t)| (i, t as i64)),
+                _ => None,
+            };
+            if let Some((i, t)) = over {
+                let r = v.offsets.partition_point(|&o| o <= i).saturating_sub(1);
+                return Err(bad_row(
+                    b.row_ids.get(r).copied().unwrap_or(0),
+                    &spec.column,
+                    format!("token id {t} is outside the tokenizer's vocabulary (0..{vocab})"),
+                ));
+            }
+        }
     }
     if let (Some(spec), Some(t)) = (&manifest.targets, &b.targets) {
         check_targets(spec, t, &b.row_ids, spec.values == ValueEncoding::F32)?;

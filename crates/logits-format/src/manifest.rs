@@ -644,6 +644,40 @@ impl Manifest {
         for shard in &self.shards {
             check_relative_path(path, &shard.path)?;
         }
+        // Shards sorted by first row id, with disjoint row ranges and distinct paths: a row
+        // id belongs to one shard (a duplicated entry would feed its rows twice).
+        let malformed = |message: String| FormatError::MalformedManifest {
+            path: path.to_path_buf(),
+            message,
+        };
+        for w in self.shards.windows(2) {
+            if w[1].first_row_id <= w[0].last_row_id && w[0].rows > 0 && w[1].rows > 0 {
+                return Err(malformed(format!(
+                    "shards {} (rows {}..={}) and {} (rows {}..={}) overlap or are out of order",
+                    w[0].path,
+                    w[0].first_row_id,
+                    w[0].last_row_id,
+                    w[1].path,
+                    w[1].first_row_id,
+                    w[1].last_row_id
+                )));
+            }
+        }
+        let mut paths: Vec<&str> = self.shards.iter().map(|s| s.path.as_str()).collect();
+        paths.sort_unstable();
+        if let Some(w) = paths.windows(2).find(|w| w[0] == w[1]) {
+            return Err(malformed(format!("shard {} is listed twice", w[0])));
+        }
+        for s in &self.shards {
+            if s.rows > 0
+                && (s.last_row_id < s.first_row_id || s.rows > s.last_row_id - s.first_row_id + 1)
+            {
+                return Err(malformed(format!(
+                    "shard {}: {} rows cannot fit in row ids {}..={}",
+                    s.path, s.rows, s.first_row_id, s.last_row_id
+                )));
+            }
+        }
         self.check_spec()
             .map_err(|message| FormatError::MalformedManifest {
                 path: path.to_path_buf(),

@@ -442,13 +442,11 @@ fn gaps_duplicates_and_totals_are_found() {
     m.totals.bytes += m.shards[0].bytes;
     m.totals.shards += 1;
     fs::write(&path, m.to_json()).unwrap();
-    let rep = validate(&Dataset::open(dir.path()).unwrap());
+    // A shard listed twice is refused as soon as the manifest is read.
+    let e = Dataset::open(dir.path()).unwrap_err().to_string();
     assert!(
-        rep.problems
-            .iter()
-            .any(|p| p.contains("appears in another shard")),
-        "{:?}",
-        rep.problems
+        e.contains("out of order") || e.contains("listed twice"),
+        "{e}"
     );
 }
 
@@ -677,4 +675,50 @@ fn a_dataset_in_a_store_reads_and_validates_like_a_local_one() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("already complete"), "{e}");
+}
+
+#[test]
+fn manifests_listing_a_shard_twice_or_overlapping_ranges_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let m = small(d.path());
+    let write = |m: &Manifest| fs::write(d.path().join(MANIFEST_FILE), m.to_json()).unwrap();
+    let mut twice = m.clone();
+    twice.shards[1] = twice.shards[0].clone();
+    twice.shards[1].first_row_id = 20;
+    twice.shards[1].last_row_id = 39;
+    write(&twice);
+    assert!(
+        stream_error(d.path()).contains("listed twice"),
+        "{}",
+        stream_error(d.path())
+    );
+    let mut overlap = m.clone();
+    overlap.shards[1].first_row_id = 10;
+    write(&overlap);
+    assert!(
+        stream_error(d.path()).contains("overlap"),
+        "{}",
+        stream_error(d.path())
+    );
+    let mut crowded = m.clone();
+    crowded.shards[0].rows = 500;
+    write(&crowded);
+    assert!(
+        stream_error(d.path()).contains("cannot fit"),
+        "{}",
+        stream_error(d.path())
+    );
+    // A manifest entry whose range does not match the shard's rows (a checksum-consistent
+    // swap of entries) is caught by the reader's row-id check.
+    let mut shifted = m.clone();
+    shifted.shards[1].first_row_id = 21;
+    shifted.shards[1].last_row_id = 40;
+    write(&shifted);
+    assert!(
+        stream_error(d.path()).contains("outside the shard's range"),
+        "{}",
+        stream_error(d.path())
+    );
+    write(&m);
+    assert_eq!(stream_error(d.path()), "");
 }
