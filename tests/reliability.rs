@@ -192,6 +192,23 @@ fn options_out_of_range_are_usage_errors() {
     }
 }
 
+/// Starts a build into `out` whose teacher runs each sleep 50 ms (a test-only fault point, so
+/// the build lasts ~5 s) and returns it, with its start time, once its first shard is complete.
+fn slow_build_with_a_shard_done(c: &Path, out: &Path) -> (std::process::Child, std::time::Instant) {
+    let mut cmd = build_command(&args(c, out, &[]), &[("LOGITS_FAULT", "delay-ms:50")]);
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = std::time::Instant::now();
+    while done_records(out) == 0 {
+        assert!(start.elapsed().as_secs() < 60, "no shard completed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    (child, start)
+}
+
 /// Sends `sig` to the child once its first shard is complete; the build stops, keeps what
 /// is complete, exits 128 + sig and says how to resume; the resume finishes the same dataset.
 #[cfg(unix)]
@@ -203,18 +220,7 @@ fn stop_with(sig: i32, name: &str) {
     let o = build(&c, &reference, &[], &[], "reference");
     assert!(o.status.success(), "{}", text(&o));
     let out = d.path().join("out");
-    // Each teacher run sleeps 50 ms (a test-only fault point), so the build lasts ~5 s.
-    let mut cmd = build_command(&args(&c, &out, &[]), &[("LOGITS_FAULT", "delay-ms:50")]);
-    let child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let start = std::time::Instant::now();
-    while done_records(&out) == 0 {
-        assert!(start.elapsed().as_secs() < 60, "no shard completed");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let (child, start) = slow_build_with_a_shard_done(&c, &out);
     // SAFETY: sending a signal to our own child process.
     unsafe {
         libc::kill(child.id() as i32, sig);
@@ -244,17 +250,7 @@ fn a_second_writer_is_refused_while_a_build_runs() {
     let c = d.path().join("corpus.parquet");
     corpus(&c, None);
     let out = d.path().join("out");
-    let mut cmd = build_command(&args(&c, &out, &[]), &[("LOGITS_FAULT", "delay-ms:50")]);
-    let child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let start = std::time::Instant::now();
-    while done_records(&out) == 0 {
-        assert!(start.elapsed().as_secs() < 60, "no shard completed");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let (child, _) = slow_build_with_a_shard_done(&c, &out);
     for flags in [&[][..], &["--resume"], &["--overwrite"]] {
         let o = build(&c, &out, flags, &[], "second writer");
         assert_eq!(o.status.code(), Some(1), "{flags:?}: {}", text(&o));
@@ -275,4 +271,56 @@ fn a_second_writer_is_refused_while_a_build_runs() {
         !out.join(".logits.lock").exists(),
         "the lock is removed at the end"
     );
+}
+
+/// The per-token pipeline (text corpus, tokenizer, windows) stops the same way: an error at
+/// any stage, at the first batch and at a later one, with two sessions.
+#[test]
+fn the_per_token_pipeline_cannot_hang_either() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let lm = common::root().join("fixtures/tinylm");
+    for stage in ["reader", "session", "post", "writer", "disk-full"] {
+        for batch in [1u64, 6] {
+            let out = d.path().join(format!("{stage}-{batch}"));
+            let args: Vec<String> = [
+                "build",
+                "--model",
+                &lm.join("tiny_lm.onnx").display().to_string(),
+                "--tokenizer",
+                &lm.join("tokenizer.json").display().to_string(),
+                "--corpus",
+                &lm.join("holdout.jsonl").display().to_string(),
+                "--out",
+                &out.display().to_string(),
+                "--window",
+                "16",
+                "-k",
+                "4",
+                "--batch-size",
+                "2",
+                "--rows-per-shard",
+                "4",
+                "--sessions",
+                "2",
+                "--quiet",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let fault = format!("{stage}:{batch}");
+            let o = output_within(
+                build_command(&args, &[("LOGITS_FAULT", &fault)]),
+                120,
+                &fault,
+            );
+            assert_eq!(o.status.code(), Some(1), "{fault}: {}", text(&o));
+            assert!(!out.join("manifest.json").exists(), "{fault}");
+            if batch == 6 {
+                let mut resume = args.clone();
+                resume.push("--resume".into());
+                let o = output_within(build_command(&resume, &[]), 120, &fault);
+                assert!(o.status.success(), "{fault} resume: {}", text(&o));
+            }
+        }
+    }
 }

@@ -199,7 +199,15 @@ impl TensorCorpus {
                     .build()
                     .map_err(|e| corpus_err(f, e.to_string()))?;
                 let mut next = lo;
-                for rb in reader {
+                let mut reader = reader;
+                loop {
+                    // A damaged corpus page can make the Parquet library panic: say so, naming
+                    // the file, instead of taking the build down.
+                    let Some(rb) = crate::reader::catch_panics(|| reader.next())
+                        .map_err(|p| corpus_err(f, format!("the file is damaged ({p})")))?
+                    else {
+                        break;
+                    };
                     let rb = rb.map_err(|e| corpus_err(f, e.to_string()))?;
                     let n = rb.num_rows() as u64;
                     if !each(self.convert(f, &rb, next)?) {

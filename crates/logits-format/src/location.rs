@@ -377,6 +377,23 @@ fn check_downloaded(
     bytes: Bytes,
 ) -> Result<()> {
     let path = at(r, &rec.entry.path);
+    crate::reader::catch_panics(|| check_downloaded_bytes(r, draft, expected, rec, bytes))
+        .unwrap_or_else(|p| {
+            Err(FormatError::ShardMismatch {
+                path,
+                message: format!("the object is damaged ({p}); rerun its worker"),
+            })
+        })
+}
+
+fn check_downloaded_bytes(
+    r: &Remote,
+    draft: &Manifest,
+    expected: &Schema,
+    rec: &ShardRecord,
+    bytes: Bytes,
+) -> Result<()> {
+    let path = at(r, &rec.entry.path);
     let sha = hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     if bytes.len() as u64 != rec.entry.bytes || sha != rec.entry.sha256 {
         return Err(FormatError::ShardMismatch {

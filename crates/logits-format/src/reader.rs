@@ -555,13 +555,7 @@ impl ShardRows {
     }
 
     fn see(&mut self, path: &Path, b: &RecordBatch) -> Result<()> {
-        let ids = b
-            .column_by_name(schema::ROW_ID)
-            .and_then(|c| c.as_primitive_opt::<UInt64Type>())
-            .ok_or_else(|| FormatError::ShardMismatch {
-                path: path.to_path_buf(),
-                message: "row_id column missing or not uint64".into(),
-            })?;
+        let ids = row_ids(path, b)?;
         for id in ids.values().iter().copied() {
             let off = id.wrapping_sub(self.first);
             let (w, bit) = ((off / 64) as usize, off % 64);
@@ -610,6 +604,13 @@ fn damaged(path: &Path, why: &str) -> FormatError {
     }
 }
 
+/// Runs `f`, which hands bytes from a file to the Parquet library, turning a panic of the
+/// library (its page decoders index without bounds checks on some damaged input) into
+/// `Err(text)` for the caller to report with the file and what to do.
+pub fn catch_panics<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panic_text(&p))
+}
+
 /// The message of a caught panic.
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
     let msg = p
@@ -626,11 +627,9 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
 pub fn load_metadata(path: &Path, input: &ShardInput) -> Result<ArrowReaderMetadata> {
     use parquet::file::reader::Length;
     let len = input.len();
-    let meta = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        ArrowReaderMetadata::load(input, ArrowReaderOptions::new())
-    }))
-    .map_err(|p| damaged(path, &panic_text(&p)))?
-    .map_err(|e| FormatError::parquet(path, e))?;
+    let meta = catch_panics(|| ArrowReaderMetadata::load(input, ArrowReaderOptions::new()))
+        .map_err(|p| damaged(path, &p))?
+        .map_err(|e| FormatError::parquet(path, e))?;
     let pm = meta.metadata();
     for (g, rg) in pm.row_groups().iter().enumerate() {
         if rg.num_rows() < 0 {
@@ -696,11 +695,9 @@ impl ReadJob {
             self.rows.borrow_mut().start(entry);
             // A damaged file must give an error, never take the process down: the Parquet
             // library's own panics on corrupt input are caught here and reported as such.
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.read_shard(path, entry, rng.as_mut(), &tx)
-            }))
-            .unwrap_or_else(|p| Err(damaged(path, &panic_text(&p))))
-            .and_then(|()| self.rows.borrow().finish(path, entry));
+            let r = catch_panics(|| self.read_shard(path, entry, rng.as_mut(), &tx))
+                .unwrap_or_else(|p| Err(damaged(path, &p)))
+                .and_then(|()| self.rows.borrow().finish(path, entry));
             if let Err(e) = r {
                 let _ = tx.send(Err(e));
                 return;
@@ -881,14 +878,18 @@ pub fn check_shard_metadata(
     }
 }
 
-fn filter_range(path: &Path, b: &RecordBatch, r: &Range<u64>) -> Result<RecordBatch> {
-    let ids = b
-        .column_by_name(schema::ROW_ID)
+/// The `row_id` column of a batch read from `path`.
+fn row_ids<'b>(path: &Path, b: &'b RecordBatch) -> Result<&'b arrow_array::UInt64Array> {
+    b.column_by_name(schema::ROW_ID)
         .and_then(|c| c.as_primitive_opt::<UInt64Type>())
         .ok_or_else(|| FormatError::ShardMismatch {
             path: path.to_path_buf(),
             message: "row_id column missing or not uint64".into(),
-        })?;
+        })
+}
+
+fn filter_range(path: &Path, b: &RecordBatch, r: &Range<u64>) -> Result<RecordBatch> {
+    let ids = row_ids(path, b)?;
     let keep: BooleanArray = ids.iter().map(|v| v.map(|v| r.contains(&v))).collect();
     if keep.true_count() == ids.len() {
         return Ok(b.clone());

@@ -100,7 +100,25 @@ pub fn validate(ds: &Dataset) -> ValidationReport {
     rep
 }
 
+/// [`check_shard_bytes`] with a panic of the Parquet library on damaged pages reported as
+/// a problem of that shard.
 fn check_shard(
+    ds: &Dataset,
+    s: &ShardEntry,
+    expected: &Schema,
+    seen: &mut Seen,
+    rows_checked: &mut u64,
+) -> Result<(), String> {
+    crate::reader::catch_panics(|| check_shard_bytes(ds, s, expected, seen, rows_checked))
+        .unwrap_or_else(|p| {
+            Err(format!(
+                "{}: the file is damaged ({p})",
+                ds.shard_name(s).display()
+            ))
+        })
+}
+
+fn check_shard_bytes(
     ds: &Dataset,
     s: &ShardEntry,
     expected: &Schema,

@@ -722,3 +722,41 @@ fn manifests_listing_a_shard_twice_or_overlapping_ranges_are_refused() {
     write(&m);
     assert_eq!(stream_error(d.path()), "");
 }
+
+#[test]
+fn a_joining_worker_removes_only_dead_processes_temporaries() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = SynthSpec {
+        rows: 40,
+        ..Default::default()
+    };
+    let draft = synth::draft(&spec);
+    let w = DatasetWriter::create(d.path(), draft.clone(), opts(), CreateMode::Join).unwrap();
+    drop(w);
+    let host = logits_format::lock::host_name();
+    // A process that has ended: its pid names no running process now.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let live = format!(".part-00001.parquet.{host}.{}.0.tmp", std::process::id());
+    let stale = format!(".part-00002.parquet.{host}.{dead}.0.tmp");
+    let foreign = ".part-00003.parquet.some-other-host.1.0.tmp".to_string();
+    for n in [&live, &stale, &foreign] {
+        fs::write(d.path().join("shards").join(n), b"partial").unwrap();
+    }
+    let w = DatasetWriter::create(d.path(), draft, opts(), CreateMode::Join).unwrap();
+    drop(w);
+    let shards = d.path().join("shards");
+    assert!(
+        shards.join(&live).exists(),
+        "a live worker's file was removed"
+    );
+    assert!(
+        !shards.join(&stale).exists(),
+        "a dead worker's file was kept"
+    );
+    assert!(
+        shards.join(&foreign).exists(),
+        "another host's file was removed"
+    );
+}

@@ -664,47 +664,43 @@ impl<'a> Recorder<'a> {
         }
         let every = self.cfg.run.checkpoint_every;
         if (every > 0 && done.is_multiple_of(every)) || done == self.total {
-            let (epoch, batch_in_epoch) = if b_in_epoch >= self.per_epoch {
-                (epoch + 1, 0)
-            } else {
-                (epoch, b_in_epoch)
-            };
-            let state = State {
-                step: done,
-                epoch,
-                batch_in_epoch,
-                train_rows: self.train_rows,
-                dataset_id: self.manifest.dataset_id.clone(),
-                teacher_sha256: self.manifest.teacher.sha256.clone(),
-                config: self.cfg.clone(),
-            };
-            self.file.flush().map_err(io(self.dir.metrics()))?;
-            save_checkpoint(&self.dir, model, opt, &state, &self.meta)?;
-            return Ok(());
+            return self.checkpoint(model, opt, (epoch, b_in_epoch));
         }
+        // A stop asked for by a signal: checkpoint where we are, so --resume continues here.
         if self.cfg.run.stop.is_set() {
-            let (epoch, batch_in_epoch) = if b_in_epoch >= self.per_epoch {
-                (epoch + 1, 0)
-            } else {
-                (epoch, b_in_epoch)
-            };
-            let state = State {
-                step: done,
-                epoch,
-                batch_in_epoch,
-                train_rows: self.train_rows,
-                dataset_id: self.manifest.dataset_id.clone(),
-                teacher_sha256: self.manifest.teacher.sha256.clone(),
-                config: self.cfg.clone(),
-            };
-            self.file.flush().map_err(io(self.dir.metrics()))?;
-            save_checkpoint(&self.dir, model, opt, &state, &self.meta)?;
+            self.checkpoint(model, opt, (epoch, b_in_epoch))?;
             return Err(StudentError::Interrupted {
                 step: done,
                 dir: self.dir.0.clone(),
             });
         }
         Ok(())
+    }
+
+    /// Writes a checkpoint after the `b_in_epoch`-th batch of `epoch` (the metrics so far
+    /// flushed first).
+    fn checkpoint(
+        &mut self,
+        model: &dyn Params,
+        opt: &Optimizer,
+        (epoch, b_in_epoch): (u64, u64),
+    ) -> Result<()> {
+        let (epoch, batch_in_epoch) = if b_in_epoch >= self.per_epoch {
+            (epoch + 1, 0)
+        } else {
+            (epoch, b_in_epoch)
+        };
+        let state = State {
+            step: opt.step,
+            epoch,
+            batch_in_epoch,
+            train_rows: self.train_rows,
+            dataset_id: self.manifest.dataset_id.clone(),
+            teacher_sha256: self.manifest.teacher.sha256.clone(),
+            config: self.cfg.clone(),
+        };
+        self.file.flush().map_err(io(self.dir.metrics()))?;
+        save_checkpoint(&self.dir, model, opt, &state, &self.meta)
     }
 }
 

@@ -442,7 +442,14 @@ fn read_docs(
                 .map_err(|e| err(path, e.to_string()))?;
             let mut row = at;
             let mut n = 0u64;
-            for rb in reader {
+            let mut reader = reader;
+            loop {
+                // A damaged page can make the Parquet library panic: an error naming the file.
+                let Some(rb) = logits_format::reader::catch_panics(|| reader.next())
+                    .map_err(|p| err(path, format!("the file is damaged ({p})")))?
+                else {
+                    break;
+                };
                 let rb = rb.map_err(|e| err(path, e.to_string()))?;
                 let c = rb.column(0);
                 let strings: Vec<Option<String>> = match c.data_type() {
