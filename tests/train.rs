@@ -219,7 +219,7 @@ fn refusals_name_what_is_wrong() {
             "no teacher feature named \"nope\"",
             1,
         ),
-        (&["--feature-loss", "sp:penult@4"], "hidden layer 4", 1),
+        (&["--feature-loss", "sp:penult@4"], "hidden layer 4", 2),
         (
             &["--input", "pixelz"],
             "no stored input named \"pixelz\"",

@@ -313,7 +313,9 @@ fn main() -> ExitCode {
                     eprintln!("logits-train: stopped by {}", logits::stop_signal_name());
                     return ExitCode::from(logits::stop_exit_code());
                 }
-                Some(E::TooLarge { .. }) => return ExitCode::from(2),
+                // A model too large, or settings that contradict each other or the model
+                // (lm shape, feature-loss layers): usage errors, as out-of-range options are.
+                Some(E::TooLarge { .. } | E::Config(_)) => return ExitCode::from(2),
                 _ => {}
             }
             if e.downcast_ref::<logits::UsageError>().is_some() {

@@ -52,12 +52,12 @@ fn list_array(column: &str, child: ArrayRef, offsets: &[usize]) -> Result<ArrayR
     if offsets.first() != Some(&0) || offsets.last() != Some(&child.len()) {
         return Err(bad_batch(
             column,
-            format!(
-                "offsets must run from 0 to {} (got {:?}..{:?})",
-                child.len(),
-                offsets.first(),
-                offsets.last()
-            ),
+            match (offsets.first(), offsets.last()) {
+                (Some(a), Some(b)) => {
+                    format!("offsets must run from 0 to {} (got {a}..{b})", child.len())
+                }
+                _ => format!("offsets must run from 0 to {} (got none)", child.len()),
+            },
         ));
     }
     if offsets.windows(2).any(|w| w[0] > w[1]) {

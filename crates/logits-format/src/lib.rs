@@ -21,6 +21,7 @@
 //! - [`reader`]: opening datasets and streaming rows (projection, shuffle, prefetch).
 //! - [`corpus`]: Parquet tensor corpora (read by the teacher pass, and joined by students
 //!   with datasets built without their inputs).
+//! - [`host`]: facts about this machine (host name, live processes, available memory).
 //! - [`lock`]: one writer per output (advisory lock with the owner's pid and host).
 //! - [`fault`]: fault points armed by tests (debug builds only).
 //! - [`validate`]: full validation. [`stats`]: target-quality statistics.
@@ -35,6 +36,7 @@ pub mod codec;
 pub mod corpus;
 pub mod error;
 pub mod fault;
+pub mod host;
 pub mod location;
 pub mod lock;
 pub mod manifest;

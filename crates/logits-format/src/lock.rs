@@ -13,6 +13,9 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{FormatError, Result};
+use crate::host::host_name;
+#[cfg(test)]
+use crate::host::process_alive;
 
 /// Name of the lock file inside an output directory.
 pub const LOCK_FILE: &str = ".logits.lock";
@@ -32,41 +35,6 @@ pub struct OutputLock {
     file: File,
     path: PathBuf,
     mode: LockMode,
-}
-
-/// This machine's host name, as used in lock files and temporary names (dots replaced, so it
-/// can sit between dots in a file name).
-pub fn host_name() -> String {
-    let raw = fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into());
-    let name: String = raw
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if name.is_empty() {
-        "localhost".into()
-    } else {
-        name
-    }
-}
-
-/// Whether process `pid` of this host is running. Where that cannot be told (no `/proc`),
-/// every process counts as running, so nothing of a live process is ever removed.
-pub fn process_alive(pid: u32) -> bool {
-    let proc = Path::new("/proc");
-    if !proc.join("self").exists() {
-        return true;
-    }
-    proc.join(pid.to_string()).exists()
 }
 
 impl OutputLock {

@@ -116,7 +116,7 @@ fn temp_name(path: &Path) -> PathBuf {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     path.with_file_name(format!(
         ".{name}.{}.{}.{seq}.tmp",
-        crate::lock::host_name(),
+        crate::host::host_name(),
         std::process::id()
     ))
 }
@@ -494,7 +494,7 @@ pub fn parse_record(path: &Path, bytes: &[u8]) -> Result<ShardRecord> {
 /// another host (whose processes this one cannot see) are left alone.
 fn remove_stale_temporaries(dir: &Path) -> Result<()> {
     let entries = fs::read_dir(dir).map_err(|e| FormatError::io(dir, e))?;
-    let host = crate::lock::host_name();
+    let host = crate::host::host_name();
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
@@ -508,7 +508,7 @@ fn remove_stale_temporaries(dir: &Path) -> Result<()> {
                 *h == host
                     && pid
                         .parse::<u32>()
-                        .is_ok_and(|p| !crate::lock::process_alive(p))
+                        .is_ok_and(|p| !crate::host::process_alive(p))
             }
             _ => false,
         };

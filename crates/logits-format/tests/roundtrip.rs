@@ -733,7 +733,7 @@ fn a_joining_worker_removes_only_dead_processes_temporaries() {
     let draft = synth::draft(&spec);
     let w = DatasetWriter::create(d.path(), draft.clone(), opts(), CreateMode::Join).unwrap();
     drop(w);
-    let host = logits_format::lock::host_name();
+    let host = logits_format::host::host_name();
     // A process that has ended: its pid names no running process now.
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead = child.id();

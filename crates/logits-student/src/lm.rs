@@ -626,7 +626,7 @@ pub fn train(
         .saturating_add(c.saturating_mul(d))
         .saturating_add(head)
         .saturating_add(l.saturating_mul(d.saturating_mul(d).saturating_mul(12)));
-    crate::train::check_fits(params, crate::train::available_memory())?;
+    crate::train::check_fits(params, logits_format::host::available_memory())?;
     let fresh = LmStudent {
         gpt: Gpt::new(spec, cfg.seed),
         projections,

@@ -130,7 +130,7 @@ pub fn init_student(
                 .saturating_add(w[1] as u64)
         })
         .fold(0u64, u64::saturating_add);
-    check_fits(params, available_memory())?;
+    check_fits(params, logits_format::host::available_memory())?;
     let mlp = Mlp::new(cfg.mlp_spec(inputs, classes), cfg.seed);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x005e_ed0f_9e07);
     let mut projections = Vec::new();
@@ -156,14 +156,6 @@ pub fn init_student(
         });
     }
     Ok(Student { mlp, projections })
-}
-
-/// Bytes of memory the system can still give (Linux `MemAvailable`); None where unknown.
-pub fn available_memory() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// Refuses, before anything is allocated, a model whose weights, gradients and two optimizer
@@ -782,11 +774,45 @@ pub(crate) fn refuse_foreign(
         )));
     }
     if st.config != *cfg {
-        return Err(refuse(
-            "the configuration differs from the checkpoint's (the run's config.toml holds the saved one); resume with the same settings".into(),
-        ));
+        return Err(refuse(format!(
+            "the configuration differs from the checkpoint's ({}; the run's config.toml holds the saved one): resume with the same settings",
+            config_differences(&st.config, cfg).join(", ")
+        )));
     }
     Ok(())
+}
+
+/// The settings that differ between two configurations, as `section.key: saved → now`.
+fn config_differences(saved: &TrainConfig, now: &TrainConfig) -> Vec<String> {
+    let (a, b) = (
+        serde_json::to_value(saved).unwrap_or_default(),
+        serde_json::to_value(now).unwrap_or_default(),
+    );
+    let mut out = Vec::new();
+    let empty = serde_json::Map::new();
+    let (ao, bo) = (
+        a.as_object().unwrap_or(&empty),
+        b.as_object().unwrap_or(&empty),
+    );
+    for (k, av) in ao {
+        let bv = bo.get(k).cloned().unwrap_or_default();
+        match (av.as_object(), bv.as_object()) {
+            (Some(x), Some(y)) => {
+                for (kk, xv) in x {
+                    let yv = y.get(kk).cloned().unwrap_or_default();
+                    if *xv != yv {
+                        out.push(format!("{k}.{kk}: {xv} → {yv}"));
+                    }
+                }
+            }
+            _ if *av != bv => out.push(format!("{k}: {av} → {bv}")),
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        out.push("settings".into());
+    }
+    out
 }
 
 /// Trains a student on `ds` as `cfg` says, writing metrics and checkpoints under `out`;

@@ -453,6 +453,27 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
             Source::Text(Box::new(c))
         }
     };
+    // Refuse, before any run, a batch whose teacher outputs cannot fit: each session holds up
+    // to two batches of [batch, positions, classes] f32 outputs (one running, one handed on).
+    let positions = o.text.as_ref().map_or(1, |t| t.window as u64);
+    let in_flight = (o.batch_size as u64)
+        .saturating_mul(positions)
+        .saturating_mul(axis)
+        .saturating_mul(4 * 2)
+        .saturating_mul(o.sessions as u64);
+    if let Some(avail) = logits_format::host::available_memory()
+        && in_flight > avail
+    {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        return Err(TeacherError::Options(format!(
+            "--batch-size {} with --sessions {} holds about {:.1} GiB of teacher outputs ({} positions × {axis} classes × 4 bytes a row, two batches a session), and {:.1} GiB is available: lower --batch-size or --sessions",
+            o.batch_size,
+            o.sessions,
+            gib(in_flight),
+            positions,
+            gib(avail)
+        )));
+    }
     let rows = corpus.rows();
     if rows == 0 {
         return Err(TeacherError::Corpus {
