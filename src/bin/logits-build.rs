@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use logits_format::manifest::{FeatureEncoding, Pooling, SampledSpec, ValueEncoding};
@@ -242,13 +242,15 @@ fn build(a: BuildArgs, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::
     for m in &a.inputs {
         let (i, c) = m
             .split_once('=')
-            .with_context(|| format!("--input {m:?}: expected INPUT=COLUMN"))?;
+            .ok_or_else(|| logits::usage(format!("--input {m:?}: expected INPUT=COLUMN")))?;
         columns.inputs.push((i.to_string(), c.to_string()));
     }
     let mut features = Vec::new();
     for f in &a.features {
-        let (name, rest) = f.split_once('=').with_context(|| {
-            format!("--feature {f:?}: expected NAME=TENSOR[:ENCODING][:POOLING]")
+        let (name, rest) = f.split_once('=').ok_or_else(|| {
+            logits::usage(format!(
+                "--feature {f:?}: expected NAME=TENSOR[:ENCODING][:POOLING]"
+            ))
         })?;
         // Tensor names may contain ':' themselves: peel known suffixes from the right.
         let (mut tensor, mut encoding, mut pooling) = (rest, FeatureEncoding::F32, Pooling::None);
@@ -274,10 +276,14 @@ fn build(a: BuildArgs, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::
         Some(s) => {
             let (m, mass) = s
                 .split_once(':')
-                .with_context(|| format!("--adaptive-k {s:?}: expected MIN:MASS"))?;
+                .ok_or_else(|| logits::usage(format!("--adaptive-k {s:?}: expected MIN:MASS")))?;
             Some((
-                m.parse().context("--adaptive-k MIN")?,
-                mass.parse().context("--adaptive-k MASS")?,
+                m.parse().map_err(|_| {
+                    logits::usage(format!("--adaptive-k {s:?}: MIN is not a count"))
+                })?,
+                mass.parse().map_err(|_| {
+                    logits::usage(format!("--adaptive-k {s:?}: MASS is not a number"))
+                })?,
             ))
         }
     };
@@ -289,7 +295,11 @@ fn build(a: BuildArgs, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::
     let worker = match a.num_workers {
         None => None,
         Some(n) => {
-            let i = a.worker_index.or_else(env_index).context("--num-workers needs --worker-index (or SLURM_ARRAY_TASK_ID / JOB_COMPLETION_INDEX)")?;
+            let i = a.worker_index.or_else(env_index).ok_or_else(|| {
+                logits::usage(
+                    "--num-workers needs --worker-index (or SLURM_ARRAY_TASK_ID / JOB_COMPLETION_INDEX)",
+                )
+            })?;
             if n == 0 || i >= n {
                 return Err(logits::usage(format!(
                     "worker index {i} is not below --num-workers {n}"
