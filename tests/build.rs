@@ -551,3 +551,83 @@ fn text_corpora_build_per_token_targets() {
         &["vocabulary (1000 ids) is larger", "10"],
     );
 }
+
+/// A softmax the graph does not show as one (Exp → ReduceSum → Div, as jax2tf writes it):
+/// the build stops on the first batch instead of storing probabilities as logits, and with
+/// `--output-is-probability` it builds, recording how the output kind was decided.
+#[test]
+fn probabilities_are_never_stored_as_logits() {
+    use logits_onnx::builder::{Attr, Dim, GraphBuilder};
+    use logits_onnx::model::ElemType;
+    let d = tempfile::tempdir().unwrap();
+    let mut g = GraphBuilder::new();
+    let batch = Dim::Named("batch".into());
+    let x = g.input(
+        "pixels",
+        ElemType::Float32,
+        &[batch.clone(), Dim::Fixed(64)],
+    );
+    let w: Vec<f32> = (0..640)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.002)
+        .collect();
+    let w = g.weight("w", &[64, 10], &w);
+    let z = g.node("MatMul", &[&x, &w], &[]);
+    let e = g.node("Exp", &[&z], &[]);
+    let axes = g.ints("axes", &[1], &[1]);
+    let sum = g.node("ReduceSum", &[&e, &axes], &[("keepdims", Attr::Int(1))]);
+    let p = g.node("Div", &[&e, &sum], &[]);
+    g.output("probs", &p, ElemType::Float32, &[batch, Dim::Fixed(10)]);
+    let model = d.path().join("decomposed.onnx");
+    fs::write(
+        &model,
+        logits_onnx::model::encode(&g.finish("decomposed", 13, "test", "")),
+    )
+    .unwrap();
+    let out = d.path().join("out");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "build",
+            "--model",
+            model.to_str().unwrap(),
+            "--corpus",
+            &train(),
+            "--out",
+            out.to_str().unwrap(),
+            "-k",
+            "3",
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let o = run(
+        "build",
+        &args(&[]).iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("holds probabilities, not logits"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("--output-is-probability"), "{}", text(&o));
+    assert!(!out.join("manifest.json").exists());
+    let a = args(&["--output-is-probability", "--overwrite"]);
+    let o = run(
+        "build",
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["targets"]["output_is_probability"], true);
+    assert_eq!(
+        m["build"]["output_kind"],
+        "probabilities: --output-is-probability"
+    );
+}

@@ -391,6 +391,8 @@ struct Plan {
     store_inputs: bool,
     skip_non_finite: bool,
     text: Option<TextPlan>,
+    /// Set once a batch of the target has been checked for probabilities written as logits.
+    kind_checked: AtomicBool,
 }
 
 /// Runs a build (or this worker's part of it), committing the manifest when every shard of
@@ -416,8 +418,16 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
         )));
     }
     let mut kind = teacher.kind(&target.name);
+    // How the output kind was decided, recorded in the manifest's build section.
+    let mut kind_from = match kind {
+        OutputKind::Logits => {
+            "logits: no softmax found in the graph; the first batch was checked not to be probabilities"
+        }
+        _ => "probabilities: the graph ends in a softmax or log-softmax",
+    };
     if o.output_is_probability && kind == OutputKind::Logits {
         kind = OutputKind::Softmax;
+        kind_from = "probabilities: --output-is-probability";
     }
     let input_names: Vec<String> = teacher
         .summary
@@ -754,6 +764,7 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
             "skip_non_finite": o.skip_non_finite,
             "zstd_level": o.write.zstd_level,
             "row_group_rows": o.write.row_group_rows,
+            "output_kind": kind_from,
         }),
     };
     let mut w = DatasetWriter::create(&o.out, draft, o.write.clone(), o.mode)?;
@@ -794,6 +805,7 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
         store_inputs: o.store_inputs,
         skip_non_finite: o.skip_non_finite,
         text: text_plan,
+        kind_checked: AtomicBool::new(false),
     });
     let (written, skipped) =
         match run_pipeline(o, &plan, &corpus, &todo, &mut w, total_rows, progress) {
@@ -1267,6 +1279,32 @@ fn run_batch(plan: &Plan, session: &mut ort::session::Session, batch: Payload) -
     Ok(Ran { batch, outputs })
 }
 
+/// The guard against storing probabilities as logits: on the first batch post-processed, a
+/// target the graph does not show to be a softmax (a softmax written as Exp → ReduceSum →
+/// Div, say) whose every row lies in [0, 1] and sums to 1 stops the build, saying what to do.
+/// Logits that happen to look like that on a whole batch do not occur in practice.
+fn check_not_probabilities(plan: &Plan, rows: &[f32]) -> Result<()> {
+    if plan.kind != OutputKind::Logits
+        || plan.axis < 2
+        || plan.kind_checked.swap(true, Ordering::Relaxed)
+    {
+        return Ok(());
+    }
+    let looks = !rows.is_empty()
+        && rows.chunks(plan.axis).all(|r| {
+            let sum: f64 = r.iter().map(|&x| x as f64).sum();
+            r.iter().all(|&x| (-1e-6..=1.0 + 1e-6).contains(&x)) && (sum - 1.0).abs() <= 1e-3
+        });
+    if looks {
+        return Err(TeacherError::Options(format!(
+            "{}: output {:?} holds probabilities, not logits (every row of the first batch lies in [0, 1] and sums to 1), though the graph does not end in a recognised softmax; stored as logits, every log-probability would be wrong. Pass --output-is-probability to store them as log-probabilities, or export the model with its pre-softmax logits as an output and pass that as --target",
+            plan.teacher.path.display(),
+            plan.target
+        )));
+    }
+    Ok(())
+}
+
 /// Turns the teacher's outputs for a batch of corpus rows into a row batch.
 fn process(
     plan: &Plan,
@@ -1285,6 +1323,7 @@ fn process(
             plan.target, plan.axis
         )));
     }
+    check_not_probabilities(plan, &logits)?;
     if plan.kind == OutputKind::Softmax {
         // Probabilities become log-probs; an underflowed 0 becomes the log of the smallest
         // positive f32 rather than -inf, so the row stays finite.
@@ -1500,6 +1539,7 @@ fn process_text(
             plan.target, plan.axis
         )));
     }
+    check_not_probabilities(plan, raw)?;
     let converted: Vec<f32>;
     let logits: &[f32] = if plan.kind == OutputKind::Softmax {
         converted = raw.iter().map(|x| x.max(f32::from_bits(1)).ln()).collect();
