@@ -353,12 +353,14 @@ fn build(a: BuildArgs, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::
         batch_size: a.batch_size,
         sessions,
         intra_threads: a.threads.unwrap_or((cores / sessions.max(1)).max(1)),
+        // A job-array worker always joins the shared build (with or without --resume): it
+        // shares the output with the other workers.
         mode: if a.overwrite {
             CreateMode::Overwrite
-        } else if a.resume {
-            CreateMode::Resume
         } else if worker.is_some() {
             CreateMode::Join
+        } else if a.resume {
+            CreateMode::Resume
         } else {
             CreateMode::New
         },

@@ -811,10 +811,15 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
         match run_pipeline(o, &plan, &corpus, &todo, &mut w, total_rows, progress) {
             Err(TeacherError::Interrupted(_)) => {
                 return Err(TeacherError::Interrupted(format!(
-                    ": {} of {} shards of {} are complete and kept",
+                    ": {} of {} shards of {} are complete and kept{}",
                     w.completed().len(),
                     plan_shards,
-                    o.out.display()
+                    o.out.display(),
+                    if o.worker.is_some() {
+                        " (a job-array worker also continues when simply run again)"
+                    } else {
+                        ""
+                    }
                 )));
             }
             r => r?,
