@@ -532,9 +532,13 @@ impl TrainConfig {
         }
         for f in &self.loss.features {
             if !matches!(f.kind, FeatureKind::Hint | FeatureKind::Cosine) || f.layer != 0 {
+                let kind = serde_json::to_value(f.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
                 return Err(StudentError::Config(format!(
-                    "feature loss {:?} on {:?}: the language-model student distils its final hidden state with hint or cosine, written KIND:FEATURE@0",
-                    f.kind, f.feature
+                    "feature loss {kind}:{}@{}: the language-model student distils its final hidden state with hint or cosine, written KIND:FEATURE@0",
+                    f.feature, f.layer
                 )));
             }
         }
