@@ -5,7 +5,31 @@
 
 use logits_format::synth::{self, SynthSpec};
 use logits_format::writer::{WriteOptions, file_sha256};
-use logits_format::{Dataset, ReadOptions, validate};
+use logits_format::{Dataset, Manifest, ReadOptions, validate};
+
+/// The fuzz targets' base: an 8-row synthetic dataset in one shard; its manifest, the shard's
+/// path and bytes.
+fn base(dir: &std::path::Path) -> (Manifest, std::path::PathBuf, Vec<u8>) {
+    let spec = SynthSpec {
+        rows: 8,
+        ..Default::default()
+    };
+    let m = synth::write_dataset(&spec, dir, 8, WriteOptions::default()).expect("write");
+    let path = dir.join(&m.shards[0].path);
+    let bytes = std::fs::read(&path).expect("read");
+    (m, path, bytes)
+}
+
+/// Writes `bytes` as the shard and reseals the manifest's size and sha256 for it, as the fuzz
+/// targets do, so only the reader's own guards stand between the bytes and the library.
+fn reseal(dir: &std::path::Path, m: &Manifest, path: &std::path::Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).expect("write");
+    let (n, sha) = file_sha256(path).expect("hash");
+    let mut mm = m.clone();
+    mm.shards[0].bytes = n;
+    mm.shards[0].sha256 = sha;
+    std::fs::write(dir.join("manifest.json"), mm.to_json()).expect("manifest");
+}
 
 /// Streams and validates the dataset in `dir`; returns the first error's text, if any.
 fn read_all(dir: &std::path::Path) -> Option<String> {
@@ -29,13 +53,7 @@ fn read_all(dir: &std::path::Path) -> Option<String> {
 #[test]
 fn every_single_byte_flip_of_the_footer_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let spec = SynthSpec {
-        rows: 8,
-        ..Default::default()
-    };
-    let m = synth::write_dataset(&spec, dir.path(), 8, WriteOptions::default()).expect("write");
-    let path = dir.path().join(&m.shards[0].path);
-    let good = std::fs::read(&path).expect("read");
+    let (m, path, good) = base(dir.path());
     let footer = u32::from_le_bytes(good[good.len() - 8..good.len() - 4].try_into().unwrap());
     let start = good.len() - 8 - footer as usize;
     let (mut errors, mut caught, mut total) = (0, 0, 0);
@@ -44,12 +62,7 @@ fn every_single_byte_flip_of_the_footer_is_an_error_not_a_panic() {
             total += 1;
             let mut b = good.clone();
             b[at] ^= mask;
-            std::fs::write(&path, &b).expect("write");
-            let (n, sha) = file_sha256(&path).expect("hash");
-            let mut mm = m.clone();
-            mm.shards[0].bytes = n;
-            mm.shards[0].sha256 = sha;
-            std::fs::write(dir.path().join("manifest.json"), mm.to_json()).expect("manifest");
+            reseal(dir.path(), &m, &path, &b);
             if let Some(e) = read_all(dir.path()) {
                 errors += 1;
                 // The reader catches the library's own panics and reports them; the known one
@@ -77,22 +90,11 @@ fn every_single_byte_flip_of_the_footer_is_an_error_not_a_panic() {
 #[test]
 fn a_page_that_makes_the_parquet_decoder_panic_is_reported_as_damaged() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let spec = SynthSpec {
-        rows: 8,
-        ..Default::default()
-    };
-    let m = synth::write_dataset(&spec, dir.path(), 8, WriteOptions::default()).expect("write");
-    let path = dir.path().join(&m.shards[0].path);
-    let mut b = std::fs::read(&path).expect("read");
+    let (m, path, mut b) = base(dir.path());
     // The fuzz target's mutation of that input: byte (19 << 8) mod len, xor 29.
     let at = (19usize << 8) % b.len();
     b[at] ^= 29;
-    std::fs::write(&path, &b).expect("write");
-    let (n, sha) = file_sha256(&path).expect("hash");
-    let mut mm = m.clone();
-    mm.shards[0].bytes = n;
-    mm.shards[0].sha256 = sha;
-    std::fs::write(dir.path().join("manifest.json"), mm.to_json()).expect("manifest");
+    reseal(dir.path(), &m, &path, &b);
     let e = read_all(dir.path()).expect("an error");
     assert!(e.contains(&m.shards[0].path), "{e}");
     assert!(e.contains("damaged"), "{e}");
