@@ -631,3 +631,138 @@ fn probabilities_are_never_stored_as_logits() {
         "probabilities: --output-is-probability"
     );
 }
+
+/// The top-k targets of a committed dataset, row by row (ids and logits).
+fn targets_of(ds: &Path) -> Vec<(Vec<u32>, Vec<f32>)> {
+    let ds = logits_format::Dataset::open(ds).unwrap();
+    let mut s = ds.stream(&logits_format::ReadOptions::default()).unwrap();
+    let mut out = Vec::new();
+    while let Some(b) = s.next_rows() {
+        let t = b.unwrap().targets.unwrap();
+        let k = t.topk.unwrap();
+        for p in 0..k.offsets.len() - 1 {
+            let r = k.offsets[p]..k.offsets[p + 1];
+            out.push((k.ids[r.clone()].to_vec(), k.logits[r].to_vec()));
+        }
+    }
+    out
+}
+
+/// Models that take int32, uint8 or bool inputs (as TF/JAX exporters and vision models write
+/// them) are fed from an integer corpus, converted with a range check, and give exactly the
+/// targets of the same network taking float32.
+#[test]
+fn integer_and_bool_inputs_are_fed_in_the_model_s_type() {
+    use logits_onnx::builder::{Attr, Dim, GraphBuilder};
+    use logits_onnx::model::ElemType;
+    let d = tempfile::tempdir().unwrap();
+    let w: Vec<f32> = (0..640)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
+        .collect();
+    let model = |elem: ElemType, name: &str| {
+        let mut g = GraphBuilder::new();
+        let batch = Dim::Named("batch".into());
+        let x = g.input("pixels", elem, &[batch.clone(), Dim::Fixed(64)]);
+        let x = if elem == ElemType::Float32 {
+            x
+        } else {
+            g.node("Cast", &[&x], &[("to", Attr::Int(1))])
+        };
+        let w = g.weight("w", &[64, 10], &w);
+        let z = g.node("MatMul", &[&x, &w], &[]);
+        g.output("logits", &z, ElemType::Float32, &[batch, Dim::Fixed(10)]);
+        let p = d.path().join(format!("{name}.onnx"));
+        fs::write(
+            &p,
+            logits_onnx::model::encode(&g.finish(name, 13, "test", "")),
+        )
+        .unwrap();
+        p
+    };
+    let rows: Vec<Vec<f32>> = (0..300)
+        .map(|r| (0..64).map(|c| ((r * 7 + c * 3) % 17) as f32).collect())
+        .collect();
+    let bits: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|r| r.iter().map(|&x| (x > 8.0) as u8 as f32).collect())
+        .collect();
+    let (floats, ints, bools) = (
+        d.path().join("f.parquet"),
+        d.path().join("i.parquet"),
+        d.path().join("b.parquet"),
+    );
+    common::write_corpus(&floats, &rows, false);
+    common::write_corpus(&ints, &rows, true);
+    common::write_corpus(&d.path().join("bf.parquet"), &bits, false);
+    common::write_corpus(&bools, &bits, true);
+    let build_ok = |m: &Path, corpus: &Path, out: &str| {
+        let out = d.path().join(out);
+        let o = run(
+            "build",
+            &[
+                "build",
+                "--model",
+                m.to_str().unwrap(),
+                "--corpus",
+                corpus.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "-k",
+                "4",
+                "--batch-size",
+                "32",
+                "--quiet",
+            ],
+            &[],
+        );
+        assert!(o.status.success(), "{}: {}", m.display(), text(&o));
+        out
+    };
+    let reference = targets_of(&build_ok(&model(ElemType::Float32, "f32"), &floats, "f"));
+    assert_eq!(reference.len(), 300);
+    for (elem, name) in [
+        (ElemType::Int32, "i32"),
+        (ElemType::Uint8, "u8"),
+        (ElemType::Int8, "i8"),
+    ] {
+        let got = targets_of(&build_ok(&model(elem, name), &ints, name));
+        assert_eq!(got, reference, "{name}");
+    }
+    let bool_reference = targets_of(&build_ok(
+        &model(ElemType::Float32, "f32b"),
+        &d.path().join("bf.parquet"),
+        "bf",
+    ));
+    assert_eq!(
+        targets_of(&build_ok(&model(ElemType::Bool, "bool"), &bools, "bool")),
+        bool_reference
+    );
+    // A value the model's type cannot hold names its row and value.
+    let mut big = rows.clone();
+    big[217][5] = 300.0;
+    let bad = d.path().join("big.parquet");
+    common::write_corpus(&bad, &big, true);
+    let m = model(ElemType::Uint8, "u8b");
+    let o = run(
+        "build",
+        &[
+            "build",
+            "--model",
+            m.to_str().unwrap(),
+            "--corpus",
+            bad.to_str().unwrap(),
+            "--out",
+            d.path().join("bad").to_str().unwrap(),
+            "-k",
+            "4",
+            "--quiet",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("row 217") && text(&o).contains("value 300 is outside uint8's range"),
+        "{}",
+        text(&o)
+    );
+}

@@ -13,7 +13,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type};
+use arrow_array::types::{
+    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
+    UInt32Type,
+};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -342,20 +345,35 @@ fn flatten(f: &Path, col: &str, a: &ArrayRef, first: u64) -> Result<(Vec<usize>,
                 .collect(),
         ),
         DataType::Int64 => Flat::I64(child.as_primitive::<Int64Type>().values().to_vec()),
-        DataType::Int32 => Flat::I64(
-            child
-                .as_primitive::<Int32Type>()
-                .values()
-                .iter()
-                .map(|&x| x as i64)
-                .collect(),
-        ),
+        DataType::Int32 => widen::<Int32Type>(&child),
+        DataType::Int16 => widen::<Int16Type>(&child),
+        DataType::Int8 => widen::<Int8Type>(&child),
+        DataType::UInt32 => widen::<UInt32Type>(&child),
+        DataType::UInt16 => widen::<UInt16Type>(&child),
+        DataType::UInt8 => widen::<UInt8Type>(&child),
+        DataType::Boolean => Flat::I64(child.as_boolean().values().iter().map(i64::from).collect()),
         t => {
             return Err(corpus_err(
                 f,
-                format!("column {col:?} holds {t}; expected float32, float64, int32 or int64"),
+                format!(
+                    "column {col:?} holds {t}; expected float32/64, int8/16/32/64, uint8/16/32 or bool"
+                ),
             ));
         }
     };
     Ok((offsets, flat))
+}
+
+/// Integer values of any narrower type as i64 (exact).
+fn widen<T: arrow_array::types::ArrowPrimitiveType>(a: &arrow_array::ArrayRef) -> Flat
+where
+    T::Native: Into<i64>,
+{
+    Flat::I64(
+        a.as_primitive::<T>()
+            .values()
+            .iter()
+            .map(|&x| x.into())
+            .collect(),
+    )
 }

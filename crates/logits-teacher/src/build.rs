@@ -371,6 +371,10 @@ struct TextPlan {
 #[derive(Debug, Clone)]
 struct InputPlan {
     name: String,
+    /// The model's element type for this input (the corpus is converted to it).
+    elem: ElemType,
+    /// Float inputs are read and stored as f32, integer and bool ones as i64 (exact for every
+    /// accepted type).
     float: bool,
     /// Fixed per-row dims (after the batch axis), when all are fixed.
     row_dims: Option<Vec<usize>>,
@@ -563,11 +567,17 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
                 ))
             })?;
             let float = match elem {
-                ElemType::Float32 => true,
-                ElemType::Int64 => false,
+                ElemType::Float32 | ElemType::Float64 => true,
+                ElemType::Int64
+                | ElemType::Int32
+                | ElemType::Uint32
+                | ElemType::Uint16
+                | ElemType::Int8
+                | ElemType::Uint8
+                | ElemType::Bool => false,
                 other => {
                     return Err(TeacherError::Options(format!(
-                        "{}: input {:?} is {}; logits-build feeds float32 and int64 inputs",
+                        "{}: input {:?} is {}; logits-build feeds float32, float64, int64, int32, uint32, uint16, int8, uint8 and bool inputs",
                         o.model.display(),
                         i.name,
                         other.name()
@@ -592,6 +602,7 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
             });
             inputs.push(InputPlan {
                 name: i.name.clone(),
+                elem,
                 float,
                 row_dims,
             });
@@ -1193,7 +1204,6 @@ fn output_f32<'a>(
 /// The teacher's inputs for a batch of corpus rows, checked against the model's shapes.
 fn tensor_inputs(plan: &Plan, b: &CorpusBatch) -> Result<Vec<(String, SessionInput)>> {
     let n = b.row_ids.len();
-    let sess_err = |e: String| session_error(plan, e);
     let mut values: Vec<(String, SessionInput)> = Vec::new();
     for ip in &plan.inputs {
         let (offsets, flat) = b.inputs.get(&ip.name).ok_or_else(|| {
@@ -1222,27 +1232,67 @@ fn tensor_inputs(plan: &Plan, b: &CorpusBatch) -> Result<Vec<(String, SessionInp
             .chain(ip.row_dims.clone().unwrap_or_else(|| vec![len0]))
             .collect();
         let v: SessionInput = match (flat, ip.float) {
-            (Flat::F32(v), true) => {
-                let a = ndarray::ArrayD::from_shape_vec(dims, v.clone())
-                    .map_err(|e| TeacherError::Pipeline(e.to_string()))?;
-                ort::value::Tensor::from_array(a)
-                    .map_err(|e| sess_err(e.to_string()))?
-                    .into()
+            (Flat::F32(v), true) if ip.elem == ElemType::Float64 => {
+                tensor(dims, v.iter().map(|&x| x as f64).collect(), plan)?
             }
+            (Flat::F32(v), true) => tensor(dims, v.clone(), plan)?,
             (Flat::I64(v), false) => {
-                let a = ndarray::ArrayD::from_shape_vec(dims, v.clone())
-                    .map_err(|e| TeacherError::Pipeline(e.to_string()))?;
-                ort::value::Tensor::from_array(a)
-                    .map_err(|e| sess_err(e.to_string()))?
-                    .into()
+                // The corpus holds i64; the model's narrower type is checked value by value,
+                // so an out-of-range value names its row instead of wrapping silently.
+                let narrow = |lo: i64, hi: i64| -> Result<()> {
+                    match v.iter().position(|&x| x < lo || x > hi) {
+                        None => Ok(()),
+                        Some(at) => {
+                            let r = offsets.partition_point(|&o| o <= at).saturating_sub(1);
+                            Err(corpus_mismatch(
+                                plan,
+                                b.row_ids[r],
+                                format!(
+                                    "input {:?}: value {} is outside {}'s range {lo}..={hi}",
+                                    ip.name,
+                                    v[at],
+                                    ip.elem.name()
+                                ),
+                            ))
+                        }
+                    }
+                };
+                match ip.elem {
+                    ElemType::Int32 => {
+                        narrow(i32::MIN as i64, i32::MAX as i64)?;
+                        tensor(dims, v.iter().map(|&x| x as i32).collect(), plan)?
+                    }
+                    ElemType::Uint32 => {
+                        narrow(0, u32::MAX as i64)?;
+                        tensor(dims, v.iter().map(|&x| x as u32).collect(), plan)?
+                    }
+                    ElemType::Uint16 => {
+                        narrow(0, u16::MAX as i64)?;
+                        tensor(dims, v.iter().map(|&x| x as u16).collect(), plan)?
+                    }
+                    ElemType::Int8 => {
+                        narrow(i8::MIN as i64, i8::MAX as i64)?;
+                        tensor(dims, v.iter().map(|&x| x as i8).collect(), plan)?
+                    }
+                    ElemType::Uint8 => {
+                        narrow(0, u8::MAX as i64)?;
+                        tensor(dims, v.iter().map(|&x| x as u8).collect(), plan)?
+                    }
+                    ElemType::Bool => {
+                        narrow(0, 1)?;
+                        tensor(dims, v.iter().map(|&x| x != 0).collect(), plan)?
+                    }
+                    _ => tensor(dims, v.clone(), plan)?,
+                }
             }
             (Flat::I64(_), true) => {
                 return Err(corpus_mismatch(
                     plan,
                     b.row_ids[0],
                     format!(
-                        "input {:?} is float32 in the model but the corpus column holds integers",
-                        ip.name
+                        "input {:?} is {} in the model but the corpus column holds integers",
+                        ip.name,
+                        ip.elem.name()
                     ),
                 ));
             }
@@ -1251,8 +1301,9 @@ fn tensor_inputs(plan: &Plan, b: &CorpusBatch) -> Result<Vec<(String, SessionInp
                     plan,
                     b.row_ids[0],
                     format!(
-                        "input {:?} is int64 in the model but the corpus column holds floats",
-                        ip.name
+                        "input {:?} is {} in the model but the corpus column holds floats",
+                        ip.name,
+                        ip.elem.name()
                     ),
                 ));
             }
@@ -1260,6 +1311,19 @@ fn tensor_inputs(plan: &Plan, b: &CorpusBatch) -> Result<Vec<(String, SessionInp
         values.push((ip.name.clone(), v));
     }
     Ok(values)
+}
+
+/// A session input of `dims` holding `values` (any element type ONNX Runtime takes).
+fn tensor<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
+    dims: Vec<usize>,
+    values: Vec<T>,
+    plan: &Plan,
+) -> Result<SessionInput> {
+    let a = ndarray::ArrayD::from_shape_vec(dims, values)
+        .map_err(|e| TeacherError::Pipeline(e.to_string()))?;
+    Ok(ort::value::Tensor::from_array(a)
+        .map_err(|e| session_error(plan, e.to_string()))?
+        .into())
 }
 
 /// Runs one batch through the teacher, keeping the target and feature outputs for
