@@ -552,37 +552,73 @@ fn text_corpora_build_per_token_targets() {
     );
 }
 
-/// A softmax the graph does not show as one (Exp → ReduceSum → Div, as jax2tf writes it):
-/// the build stops on the first batch instead of storing probabilities as logits, and with
-/// `--output-is-probability` it builds, recording how the output kind was decided.
+/// A softmax written out as Exp → ReduceSum → Div (as jax2tf writes it) is recognised from the
+/// graph; one the graph does not show (the sum as a MatMul with ones) stops the build on its
+/// first batch instead of storing probabilities as logits, and with `--output-is-probability`
+/// it builds; the manifest records how the output kind was decided.
 #[test]
 fn probabilities_are_never_stored_as_logits() {
     use logits_onnx::builder::{Attr, Dim, GraphBuilder};
     use logits_onnx::model::ElemType;
     let d = tempfile::tempdir().unwrap();
-    let mut g = GraphBuilder::new();
-    let batch = Dim::Named("batch".into());
-    let x = g.input(
-        "pixels",
-        ElemType::Float32,
-        &[batch.clone(), Dim::Fixed(64)],
+    let softmax_model = |name: &str, sum_by_matmul: bool| {
+        let mut g = GraphBuilder::new();
+        let batch = Dim::Named("batch".into());
+        let x = g.input(
+            "pixels",
+            ElemType::Float32,
+            &[batch.clone(), Dim::Fixed(64)],
+        );
+        let w: Vec<f32> = (0..640)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.002)
+            .collect();
+        let w = g.weight("w", &[64, 10], &w);
+        let z = g.node("MatMul", &[&x, &w], &[]);
+        let e = g.node("Exp", &[&z], &[]);
+        let sum = if sum_by_matmul {
+            let ones = g.weight("ones", &[10, 10], &[1.0; 100]);
+            g.node("MatMul", &[&e, &ones], &[])
+        } else {
+            let axes = g.ints("axes", &[1], &[1]);
+            g.node("ReduceSum", &[&e, &axes], &[("keepdims", Attr::Int(1))])
+        };
+        let p = g.node("Div", &[&e, &sum], &[]);
+        g.output("probs", &p, ElemType::Float32, &[batch, Dim::Fixed(10)]);
+        let model = d.path().join(format!("{name}.onnx"));
+        fs::write(
+            &model,
+            logits_onnx::model::encode(&g.finish(name, 13, "test", "")),
+        )
+        .unwrap();
+        model
+    };
+    let recognised = softmax_model("decomposed", false);
+    let rec_out = d.path().join("recognised");
+    let o = run(
+        "build",
+        &[
+            "build",
+            "--model",
+            recognised.to_str().unwrap(),
+            "--corpus",
+            &train(),
+            "--out",
+            rec_out.to_str().unwrap(),
+            "-k",
+            "3",
+            "--quiet",
+        ],
+        &[],
     );
-    let w: Vec<f32> = (0..640)
-        .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.002)
-        .collect();
-    let w = g.weight("w", &[64, 10], &w);
-    let z = g.node("MatMul", &[&x, &w], &[]);
-    let e = g.node("Exp", &[&z], &[]);
-    let axes = g.ints("axes", &[1], &[1]);
-    let sum = g.node("ReduceSum", &[&e, &axes], &[("keepdims", Attr::Int(1))]);
-    let p = g.node("Div", &[&e, &sum], &[]);
-    g.output("probs", &p, ElemType::Float32, &[batch, Dim::Fixed(10)]);
-    let model = d.path().join("decomposed.onnx");
-    fs::write(
-        &model,
-        logits_onnx::model::encode(&g.finish("decomposed", 13, "test", "")),
-    )
-    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(rec_out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["targets"]["output_is_probability"], true);
+    assert_eq!(
+        m["build"]["output_kind"],
+        "probabilities: the graph ends in a softmax"
+    );
+    let model = softmax_model("hidden_softmax", true);
     let out = d.path().join("out");
     let args = |extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = [
@@ -630,6 +666,30 @@ fn probabilities_are_never_stored_as_logits() {
         m["build"]["output_kind"],
         "probabilities: --output-is-probability"
     );
+    // A sigmoid (multi-label) output is refused, never treated as softmax logits.
+    let mut g = GraphBuilder::new();
+    let batch = Dim::Named("batch".into());
+    let x = g.input(
+        "pixels",
+        ElemType::Float32,
+        &[batch.clone(), Dim::Fixed(64)],
+    );
+    let w = g.weight("w", &[64, 10], &[0.01; 640]);
+    let z = g.node("MatMul", &[&x, &w], &[]);
+    let p = g.node("Sigmoid", &[&z], &[]);
+    g.output("probs", &p, ElemType::Float32, &[batch, Dim::Fixed(10)]);
+    let sig = d.path().join("sigmoid.onnx");
+    fs::write(
+        &sig,
+        logits_onnx::model::encode(&g.finish("sigmoid", 13, "test", "")),
+    )
+    .unwrap();
+    let a = args(&["--overwrite"]);
+    let mut a: Vec<&str> = a.iter().map(String::as_str).collect();
+    a[2] = sig.to_str().unwrap();
+    let o = run("build", &a, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("ends in a Sigmoid"), "{}", text(&o));
 }
 
 /// The top-k targets of a committed dataset, row by row (ids and logits).

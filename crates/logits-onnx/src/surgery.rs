@@ -92,37 +92,45 @@ pub enum OutputKind {
     Softmax,
     /// A LogSoftmax over the last axis: log-probabilities.
     LogSoftmax,
+    /// A Sigmoid: independent per-class probabilities (multi-label), not one distribution.
+    Sigmoid,
 }
 
-/// Recognises a Softmax or LogSoftmax (over the last axis) producing `output`, looking through
-/// Identity/Reshape/Flatten/Squeeze nodes.
+/// Recognises what produces `output`, looking through Identity/Reshape/Flatten/Squeeze/
+/// Unsqueeze/Cast nodes: a Softmax or LogSoftmax over the last axis (an explicit axis equal to
+/// the last one of any rank; the default axis as the model's opset defines it, 1 with 2-D
+/// coercion before opset 13, -1 from 13), a softmax written out as Exp → ReduceSum → Div over
+/// the last axis (as jax2tf writes it, with or without the max subtracted first), or a
+/// Sigmoid.
 pub fn output_kind(m: &ModelProto, output: &str) -> OutputKind {
     let Some(g) = &m.graph else {
         return OutputKind::Logits;
     };
+    let producer = |name: &str| {
+        g.node
+            .iter()
+            .find(|n| n.output.first().map(String::as_str) == Some(name))
+    };
     let mut name = output.to_string();
-    for _ in 0..8 {
-        let Some(n) = g.node.iter().find(|n| n.output.first() == Some(&name)) else {
+    // The rank of the tensor being looked at: declared, or the output's while only
+    // shape-preserving nodes were passed.
+    let mut rank = rank_of(m, output);
+    for _ in 0..16 {
+        let Some(n) = producer(&name) else {
             return OutputKind::Logits;
         };
         match n.op_type.as_deref() {
-            Some("Identity" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze") => {
+            Some(op @ ("Identity" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Cast")) => {
                 match n.input.first() {
                     Some(i) => name = i.clone(),
                     None => return OutputKind::Logits,
                 }
+                let kept = matches!(op, "Identity" | "Cast");
+                rank = rank_of(m, &name).or(if kept { rank } else { None });
             }
             Some(op @ ("Softmax" | "LogSoftmax")) => {
-                // opset >= 13 defaults to axis -1; older opsets default to 1, which is the last
-                // axis of a 2-D output. Any other explicit axis is not a softmax over classes.
-                let axis = n
-                    .attribute
-                    .iter()
-                    .find(|a| a.name.as_deref() == Some("axis"))
-                    .and_then(|a| a.i);
-                let last = matches!(axis, None | Some(-1))
-                    || (axis == Some(1) && rank_of(m, output) == Some(2));
-                if !last {
+                let axis = int_attr(n, "axis").unwrap_or(if opset(m) >= 13 { -1 } else { 1 });
+                if !is_last_axis(axis, rank) {
                     return OutputKind::Logits;
                 }
                 return if op == "Softmax" {
@@ -131,10 +139,97 @@ pub fn output_kind(m: &ModelProto, output: &str) -> OutputKind {
                     OutputKind::LogSoftmax
                 };
             }
+            Some("Sigmoid") => return OutputKind::Sigmoid,
+            Some("Div") => {
+                // Exp(x) / ReduceSum(Exp(x), last axis, keepdims): the same Exp output on both
+                // sides (or two Exp nodes of the same input).
+                let (Some(num), Some(den)) = (n.input.first(), n.input.get(1)) else {
+                    return OutputKind::Logits;
+                };
+                let exp_input = |t: &str| {
+                    producer(t)
+                        .filter(|e| e.op_type.as_deref() == Some("Exp"))
+                        .and_then(|e| e.input.first().cloned())
+                };
+                let Some(x) = exp_input(num) else {
+                    return OutputKind::Logits;
+                };
+                let Some(sum) = producer(den).filter(|d| d.op_type.as_deref() == Some("ReduceSum"))
+                else {
+                    return OutputKind::Logits;
+                };
+                let summed = sum.input.first().map(String::as_str);
+                let same = summed == Some(num.as_str())
+                    || summed.and_then(exp_input).as_deref() == Some(x.as_str());
+                let axes = int_list_attr(sum, "axes")
+                    .or_else(|| sum.input.get(1).and_then(|a| constant_ints(m, a)));
+                let keepdims = int_attr(sum, "keepdims").unwrap_or(1) == 1;
+                let last = matches!(axes.as_deref(), Some([a]) if is_last_axis(*a, rank));
+                return if same && keepdims && last {
+                    OutputKind::Softmax
+                } else {
+                    OutputKind::Logits
+                };
+            }
             _ => return OutputKind::Logits,
         }
     }
     OutputKind::Logits
+}
+
+/// True when `axis` (possibly negative) is the last axis of a tensor of rank `rank`.
+fn is_last_axis(axis: i64, rank: Option<usize>) -> bool {
+    axis == -1 || rank.is_some_and(|r| r >= 1 && axis == r as i64 - 1)
+}
+
+/// The model's opset for the default ONNX domain (13 when it does not say).
+fn opset(m: &ModelProto) -> i64 {
+    m.opset_import
+        .iter()
+        .find(|o| o.domain.as_deref().unwrap_or("").is_empty())
+        .and_then(|o| o.version)
+        .unwrap_or(13)
+}
+
+fn int_attr(n: &crate::onnx::NodeProto, name: &str) -> Option<i64> {
+    n.attribute
+        .iter()
+        .find(|a| a.name.as_deref() == Some(name))
+        .and_then(|a| a.i)
+}
+
+fn int_list_attr(n: &crate::onnx::NodeProto, name: &str) -> Option<Vec<i64>> {
+    n.attribute
+        .iter()
+        .find(|a| a.name.as_deref() == Some(name))
+        .map(|a| a.ints.clone())
+}
+
+/// The values of an int64 initializer (or Constant node output) named `name`.
+fn constant_ints(m: &ModelProto, name: &str) -> Option<Vec<i64>> {
+    let g = m.graph.as_ref()?;
+    let t = g
+        .initializer
+        .iter()
+        .find(|t| t.name.as_deref() == Some(name))
+        .or_else(|| {
+            g.node
+                .iter()
+                .find(|n| {
+                    n.op_type.as_deref() == Some("Constant")
+                        && n.output.first().map(String::as_str) == Some(name)
+                })
+                .and_then(|n| n.attribute.iter().find_map(|a| a.t.as_ref()))
+        })?;
+    if !t.int64_data.is_empty() {
+        return Some(t.int64_data.clone());
+    }
+    let raw = t.raw_data.as_ref()?;
+    Some(
+        raw.chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect(),
+    )
 }
 
 fn rank_of(m: &ModelProto, name: &str) -> Option<usize> {
@@ -212,6 +307,139 @@ mod tests {
             OutputKind::LogSoftmax
         );
         assert_eq!(output_kind(&tiny("Identity"), "probs"), OutputKind::Logits);
+    }
+
+    /// A model whose output `probs` (declared rank `rank`) comes from `nodes`, at `opset`,
+    /// with `axes` (the last axis) as an int64 initializer.
+    fn graph(nodes: Vec<NodeProto>, rank: usize, opset: i64) -> ModelProto {
+        use crate::onnx::{OperatorSetIdProto, TensorProto, TensorShapeProto, tensor_shape_proto};
+        let dims = (0..rank)
+            .map(|_| tensor_shape_proto::Dimension::default())
+            .collect();
+        ModelProto {
+            ir_version: Some(8),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(opset),
+            }],
+            graph: Some(GraphProto {
+                node: nodes,
+                initializer: vec![TensorProto {
+                    name: Some("axes".into()),
+                    dims: vec![1],
+                    int64_data: vec![rank as i64 - 1],
+                    data_type: Some(7),
+                    ..Default::default()
+                }],
+                output: vec![ValueInfoProto {
+                    name: Some("probs".into()),
+                    r#type: Some(TypeProto {
+                        value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                            elem_type: Some(1),
+                            shape: Some(TensorShapeProto { dim: dims }),
+                        })),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn op(
+        op: &str,
+        inputs: &[&str],
+        output: &str,
+        attrs: Vec<crate::onnx::AttributeProto>,
+    ) -> NodeProto {
+        NodeProto {
+            op_type: Some(op.into()),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            attribute: attrs,
+            ..Default::default()
+        }
+    }
+
+    fn int(name: &str, v: i64) -> crate::onnx::AttributeProto {
+        crate::onnx::AttributeProto {
+            name: Some(name.into()),
+            i: Some(v),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn recognises_softmax_at_an_explicit_last_axis_and_by_opset() {
+        // A CTC recogniser's [batch, T, C] softmax with axis=2 (paddle2onnx, opset 12).
+        let m = graph(
+            vec![op("Softmax", &["x"], "probs", vec![int("axis", 2)])],
+            3,
+            12,
+        );
+        assert_eq!(output_kind(&m, "probs"), OutputKind::Softmax);
+        // Before opset 13 the default axis is 1 with 2-D coercion: over T and C together.
+        let m = graph(vec![op("Softmax", &["x"], "probs", vec![])], 3, 12);
+        assert_eq!(output_kind(&m, "probs"), OutputKind::Logits);
+        let m = graph(vec![op("Softmax", &["x"], "probs", vec![])], 3, 13);
+        assert_eq!(output_kind(&m, "probs"), OutputKind::Softmax);
+        let m = graph(
+            vec![op("Softmax", &["x"], "probs", vec![int("axis", 1)])],
+            3,
+            13,
+        );
+        assert_eq!(output_kind(&m, "probs"), OutputKind::Logits);
+        // Through a Cast.
+        let m = graph(
+            vec![
+                op("Softmax", &["x"], "p", vec![int("axis", -1)]),
+                op("Cast", &["p"], "probs", vec![int("to", 1)]),
+            ],
+            2,
+            17,
+        );
+        assert_eq!(output_kind(&m, "probs"), OutputKind::Softmax);
+    }
+
+    #[test]
+    fn recognises_a_decomposed_softmax_and_a_sigmoid() {
+        let decomposed = |axes_attr: bool| {
+            let mut sum = op("ReduceSum", &["e", "axes"], "s", vec![int("keepdims", 1)]);
+            if axes_attr {
+                sum.input.truncate(1);
+                sum.attribute.push(crate::onnx::AttributeProto {
+                    name: Some("axes".into()),
+                    ints: vec![-1],
+                    ..Default::default()
+                });
+            }
+            graph(
+                vec![
+                    op("ReduceMax", &["x"], "mx", vec![]),
+                    op("Sub", &["x", "mx"], "d", vec![]),
+                    op("Exp", &["d"], "e", vec![]),
+                    sum,
+                    op("Div", &["e", "s"], "probs", vec![]),
+                ],
+                2,
+                13,
+            )
+        };
+        assert_eq!(
+            output_kind(&decomposed(false), "probs"),
+            OutputKind::Softmax
+        );
+        assert_eq!(output_kind(&decomposed(true), "probs"), OutputKind::Softmax);
+        // A sum over another axis is not a softmax over classes.
+        let mut m = decomposed(false);
+        if let Some(g) = m.graph.as_mut() {
+            g.initializer[0].int64_data = vec![0];
+        }
+        assert_eq!(output_kind(&m, "probs"), OutputKind::Logits);
+        let m = graph(vec![op("Sigmoid", &["x"], "probs", vec![])], 2, 13);
+        assert_eq!(output_kind(&m, "probs"), OutputKind::Sigmoid);
     }
 
     #[test]

@@ -422,12 +422,20 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
         )));
     }
     let mut kind = teacher.kind(&target.name);
+    if kind == OutputKind::Sigmoid {
+        return Err(TeacherError::Options(format!(
+            "{}: output {:?} ends in a Sigmoid: independent per-class probabilities (a multi-label classifier), not one distribution over classes, so top-k targets with a shared logZ do not describe it; per-class binary targets are not supported yet",
+            o.model.display(),
+            target.name
+        )));
+    }
     // How the output kind was decided, recorded in the manifest's build section.
     let mut kind_from = match kind {
         OutputKind::Logits => {
             "logits: no softmax found in the graph; the first batch was checked not to be probabilities"
         }
-        _ => "probabilities: the graph ends in a softmax or log-softmax",
+        OutputKind::LogSoftmax => "log-probabilities: the graph ends in a log-softmax",
+        _ => "probabilities: the graph ends in a softmax",
     };
     if o.output_is_probability && kind == OutputKind::Logits {
         kind = OutputKind::Softmax;

@@ -204,6 +204,7 @@ pub fn describe_model(m: &TeacherModel) -> String {
             OutputKind::Logits => "",
             OutputKind::Softmax => "  (softmax: probabilities)",
             OutputKind::LogSoftmax => "  (log-softmax: log-probabilities)",
+            OutputKind::Sigmoid => "  (sigmoid: independent per-class probabilities)",
         };
         out += &format!("  {:<28} {}{kind}\n", o.name, o.describe());
     }
