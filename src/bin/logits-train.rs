@@ -439,13 +439,18 @@ fn resolve(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
 
 fn describe_losses(c: &TrainConfig) -> String {
     let mut v = Vec::new();
+    // The names the options and config.toml use (forward_kl, tail, hint), not Rust's.
+    let word = |v: serde_json::Value| v.as_str().map(String::from).unwrap_or_default();
     if c.loss.kd > 0.0 {
+        let mut div = word(serde_json::json!(c.loss.divergence));
+        if div == "jsd" {
+            div = format!("jsd β={}", c.loss.jsd_beta);
+        }
         v.push(format!(
-            "kd {} ({:?}, T={}, {:?})",
+            "kd {} ({div}, T={}, top-k {})",
             c.loss.kd,
-            c.divergence(),
             c.loss.temperature,
-            c.topk_mode()
+            word(serde_json::json!(c.loss.topk))
         ));
     }
     if c.loss.ce > 0.0 {
@@ -456,8 +461,8 @@ fn describe_losses(c: &TrainConfig) -> String {
     }
     for f in &c.loss.features {
         v.push(format!(
-            "{:?} {}@{} ×{}",
-            f.kind,
+            "{} {}@{} ×{}",
+            word(serde_json::json!(f.kind)),
             f.feature,
             f.layer,
             f.weight()
