@@ -109,9 +109,13 @@ fn build(out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     run("build", &args, env)
 }
 
+/// A committed dataset's manifest as JSON.
+fn manifest_of(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
 fn shard_hashes(dir: &Path) -> Vec<(String, String)> {
-    let m: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let m = manifest_of(dir);
     m["shards"]
         .as_array()
         .unwrap()
@@ -592,27 +596,27 @@ fn probabilities_are_never_stored_as_logits() {
         .unwrap();
         model
     };
-    let recognised = softmax_model("decomposed", false);
-    let rec_out = d.path().join("recognised");
-    let o = run(
-        "build",
-        &[
+    let corpus = train();
+    let build_with = |model: &Path, out: &Path, extra: &[&str]| {
+        let mut a = vec![
             "build",
             "--model",
-            recognised.to_str().unwrap(),
+            model.to_str().unwrap(),
             "--corpus",
-            &train(),
+            &corpus,
             "--out",
-            rec_out.to_str().unwrap(),
+            out.to_str().unwrap(),
             "-k",
             "3",
             "--quiet",
-        ],
-        &[],
-    );
+        ];
+        a.extend(extra);
+        run("build", &a, &[])
+    };
+    let rec_out = d.path().join("recognised");
+    let o = build_with(&softmax_model("decomposed", false), &rec_out, &[]);
     assert!(o.status.success(), "{}", text(&o));
-    let m: serde_json::Value =
-        serde_json::from_slice(&fs::read(rec_out.join("manifest.json")).unwrap()).unwrap();
+    let m = manifest_of(&rec_out);
     assert_eq!(m["targets"]["output_is_probability"], true);
     assert_eq!(
         m["build"]["output_kind"],
@@ -620,30 +624,7 @@ fn probabilities_are_never_stored_as_logits() {
     );
     let model = softmax_model("hidden_softmax", true);
     let out = d.path().join("out");
-    let args = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "build",
-            "--model",
-            model.to_str().unwrap(),
-            "--corpus",
-            &train(),
-            "--out",
-            out.to_str().unwrap(),
-            "-k",
-            "3",
-            "--quiet",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
-    };
-    let o = run(
-        "build",
-        &args(&[]).iter().map(String::as_str).collect::<Vec<_>>(),
-        &[],
-    );
+    let o = build_with(&model, &out, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         text(&o).contains("holds probabilities, not logits"),
@@ -652,15 +633,9 @@ fn probabilities_are_never_stored_as_logits() {
     );
     assert!(text(&o).contains("--output-is-probability"), "{}", text(&o));
     assert!(!out.join("manifest.json").exists());
-    let a = args(&["--output-is-probability", "--overwrite"]);
-    let o = run(
-        "build",
-        &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        &[],
-    );
+    let o = build_with(&model, &out, &["--output-is-probability", "--overwrite"]);
     assert!(o.status.success(), "{}", text(&o));
-    let m: serde_json::Value =
-        serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let m = manifest_of(&out);
     assert_eq!(m["targets"]["output_is_probability"], true);
     assert_eq!(
         m["build"]["output_kind"],
@@ -684,10 +659,7 @@ fn probabilities_are_never_stored_as_logits() {
         logits_onnx::model::encode(&g.finish("sigmoid", 13, "test", "")),
     )
     .unwrap();
-    let a = args(&["--overwrite"]);
-    let mut a: Vec<&str> = a.iter().map(String::as_str).collect();
-    a[2] = sig.to_str().unwrap();
-    let o = run("build", &a, &[]);
+    let o = build_with(&sig, &out, &["--overwrite"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("ends in a Sigmoid"), "{}", text(&o));
 }

@@ -8,9 +8,12 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
 use logits_format::manifest::{Granularity, SampledSpec, ValueEncoding};
 use logits_format::synth::{self, SynthSpec};
-use logits_format::writer::{WriteOptions, file_sha256};
+use logits_format::writer::WriteOptions;
 use logits_format::{Dataset, Manifest};
 use logits_student::data::{Loader, Needs};
 use logits_student::lm::LmLoader;
@@ -50,39 +53,16 @@ fn bases() -> &'static [Base; 2] {
     B.get_or_init(|| [make(false), make(true)])
 }
 
-/// libfuzzer-sys makes every panic abort, even one the reader catches and reports as an
-/// error (the Parquet library's page decoders panic on some damaged pages; the reader turns
-/// that into "the file is damaged"). Silencing the hook keeps those as what the tool does,
-/// an error; a panic that escapes the tool still aborts (libfuzzer-sys checks the unwind).
-fn quiet_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
-}
-
 fuzz_target!(|data: &[u8]| {
-    quiet_panics();
+    common::quiet_panics();
     let Some(&head) = data.first() else { return };
     let b = &bases()[(head >> 1 & 1) as usize];
     let bytes: Vec<u8> = if head & 1 == 1 && data.len() > 4 {
-        let mut s = b.shard.clone();
-        for chunk in data[1..].chunks(4) {
-            if chunk.len() == 4 {
-                let at = u16::from_le_bytes([chunk[0], chunk[1]]) as usize % s.len();
-                s[at] ^= chunk[2];
-            }
-        }
-        s
+        common::mutate(&b.shard, &data[1..])
     } else {
         data[1..].to_vec()
     };
-    let path = b.dir.path().join(&b.manifest.shards[0].path);
-    std::fs::write(&path, &bytes).expect("write shard");
-    let (n, sha) = file_sha256(&path).expect("hash");
-    let mut m = b.manifest.clone();
-    m.shards[0].bytes = n;
-    m.shards[0].sha256 = sha;
-    m.totals.bytes = n;
-    std::fs::write(b.dir.path().join("manifest.json"), m.to_json()).expect("write manifest");
+    common::reseal(b.dir.path(), &b.manifest, &bytes);
     let Ok(ds) = Dataset::open(b.dir.path()) else { return };
     let needs = |labels| Needs {
         topk: true,

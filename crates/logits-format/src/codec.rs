@@ -189,17 +189,7 @@ pub fn encode(manifest: &Manifest, schema: &SchemaRef, b: &RowBatch) -> Result<R
                 format!("{} labels for {rows} rows", labels.len()),
             ));
         }
-        for (i, lab) in labels.iter().enumerate() {
-            if let Some(c) = lab
-                && (*c < 0 || *c as u64 >= l.num_classes)
-            {
-                return Err(bad_row(
-                    b.row_ids[i],
-                    schema::LABEL,
-                    format!("label {c} outside 0..{}", l.num_classes),
-                ));
-            }
-        }
+        check_labels(l.num_classes, labels, &b.row_ids)?;
         columns.push(Arc::new(Int64Array::from(labels.clone())));
     }
     if let Some(spec) = &manifest.targets {
@@ -278,23 +268,29 @@ fn check_input_shape(spec: &InputSpec, v: &InputValues, row_ids: &[u64]) -> Resu
     Ok(())
 }
 
+/// Checks that every label lies in `0..classes`, naming the row of the first that does not.
+fn check_labels(classes: u64, labels: &[Option<i64>], row_ids: &[u64]) -> Result<()> {
+    for (i, lab) in labels.iter().enumerate() {
+        if let Some(c) = lab
+            && (*c < 0 || *c as u64 >= classes)
+        {
+            return Err(bad_row(
+                row_ids.get(i).copied().unwrap_or(0),
+                schema::LABEL,
+                format!("label {c} outside 0..{classes}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks decoded rows against the contract, as every reader does before handing rows on
-/// (rows may come shuffled; unique ids are the shard reader's check): labels within the class axis, inputs of their declared shape and
-/// finite, targets as [`check_targets`] says (lossy encodings with their rounding allowed),
+/// (rows may come shuffled; unique ids are the shard reader's check): labels within the class
+/// axis, inputs of their declared shape and finite, targets as [`check_targets`] says (lossy encodings with their rounding allowed),
 /// features finite. The error names the row and the column.
 pub fn check_rows(manifest: &Manifest, b: &RowBatch) -> Result<()> {
     if let (Some(spec), Some(labels)) = (&manifest.labels, &b.labels) {
-        for (i, lab) in labels.iter().enumerate() {
-            if let Some(c) = lab
-                && (*c < 0 || *c as u64 >= spec.num_classes)
-            {
-                return Err(bad_row(
-                    b.row_ids.get(i).copied().unwrap_or(0),
-                    schema::LABEL,
-                    format!("label {c} outside 0..{}", spec.num_classes),
-                ));
-            }
-        }
+        check_labels(spec.num_classes, labels, &b.row_ids)?;
     }
     for spec in &manifest.inputs {
         let Some(v) = b.inputs.get(&spec.name) else {

@@ -535,12 +535,15 @@ struct ReadJob {
 
 /// The row ids seen in the shard being read, against its manifest entry: each id inside the
 /// entry's range, none twice, as many as the entry says. Swapped, duplicated or truncated
-/// shards whose bytes still parse are caught here (a bit per id of the entry's range).
+/// shards whose bytes still parse are caught here. Ids are marked in a bitmap of the entry's
+/// range (a bit per id), or in a set when the range is far wider than the rows (a shard whose
+/// rows were mostly skipped, or a forged range that must not ask for huge memory).
 #[derive(Default)]
 struct ShardRows {
     first: u64,
     last: u64,
-    seen: Vec<u64>,
+    bits: Vec<u64>,
+    sparse: std::collections::HashSet<u64>,
     count: u64,
 }
 
@@ -548,18 +551,21 @@ impl ShardRows {
     fn start(&mut self, e: &ShardEntry) {
         self.first = e.first_row_id;
         self.last = e.last_row_id.max(e.first_row_id);
-        // Bounded by the entry's row count, so a forged range cannot ask for huge memory.
-        let span = (self.last - self.first + 1).min(e.rows.saturating_mul(64).max(64));
-        self.seen = vec![0; span.div_ceil(64) as usize];
+        let span = self.last - self.first + 1;
+        let dense = span <= e.rows.saturating_mul(64).max(1 << 16);
+        self.bits = if dense {
+            vec![0; span.div_ceil(64) as usize]
+        } else {
+            Vec::new()
+        };
+        self.sparse.clear();
         self.count = 0;
     }
 
     fn see(&mut self, path: &Path, b: &RecordBatch) -> Result<()> {
         let ids = row_ids(path, b)?;
         for id in ids.values().iter().copied() {
-            let off = id.wrapping_sub(self.first);
-            let (w, bit) = ((off / 64) as usize, off % 64);
-            if id < self.first || id > self.last || w >= self.seen.len() {
+            if id < self.first || id > self.last {
                 return Err(FormatError::ShardMismatch {
                     path: path.to_path_buf(),
                     message: format!(
@@ -568,13 +574,21 @@ impl ShardRows {
                     ),
                 });
             }
-            if self.seen[w] >> bit & 1 == 1 {
+            let off = id - self.first;
+            let new = if self.bits.is_empty() {
+                self.sparse.insert(id)
+            } else {
+                let (w, bit) = ((off / 64) as usize, off % 64);
+                let had = self.bits[w] >> bit & 1 == 1;
+                self.bits[w] |= 1 << bit;
+                !had
+            };
+            if !new {
                 return Err(FormatError::ShardMismatch {
                     path: path.to_path_buf(),
                     message: format!("row id {id} appears twice"),
                 });
             }
-            self.seen[w] |= 1 << bit;
             self.count += 1;
         }
         Ok(())

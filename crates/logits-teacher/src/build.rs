@@ -1293,23 +1293,17 @@ fn tensor_inputs(plan: &Plan, b: &CorpusBatch) -> Result<Vec<(String, SessionInp
                     _ => tensor(dims, v.clone(), plan)?,
                 }
             }
-            (Flat::I64(_), true) => {
+            (flat, _) => {
+                let holds = if matches!(flat, Flat::I64(_)) {
+                    "integers"
+                } else {
+                    "floats"
+                };
                 return Err(corpus_mismatch(
                     plan,
                     b.row_ids[0],
                     format!(
-                        "input {:?} is {} in the model but the corpus column holds integers",
-                        ip.name,
-                        ip.elem.name()
-                    ),
-                ));
-            }
-            (Flat::F32(_), false) => {
-                return Err(corpus_mismatch(
-                    plan,
-                    b.row_ids[0],
-                    format!(
-                        "input {:?} is {} in the model but the corpus column holds floats",
+                        "input {:?} is {} in the model but the corpus column holds {holds}",
                         ip.name,
                         ip.elem.name()
                     ),
