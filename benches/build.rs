@@ -322,6 +322,7 @@ fn lm(root: &Path, tmp: &Path, model: &Path, name: &str) {
     let (window, batch) = (128usize, 16usize);
     let corpus = logits_teacher::text::TextCorpus::open(
         &[logits_teacher::text::TextSource::guess(&c1, "text")],
+        None,
         &tok,
         window,
         window,

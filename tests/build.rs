@@ -552,7 +552,30 @@ fn text_corpora_build_per_token_targets() {
             "--out",
             &d.path().join("y").display().to_string(),
         ],
-        &["vocabulary (1000 ids) is larger", "10"],
+        &[
+            "digits_teacher.onnx",
+            "no int64 or int32 input to take token ids",
+        ],
+    );
+    // A tokenizer larger than the model's embedding table (GPT-2's 8192 ids for the tiny
+    // LM's 1000 rows).
+    let gpt2_tok = root().join("fixtures/gpt2/tokenizer.json");
+    expect_error(
+        &[
+            "build",
+            "--model",
+            m.to_str().unwrap(),
+            "--tokenizer",
+            gpt2_tok.to_str().unwrap(),
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--out",
+            &d.path().join("z").display().to_string(),
+        ],
+        &[
+            "vocabulary (8192 ids) is larger",
+            "embedding table (1000 rows",
+        ],
     );
 }
 

@@ -73,6 +73,10 @@ struct BuildArgs {
     /// Map a model input to a corpus column: INPUT=COLUMN (default: same name).
     #[arg(long = "input", value_name = "INPUT=COLUMN")]
     inputs: Vec<String>,
+    /// Per-row shape of an input whose corpus column is a flat list: INPUT=3,48,320 (nested
+    /// lists and a column's `shape` field metadata need none).
+    #[arg(long = "input-shape", value_name = "INPUT=D1,D2,...")]
+    input_shapes: Vec<String>,
     /// Label column (class index).
     #[arg(long)]
     label_column: Option<String>,
@@ -239,6 +243,17 @@ fn build(a: BuildArgs, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::
         id: a.id_column.clone(),
         ..Default::default()
     };
+    for m in &a.input_shapes {
+        let shape = m
+            .split_once('=')
+            .and_then(|(i, s)| Some((i.to_string(), logits_format::corpus::parse_shape(s)?)))
+            .ok_or_else(|| {
+                logits::usage(format!(
+                    "--input-shape {m:?}: expected INPUT=D1,D2,... with sizes of at least 1"
+                ))
+            })?;
+        columns.shapes.push(shape);
+    }
     for m in &a.inputs {
         let (i, c) = m
             .split_once('=')

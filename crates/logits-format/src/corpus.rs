@@ -33,6 +33,10 @@ pub struct ColumnMap {
     pub label: Option<String>,
     /// Id column (string or integer), if any.
     pub id: Option<String>,
+    /// (model input, per-row shape) pairs given explicitly (`--input-shape NAME=3,48,320`):
+    /// how a flat list column is shaped for that input. Otherwise a column's shape comes from
+    /// nested lists or from its field metadata (`shape`, as `[3, 48, 320]` or `3,48,320`).
+    pub shapes: Vec<(String, Vec<usize>)>,
 }
 
 /// Values of one column for a batch, flattened, in f32 or i64 (the model's side decides).
@@ -55,6 +59,67 @@ pub struct CorpusBatch {
     pub labels: Option<Vec<Option<i64>>>,
     /// Ids, when an id column is mapped.
     pub ids: Option<Vec<Option<String>>>,
+    /// Per model input whose row shape the corpus knows (nested lists, the column's `shape`
+    /// metadata or an explicit shape): each row's shape. Absent for flat lists of no declared
+    /// shape, whose shape is the model's to give.
+    pub shapes: BTreeMap<String, Vec<Vec<usize>>>,
+}
+
+impl CorpusBatch {
+    /// The rows `range` of this batch, as a batch of their own.
+    pub fn slice(&self, range: Range<usize>) -> CorpusBatch {
+        let inputs = self
+            .inputs
+            .iter()
+            .map(|(k, (offsets, flat))| {
+                let (lo, hi) = (offsets[range.start], offsets[range.end]);
+                let o = offsets[range.start..=range.end]
+                    .iter()
+                    .map(|&x| x - lo)
+                    .collect();
+                let v = match flat {
+                    Flat::F32(v) => Flat::F32(v[lo..hi].to_vec()),
+                    Flat::I64(v) => Flat::I64(v[lo..hi].to_vec()),
+                };
+                (k.clone(), (o, v))
+            })
+            .collect();
+        CorpusBatch {
+            row_ids: self.row_ids[range.clone()].to_vec(),
+            inputs,
+            labels: self.labels.as_ref().map(|l| l[range.clone()].to_vec()),
+            ids: self.ids.as_ref().map(|l| l[range.clone()].to_vec()),
+            shapes: self
+                .shapes
+                .iter()
+                .map(|(k, s)| (k.clone(), s[range.clone()].to_vec()))
+                .collect(),
+        }
+    }
+
+    /// Cuts the batch into runs of consecutive rows whose every input has the same length
+    /// and shape, so that each run is one rectangular tensor per input (rows of a
+    /// spectrogram corpus whose lengths vary, say). A batch whose rows agree comes back whole.
+    pub fn split_uniform(self) -> Vec<CorpusBatch> {
+        let n = self.row_ids.len();
+        let same = |a: usize, b: usize| {
+            self.inputs
+                .values()
+                .all(|(o, _)| o[a + 1] - o[a] == o[b + 1] - o[b])
+                && self.shapes.values().all(|s| s[a] == s[b])
+        };
+        let mut cuts = vec![0];
+        for r in 1..n {
+            if !same(r - 1, r) {
+                cuts.push(r);
+            }
+        }
+        if cuts.len() == 1 {
+            return vec![self];
+        }
+        cuts.push(n);
+        cuts.windows(2).map(|w| self.slice(w[0]..w[1])).collect()
+    }
 }
 
 /// A Parquet tensor corpus.
@@ -68,6 +133,8 @@ pub struct TensorCorpus {
     pub label: Option<String>,
     /// Id column.
     pub id: Option<String>,
+    /// Declared per-row shape of each model input that has one (explicit or field metadata).
+    pub declared: BTreeMap<String, Vec<usize>>,
 }
 
 fn corpus_err(path: &Path, message: impl Into<String>) -> FormatError {
@@ -106,7 +173,16 @@ impl TensorCorpus {
                 )));
             }
         }
+        for (input, _) in &map.shapes {
+            if !inputs.contains(input) {
+                return Err(FormatError::CorpusOptions(format!(
+                    "--input-shape {input}=...: the model has no input {input:?} (inputs: {})",
+                    inputs.join(", ")
+                )));
+            }
+        }
         let mut mapping = Vec::new();
+        let mut declared = BTreeMap::new();
         for input in inputs {
             let col = map
                 .inputs
@@ -122,6 +198,26 @@ impl TensorCorpus {
                         cols.join(", ")
                     ),
                 ));
+            }
+            let explicit = map.shapes.iter().find(|(i, _)| i == input).map(|(_, s)| s);
+            let meta = schema
+                .field_with_name(&col)
+                .ok()
+                .and_then(|f| f.metadata().get("shape"));
+            let shape = match (explicit, meta) {
+                (Some(s), _) => Some(s.clone()),
+                (None, Some(m)) => Some(parse_shape(m).ok_or_else(|| {
+                    corpus_err(
+                        &files[0],
+                        format!(
+                            "column {col:?}: its field metadata shape {m:?} is not a list of sizes such as [3, 48, 320]; give the shape with --input-shape {input}=3,48,320"
+                        ),
+                    )
+                })?),
+                (None, None) => None,
+            };
+            if let Some(s) = shape {
+                declared.insert(input.clone(), s);
             }
             mapping.push((input.clone(), col));
         }
@@ -141,6 +237,7 @@ impl TensorCorpus {
             mapping,
             label: map.label.clone(),
             id: map.id.clone(),
+            declared,
         })
     }
 
@@ -168,6 +265,11 @@ impl TensorCorpus {
             });
         }
         h.update(format!("{:?}|{:?}|{:?}", self.mapping, self.label, self.id).as_bytes());
+        // Shapes change how rows are read, so they are part of the fingerprint; a corpus with
+        // none keeps the fingerprint it had before shapes existed.
+        if !self.declared.is_empty() {
+            h.update(format!("|{:?}", self.declared).as_bytes());
+        }
         Ok((sources, crate::writer::hex(&h.finalize())))
     }
 
@@ -234,7 +336,43 @@ impl TensorCorpus {
             let a = rb
                 .column_by_name(col)
                 .ok_or_else(|| corpus_err(f, format!("column {col:?} missing")))?;
-            b.inputs.insert(input.clone(), flatten(f, col, a, first)?);
+            let (offsets, flat, nested) = flatten(f, col, a, first)?;
+            let declared = self.declared.get(input);
+            let shapes = match (nested, declared) {
+                (Some(rows), Some(d)) => {
+                    if let Some(r) = rows.iter().position(|s| s != d) {
+                        return Err(corpus_err(
+                            f,
+                            format!(
+                                "row {}: column {col:?} is nested with shape {:?}, but its declared shape is {d:?}",
+                                first + r as u64,
+                                rows[r]
+                            ),
+                        ));
+                    }
+                    Some(rows)
+                }
+                (Some(rows), None) => Some(rows),
+                (None, Some(d)) => {
+                    let want: usize = d.iter().product();
+                    if let Some(r) = (0..rows).find(|&r| offsets[r + 1] - offsets[r] != want) {
+                        return Err(corpus_err(
+                            f,
+                            format!(
+                                "row {}: column {col:?} holds {} values, but its declared shape {d:?} has {want}",
+                                first + r as u64,
+                                offsets[r + 1] - offsets[r]
+                            ),
+                        ));
+                    }
+                    Some(vec![d.clone(); rows])
+                }
+                (None, None) => None,
+            };
+            if let Some(s) = shapes {
+                b.shapes.insert(input.clone(), s);
+            }
+            b.inputs.insert(input.clone(), (offsets, flat));
         }
         if let Some(c) = &self.label {
             let a = rb
@@ -289,9 +427,22 @@ impl TensorCorpus {
     }
 }
 
-/// Flattens a list or fixed-size-list column of numbers into offsets and values.
-fn flatten(f: &Path, col: &str, a: &ArrayRef, first: u64) -> Result<(Vec<usize>, Flat)> {
-    let (offsets, child): (Vec<usize>, ArrayRef) = match a.data_type() {
+/// Parses a declared shape: `[3, 48, 320]`, `3,48,320` or `3x48x320`.
+pub fn parse_shape(s: &str) -> Option<Vec<usize>> {
+    let s = s
+        .trim()
+        .trim_start_matches(['[', '('])
+        .trim_end_matches([']', ')']);
+    let dims: Option<Vec<usize>> = s
+        .split([',', 'x'])
+        .map(|d| d.trim().parse::<usize>().ok().filter(|&n| n > 0))
+        .collect();
+    dims.filter(|d| !d.is_empty())
+}
+
+/// One level of a list column: entry offsets into the child array, and the child.
+fn list_level(a: &ArrayRef) -> Option<(Vec<usize>, ArrayRef)> {
+    Some(match a.data_type() {
         DataType::List(_) => {
             let l = a.as_list::<i32>();
             let o = l.value_offsets();
@@ -318,11 +469,74 @@ fn flatten(f: &Path, col: &str, a: &ArrayRef, first: u64) -> Result<(Vec<usize>,
                 l.values().slice(l.offset() * n, l.len() * n),
             )
         }
-        t => {
+        _ => return None,
+    })
+}
+
+/// Leaf offsets of a list column's entries and the leaf array; with nested lists, also each
+/// entry's shape (every sub-list of an entry must have the same shape: a tensor, not a ragged
+/// list). `Err(i)` names the entry that is ragged.
+#[allow(clippy::type_complexity)]
+fn nest(
+    a: &ArrayRef,
+) -> std::result::Result<Option<(Vec<usize>, Option<Vec<Vec<usize>>>, ArrayRef)>, usize> {
+    let Some((offsets, child)) = list_level(a) else {
+        return Ok(None);
+    };
+    let inner = match nest(&child) {
+        Ok(x) => x,
+        // A ragged sub-list: name the entry of this level that holds it.
+        Err(j) => return Err(offsets.partition_point(|&o| o <= j).saturating_sub(1)),
+    };
+    let Some((child_offsets, child_shapes, leaf)) = inner else {
+        return Ok(Some((offsets, None, child)));
+    };
+    let child_shapes = child_shapes.unwrap_or_else(|| {
+        child_offsets
+            .windows(2)
+            .map(|w| vec![w[1] - w[0]])
+            .collect()
+    });
+    let mut shapes = Vec::with_capacity(offsets.len().saturating_sub(1));
+    for (i, w) in offsets.windows(2).enumerate() {
+        let subs = &child_shapes[w[0]..w[1]];
+        if subs.iter().any(|s| s != &subs[0]) {
+            return Err(i);
+        }
+        let mut shape = vec![w[1] - w[0]];
+        shape.extend(subs.first().cloned().unwrap_or_default());
+        shapes.push(shape);
+    }
+    let leaf_offsets = offsets.iter().map(|&o| child_offsets[o]).collect();
+    Ok(Some((leaf_offsets, Some(shapes), leaf)))
+}
+
+/// Flattens a list, fixed-size-list or nested-list column of numbers into row offsets and
+/// values, with each row's shape when the lists are nested.
+#[allow(clippy::type_complexity)]
+fn flatten(
+    f: &Path,
+    col: &str,
+    a: &ArrayRef,
+    first: u64,
+) -> Result<(Vec<usize>, Flat, Option<Vec<Vec<usize>>>)> {
+    let (offsets, shapes, child) = match nest(a) {
+        Ok(Some(x)) => x,
+        Ok(None) => {
             return Err(corpus_err(
                 f,
                 format!(
-                    "column {col:?} is {t}; inputs must be lists of numbers (one tensor per row, flattened)"
+                    "column {col:?} is {}; inputs must be lists of numbers (one tensor per row: flat with a shape, or nested)",
+                    a.data_type()
+                ),
+            ));
+        }
+        Err(r) => {
+            return Err(corpus_err(
+                f,
+                format!(
+                    "row {}: column {col:?} is a ragged nested list (its sub-lists differ in length); each row must be a tensor",
+                    first + r as u64
                 ),
             ));
         }
@@ -361,7 +575,7 @@ fn flatten(f: &Path, col: &str, a: &ArrayRef, first: u64) -> Result<(Vec<usize>,
             ));
         }
     };
-    Ok((offsets, flat))
+    Ok((offsets, flat, shapes))
 }
 
 /// Integer values of any narrower type as i64 (exact).
@@ -376,4 +590,78 @@ where
             .map(|&x| x.into())
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+    use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, ListBuilder};
+    use std::sync::Arc;
+
+    #[test]
+    fn nested_lists_give_each_row_its_shape() {
+        // Two rows of [2, 3] as a list of fixed-size lists.
+        let mut b = ListBuilder::new(FixedSizeListBuilder::new(Float32Builder::new(), 3));
+        for r in 0..2 {
+            for i in 0..2 {
+                for j in 0..3 {
+                    b.values().values().append_value((r * 6 + i * 3 + j) as f32);
+                }
+                b.values().append(true);
+            }
+            b.append(true);
+        }
+        let a: ArrayRef = Arc::new(b.finish());
+        let (offsets, flat, shapes) = flatten(Path::new("c.parquet"), "x", &a, 0).unwrap();
+        assert_eq!(offsets, vec![0, 6, 12]);
+        assert_eq!(shapes, Some(vec![vec![2, 3], vec![2, 3]]));
+        assert_eq!(flat, Flat::F32((0..12).map(|x| x as f32).collect()));
+    }
+
+    #[test]
+    fn a_ragged_nested_list_names_its_row() {
+        let mut b = ListBuilder::new(ListBuilder::new(Float32Builder::new()));
+        for sub in [vec![2usize, 2], vec![2, 3]] {
+            for len in sub {
+                for _ in 0..len {
+                    b.values().values().append_value(1.0);
+                }
+                b.values().append(true);
+            }
+            b.append(true);
+        }
+        let a: ArrayRef = Arc::new(b.finish());
+        let e = flatten(Path::new("c.parquet"), "x", &a, 10)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row 11") && e.contains("ragged"), "{e}");
+    }
+
+    #[test]
+    fn shapes_parse_in_the_usual_spellings() {
+        assert_eq!(parse_shape("[3, 48, 320]"), Some(vec![3, 48, 320]));
+        assert_eq!(parse_shape("3,48,320"), Some(vec![3, 48, 320]));
+        assert_eq!(parse_shape("28x28"), Some(vec![28, 28]));
+        assert_eq!(parse_shape("3,0"), None);
+        assert_eq!(parse_shape("a"), None);
+    }
+
+    #[test]
+    fn batches_split_where_row_shapes_change() {
+        let b = CorpusBatch {
+            row_ids: vec![0, 1, 2, 3],
+            inputs: [(
+                "x".to_string(),
+                (vec![0, 2, 4, 7, 9], Flat::I64((0..9).collect())),
+            )]
+            .into(),
+            labels: Some(vec![Some(0), Some(1), Some(2), Some(3)]),
+            ..Default::default()
+        };
+        let parts = b.split_uniform();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0].row_ids, vec![0, 1]);
+        assert_eq!(parts[1].inputs["x"], (vec![0, 3], Flat::I64(vec![4, 5, 6])));
+        assert_eq!(parts[2].labels, Some(vec![Some(3)]));
+    }
 }

@@ -12,6 +12,8 @@
 //! - [`builder`]: writing new models (the student's export) node by node.
 //! - [`surgery`]: exposing intermediate tensors as graph outputs, and finding a softmax at an
 //!   output.
+//! - [`inspect`]: reading what a graph computes for a user choosing flags: the recommended
+//!   target and feature, which tensors are activations, a token input's vocabulary.
 //!
 //! Dependencies: `prost` (the protobuf runtime the generated code needs), `thiserror`.
 
@@ -19,6 +21,7 @@
 pub mod onnx;
 
 pub mod builder;
+pub mod inspect;
 pub mod model;
 pub mod surgery;
 

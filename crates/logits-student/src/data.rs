@@ -179,6 +179,7 @@ impl Join {
             inputs: mapping,
             label: None,
             id: None,
+            shapes: vec![],
         };
         let corpus = TensorCorpus::open(files, &names, &map)?;
         let mut values = Vec::new();

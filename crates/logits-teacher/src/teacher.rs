@@ -22,8 +22,11 @@ pub struct TeacherModel {
     pub bytes: u64,
     /// What the original graph declares.
     pub summary: ModelSummary,
-    /// How the graph's outputs relate to probabilities, by output name.
+    /// How the graph's outputs (and the exposed tensors) relate to probabilities, by name.
     pub kinds: Vec<(String, OutputKind)>,
+    /// Rows of the embedding table each integer input indexes (a token model's vocabulary),
+    /// where the graph shows it: a Gather of an initializer by that input.
+    pub embedding_rows: Vec<(String, u64)>,
     /// The serialised copy that sessions run (original plus exposed tensors).
     run_bytes: Vec<u8>,
 }
@@ -44,7 +47,19 @@ impl TeacherModel {
                 let kinds: Vec<(String, OutputKind)> = summary
                     .outputs
                     .iter()
-                    .map(|o| (o.name.clone(), surgery::output_kind(&proto, &o.name)))
+                    .map(|o| &o.name)
+                    .chain(expose)
+                    .map(|n| (n.clone(), surgery::output_kind(&proto, n)))
+                    .collect();
+                let embedding_rows = summary
+                    .inputs
+                    .iter()
+                    .filter_map(|i| {
+                        Some((
+                            i.name.clone(),
+                            logits_onnx::inspect::embedding_rows(&proto, &i.name)?,
+                        ))
+                    })
                     .collect();
                 let exposed = if expose.is_empty() {
                     None
@@ -52,19 +67,20 @@ impl TeacherModel {
                     let exposed = surgery::expose(&proto, expose, &path.display().to_string())?;
                     Some(logits_onnx::model::encode(&exposed))
                 };
-                Ok::<_, TeacherError>((summary, kinds, exposed))
+                Ok::<_, TeacherError>((summary, kinds, embedding_rows, exposed))
             })();
             // Hashing cannot fail on any input; a panic there is a bug and stays one.
             let sha = hash.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
             (sha, parsed)
         });
-        let (summary, kinds, exposed) = parsed?;
+        let (summary, kinds, embedding_rows, exposed) = parsed?;
         Ok(TeacherModel {
             path: path.to_path_buf(),
             sha256,
             bytes: bytes.len() as u64,
             summary,
             kinds,
+            embedding_rows,
             run_bytes: exposed.unwrap_or(bytes),
         })
     }
@@ -122,24 +138,38 @@ impl TeacherModel {
             .map_or(OutputKind::Logits, |(_, k)| *k)
     }
 
-    /// Chooses the target output: `name` if given (it must be an output), else the only float
-    /// output whose last axis has a fixed size (the class/vocabulary axis).
+    /// Chooses the target: `name` if given (a graph output, or any tensor of the graph, such
+    /// as the logits feeding a final softmax: it must have been exposed when opening), else the
+    /// only float output whose last axis has a fixed size (the class/vocabulary axis), or the
+    /// only float output when no output declares its shape.
     pub fn target_output(&self, name: Option<&str>) -> Result<&TensorSummary> {
         let outs = &self.summary.outputs;
         if let Some(n) = name {
-            return outs.iter().find(|o| o.name == n).ok_or_else(|| {
-                TeacherError::Options(format!(
-                    "{}: no output named {n:?}; outputs are {}",
-                    self.path.display(),
-                    names(outs)
-                ))
-            });
+            return outs
+                .iter()
+                .chain(&self.summary.intermediates)
+                .find(|o| o.name == n)
+                .ok_or_else(|| {
+                    TeacherError::Options(format!(
+                        "{}: no tensor named {n:?}; outputs are {} (any tensor of the graph can be the target: `logits-build inspect-model` lists them)",
+                        self.path.display(),
+                        names(outs)
+                    ))
+                });
         }
-        let candidates: Vec<&TensorSummary> = outs
+        let floats: Vec<&TensorSummary> = outs
             .iter()
-            .filter(|o| o.elem.is_some_and(ElemType::is_float))
+            .filter(|o| o.elem.is_none_or(ElemType::is_float))
+            .collect();
+        let mut candidates: Vec<&TensorSummary> = floats
+            .iter()
+            .copied()
             .filter(|o| matches!(o.shape.as_ref().and_then(|s| s.last()), Some(Dim::Fixed(n)) if *n > 1))
             .collect();
+        if candidates.is_empty() && floats.len() == 1 && floats[0].shape.is_none() {
+            // A converter that declares no output shape: the first batch will tell.
+            candidates = floats;
+        }
         match candidates.as_slice() {
             [one] => Ok(one),
             [] => Err(TeacherError::Options(format!(

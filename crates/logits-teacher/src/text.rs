@@ -28,6 +28,8 @@ pub enum TextSource {
         path: PathBuf,
         /// The text field.
         field: String,
+        /// The document-id field (string or integer), kept as each window's `user_id`.
+        id: Option<String>,
     },
     /// Plain text, one document per non-empty line.
     Plain {
@@ -40,6 +42,8 @@ pub enum TextSource {
         path: PathBuf,
         /// The column.
         column: String,
+        /// The document-id column (string or integer), kept as each window's `user_id`.
+        id: Option<String>,
     },
 }
 
@@ -60,12 +64,31 @@ impl TextSource {
             Some("jsonl" | "json" | "ndjson") => TextSource::Jsonl {
                 path: path.into(),
                 field: field.into(),
+                id: None,
             },
             Some("parquet") => TextSource::Parquet {
                 path: path.into(),
                 column: field.into(),
+                id: None,
             },
             _ => TextSource::Plain { path: path.into() },
+        }
+    }
+
+    /// The same source, with each document's id read from field or column `id`.
+    pub fn with_id(self, id: Option<String>) -> TextSource {
+        match self {
+            TextSource::Jsonl { path, field, .. } => TextSource::Jsonl { path, field, id },
+            TextSource::Parquet { path, column, .. } => TextSource::Parquet { path, column, id },
+            plain => plain,
+        }
+    }
+
+    /// The id field or column, if any.
+    fn id(&self) -> Option<&str> {
+        match self {
+            TextSource::Jsonl { id, .. } | TextSource::Parquet { id, .. } => id.as_deref(),
+            TextSource::Plain { .. } => None,
         }
     }
 }
@@ -85,6 +108,8 @@ pub struct Window {
     pub row_id: u64,
     /// The tokens (real tokens only; padding is added when batching).
     pub ids: Vec<u32>,
+    /// The document's id, when the corpus has an id field or column.
+    pub doc_id: Option<String>,
 }
 
 /// A tokenized, windowed text corpus.
@@ -131,6 +156,7 @@ impl TextCorpus {
     /// Loads the tokenizer and indexes the documents.
     pub fn open(
         sources: &[TextSource],
+        id: Option<&str>,
         tokenizer: &Path,
         window: usize,
         stride: usize,
@@ -143,6 +169,23 @@ impl TextCorpus {
         if sources.is_empty() {
             return Err(TeacherError::Options("no corpus file given".into()));
         }
+        if let Some(wanted) = id {
+            for s in sources {
+                if let TextSource::Plain { path } = s {
+                    return Err(err(
+                        path,
+                        format!(
+                            "--id-column {wanted}: plain text has no id field; give the corpus as JSONL or Parquet"
+                        ),
+                    ));
+                }
+            }
+        }
+        let sources: Vec<TextSource> = sources
+            .iter()
+            .cloned()
+            .map(|s| s.with_id(id.map(str::to_string)))
+            .collect();
         let mut tok = Tokenizer::from_file(tokenizer)
             .map_err(|e| err(tokenizer, format!("cannot read the tokenizer: {e}")))?;
         // Windows are cut from whole documents: padding is ours to add per batch, and the
@@ -155,7 +198,7 @@ impl TextCorpus {
         let mut starts = vec![0u64];
         for (si, s) in sources.iter().enumerate() {
             let mut chunk: Vec<(u64, String)> = Vec::new();
-            read_docs(s, 0, u64::MAX, &mut |at, text| {
+            read_docs(s, 0, u64::MAX, &mut |at, text, _| {
                 chunk.push((at, text.to_string()));
                 if chunk.len() >= 1024 {
                     index(
@@ -183,7 +226,7 @@ impl TextCorpus {
             )?;
         }
         Ok(TextCorpus {
-            sources: sources.to_vec(),
+            sources,
             tokenizer: tok,
             pad,
             tokenizer_path: tokenizer.to_path_buf(),
@@ -247,7 +290,7 @@ impl TextCorpus {
                 TextSource::Jsonl { field, .. } => format!("jsonl:{field}"),
                 TextSource::Plain { .. } => "plain".into(),
                 TextSource::Parquet { column, .. } => format!("parquet:{column}"),
-            })
+            } + &s.id().map(|i| format!(":id={i}")).unwrap_or_default())
             .collect();
         h.update(format!("{}|{}|{:?}", self.window, self.stride, kinds).as_bytes());
         Ok((sources, crate::teacher::hex(&h.finalize())))
@@ -271,8 +314,10 @@ impl TextCorpus {
             let doc = self.docs[d];
             let src = &self.sources[doc.source as usize];
             let mut text = None;
-            read_docs(src, doc.at, 1, &mut |_, t| {
+            let mut doc_id = None;
+            read_docs(src, doc.at, 1, &mut |_, t, id| {
                 text = Some(t.to_string());
+                doc_id = id;
                 Ok(false)
             })?;
             let text = text.ok_or_else(|| {
@@ -300,6 +345,7 @@ impl TextCorpus {
                 out.push(Window {
                     row_id: row,
                     ids: slice.to_vec(),
+                    doc_id: doc_id.clone(),
                 });
                 if out.len() == batch && !each(std::mem::take(&mut out)) {
                     return Ok(());
@@ -368,13 +414,22 @@ fn line_at(path: &Path, start: u64) -> String {
     }
 }
 
+/// A document id as text: a string as it is, a number in decimal.
+fn id_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 /// Reads documents of a source starting at `at` (byte offset or row), at most `limit`, calling
-/// `each(at, text)` until it returns false.
+/// `each(at, text, id)` until it returns false.
 fn read_docs(
     s: &TextSource,
     at: u64,
     limit: u64,
-    each: &mut dyn FnMut(u64, &str) -> Result<bool>,
+    each: &mut dyn FnMut(u64, &str, Option<String>) -> Result<bool>,
 ) -> Result<()> {
     let path = s.path();
     match s {
@@ -400,11 +455,11 @@ fn read_docs(
                 if trimmed.trim().is_empty() {
                     continue;
                 }
-                let text = if let TextSource::Jsonl { field, .. } = s {
+                let (text, doc_id) = if let TextSource::Jsonl { field, id, .. } = s {
                     let v: serde_json::Value = serde_json::from_str(trimmed).map_err(|e| {
                         err(path, format!("{}: not JSON: {e}", line_at(path, start)))
                     })?;
-                    match v.get(field).and_then(|t| t.as_str()) {
+                    let text = match v.get(field).and_then(|t| t.as_str()) {
                         Some(t) => t.to_string(),
                         None => {
                             return Err(err(
@@ -412,11 +467,24 @@ fn read_docs(
                                 format!("{}: no string field {field:?}", line_at(path, start)),
                             ));
                         }
-                    }
+                    };
+                    let doc_id = match id {
+                        None => None,
+                        Some(f) => Some(v.get(f).and_then(id_text).ok_or_else(|| {
+                            err(
+                                path,
+                                format!(
+                                    "{}: no string or integer id field {f:?} (--id-column)",
+                                    line_at(path, start)
+                                ),
+                            )
+                        })?),
+                    };
+                    (text, doc_id)
                 } else {
-                    trimmed.to_string()
+                    (trimmed.to_string(), None)
                 };
-                if !each(start, &text)? {
+                if !each(start, &text, doc_id)? {
                     return Ok(());
                 }
                 n += 1;
@@ -425,7 +493,7 @@ fn read_docs(
                 }
             }
         }
-        TextSource::Parquet { column, .. } => {
+        TextSource::Parquet { column, id, .. } => {
             let f = File::open(path).map_err(|e| err(path, format!("cannot open: {e}")))?;
             let b = ParquetRecordBatchReaderBuilder::try_new(f)
                 .map_err(|e| err(path, format!("not a readable Parquet file: {e}")))?;
@@ -433,7 +501,16 @@ fn read_docs(
                 .schema()
                 .index_of(column)
                 .map_err(|_| err(path, format!("no column {column:?}")))?;
-            let mask = parquet::arrow::ProjectionMask::roots(b.parquet_schema(), [idx]);
+            let id_idx = match id {
+                None => None,
+                Some(c) => Some(
+                    b.schema()
+                        .index_of(c)
+                        .map_err(|_| err(path, format!("no id column {c:?} (--id-column)")))?,
+                ),
+            };
+            let roots: Vec<usize> = std::iter::once(idx).chain(id_idx).collect();
+            let mask = parquet::arrow::ProjectionMask::roots(b.parquet_schema(), roots);
             let reader = b
                 .with_projection(mask)
                 .with_offset(at as usize)
@@ -451,7 +528,18 @@ fn read_docs(
                     break;
                 };
                 let rb = rb.map_err(|e| err(path, e.to_string()))?;
-                let c = rb.column(0);
+                let c = rb
+                    .column_by_name(column)
+                    .ok_or_else(|| err(path, format!("no column {column:?}")))?;
+                let ids: Option<Vec<Option<String>>> = match id {
+                    None => None,
+                    Some(name) => {
+                        let a = rb
+                            .column_by_name(name)
+                            .ok_or_else(|| err(path, format!("no id column {name:?}")))?;
+                        Some(column_ids(path, name, a)?)
+                    }
+                };
                 let strings: Vec<Option<String>> = match c.data_type() {
                     arrow_schema::DataType::Utf8 => c
                         .as_string::<i32>()
@@ -470,14 +558,20 @@ fn read_docs(
                         ));
                     }
                 };
-                for s in strings {
+                for (i, s) in strings.into_iter().enumerate() {
                     let here = row;
                     row += 1;
                     let Some(s) = s else { continue };
                     if s.trim().is_empty() {
                         continue;
                     }
-                    if !each(here, &s)? {
+                    let doc_id = match &ids {
+                        None => None,
+                        Some(v) => Some(v[i].clone().ok_or_else(|| {
+                            err(path, format!("row {here}: the id column holds a null"))
+                        })?),
+                    };
+                    if !each(here, &s, doc_id)? {
                         return Ok(());
                     }
                     n += 1;
@@ -489,6 +583,40 @@ fn read_docs(
             Ok(())
         }
     }
+}
+
+/// The values of a Parquet id column (strings or integers) as text.
+fn column_ids(path: &Path, name: &str, a: &arrow_array::ArrayRef) -> Result<Vec<Option<String>>> {
+    use arrow_array::Array;
+    use arrow_array::types::{Int32Type, Int64Type};
+    Ok(match a.data_type() {
+        arrow_schema::DataType::Utf8 => a
+            .as_string::<i32>()
+            .iter()
+            .map(|x| x.map(str::to_string))
+            .collect(),
+        arrow_schema::DataType::LargeUtf8 => a
+            .as_string::<i64>()
+            .iter()
+            .map(|x| x.map(str::to_string))
+            .collect(),
+        arrow_schema::DataType::Int64 => a
+            .as_primitive::<Int64Type>()
+            .iter()
+            .map(|x| x.map(|v| v.to_string()))
+            .collect(),
+        arrow_schema::DataType::Int32 => a
+            .as_primitive::<Int32Type>()
+            .iter()
+            .map(|x| x.map(|v| v.to_string()))
+            .collect(),
+        t => {
+            return Err(err(
+                path,
+                format!("id column {name:?} is {t}, expected strings or integers"),
+            ));
+        }
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,313 @@
+//! The pipeline: reader → sessions → post-processing → writer, on threads joined by bounded
+//! channels so memory does not grow with the corpus.
+//!
+//! A reader thread cuts each shard's row range into batches; `sessions` worker threads each own
+//! one ONNX Runtime session (ONNX Runtime's advice: one session per thread) and only run
+//! batches; as many post-processing workers turn each batch's outputs into rows while its
+//! session already runs the next batch; the calling thread puts results back in order and
+//! writes shards through the format library. The batch cut within a shard depends only on the
+//! options, so the output is identical whatever the number of sessions or threads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use logits_format::rows::RowBatch;
+use logits_format::writer::{self, DatasetWriter};
+
+use super::BuildOptions;
+use super::plan::{Payload, Plan, Source};
+use super::rows::{Outputs, session_error, tensor_rows, text_rows};
+use crate::error::{Result, TeacherError};
+
+struct Job {
+    tag: Tag,
+    batch: Payload,
+}
+
+type Done = (Tag, Result<(RowBatch, Vec<u64>)>);
+
+/// A batch the teacher has run on, holding the outputs it still has to be turned into rows.
+/// The outputs are owned values, so a post-processing thread works on them while the session
+/// runs the next batch.
+struct Ran {
+    batch: Payload,
+    outputs: Outputs,
+}
+
+/// Shared by the pipeline's threads: set when any stage fails or a stop was asked for, so the
+/// others stop taking work at their next step instead of finishing the corpus.
+struct Halt<'a> {
+    failed: std::sync::atomic::AtomicBool,
+    /// The caller's stop flag (SIGINT/SIGTERM), if any.
+    stop: Option<&'a AtomicBool>,
+}
+
+impl Halt<'_> {
+    fn halted(&self) -> bool {
+        self.failed.load(Ordering::Relaxed) || self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+}
+
+/// Runs the shards `todo` through reader → sessions → post-processing → writer.
+///
+/// No stage can wait forever on another: every channel end is owned by exactly the threads
+/// that use it (no extra handle kept here), so when a stage returns — on success, on its own
+/// error or because the writer stopped — its channels disconnect and its neighbours see that
+/// at their next send or receive. The writer, on any error, drops its receiver and sets the
+/// halt flag; the reader and sessions then stop at their next batch.
+pub(super) fn run_pipeline(
+    o: &BuildOptions,
+    plan: &Arc<Plan>,
+    corpus: &Source,
+    todo: &[u32],
+    w: &mut DatasetWriter,
+    total_rows: u64,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(u64, u64)> {
+    if todo.is_empty() {
+        return Ok((0, 0));
+    }
+    // Sessions are created up front so a model ONNX Runtime refuses fails before any thread.
+    let mut sessions = Vec::new();
+    for _ in 0..o.sessions {
+        sessions.push(plan.teacher.build_session(o.intra_threads)?);
+    }
+    let rows = corpus.rows();
+    let per = o.rows_per_shard;
+    let faults = &o.write.faults;
+    let halt = Halt {
+        failed: std::sync::atomic::AtomicBool::new(false),
+        stop: o.stop,
+    };
+    let halt = &halt;
+    let (job_tx, job_rx) = sync_channel::<Job>(2 * o.sessions);
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    // A rendezvous: a session hands its outputs to a free post-processing worker and runs the
+    // next batch, so at most two batches of outputs per session are alive (the largest buffers
+    // of a language-model build).
+    let (ran_tx, ran_rx) = sync_channel::<(Tag, Result<Ran>)>(0);
+    let ran_rx = Arc::new(Mutex::new(ran_rx));
+    let (done_tx, done_rx) = sync_channel::<Done>(2 * o.sessions);
+    let (count_tx, count_rx) = std::sync::mpsc::channel::<(u32, u32, Option<TeacherError>)>();
+    std::thread::scope(|scope| {
+        let shards = todo.to_vec();
+        scope.spawn(move || {
+            // Batches are numbered from 1 in reading order over this run (fault points).
+            let mut n = 0u64;
+            for s in shards {
+                let range = s as u64 * per..((s as u64 + 1) * per).min(rows);
+                let mut seq = 0u32;
+                let mut injected = None;
+                let r = corpus.read_each(range, o.batch_size, |batch| {
+                    n += 1;
+                    if halt.halted() {
+                        return false;
+                    }
+                    if faults.hit("reader", n) {
+                        injected = Some(fault_error("reader", n));
+                        return false;
+                    }
+                    let tag = Tag { shard: s, seq, n };
+                    seq += 1;
+                    job_tx.send(Job { tag, batch }).is_ok()
+                });
+                let failed = r.err().or(injected);
+                let stop = failed.is_some() || halt.halted();
+                if count_tx.send((s, seq, failed)).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        // Sessions are borrowed, not moved: output values live in their session's memory, so
+        // every session outlives the post-processing workers that may still hold its outputs.
+        for session in sessions.iter_mut() {
+            let rx = Arc::clone(&job_rx);
+            let tx = ran_tx.clone();
+            let plan = Arc::clone(plan);
+            scope.spawn(move || {
+                serve(&rx, &tx, halt, |job: Job| {
+                    if let Some(ms) = faults.value("delay-ms") {
+                        std::thread::sleep(std::time::Duration::from_millis(ms));
+                    }
+                    let ran = if faults.hit("session", job.tag.n) {
+                        Err(fault_error("session", job.tag.n))
+                    } else {
+                        run_batch(&plan, session, job.batch)
+                    };
+                    (job.tag, ran)
+                })
+            });
+        }
+        // Only the workers hold the channel ends from here on (see above).
+        drop((ran_tx, job_rx));
+        for _ in 0..o.sessions {
+            let rx = Arc::clone(&ran_rx);
+            let tx = done_tx.clone();
+            let plan = Arc::clone(plan);
+            scope.spawn(move || {
+                serve(&rx, &tx, halt, |(tag, ran): (Tag, Result<Ran>)| {
+                    let out = ran.and_then(|r| {
+                        if faults.hit("post", tag.n) {
+                            return Err(fault_error("post", tag.n));
+                        }
+                        match r.batch {
+                            Payload::Tensor(b) => tensor_rows(&plan, b, &r.outputs),
+                            Payload::Text(w) => text_rows(&plan, w, &r.outputs),
+                        }
+                    });
+                    (tag, out)
+                })
+            });
+        }
+        drop((done_tx, ran_rx));
+        let r = write_in_order(
+            w, todo, done_rx, count_rx, total_rows, progress, halt, faults,
+        );
+        if r.is_err() {
+            halt.failed.store(true, Ordering::Relaxed);
+        }
+        r
+    })
+}
+
+/// Where a batch belongs: its shard, its place in the shard, and its number in this run.
+#[derive(Debug, Clone, Copy)]
+struct Tag {
+    shard: u32,
+    seq: u32,
+    n: u64,
+}
+
+/// The error an armed fault point produces (tests only).
+fn fault_error(stage: &str, n: u64) -> TeacherError {
+    TeacherError::Pipeline(format!("injected fault in the {stage} stage at batch {n}"))
+}
+
+/// A worker's loop: takes items from a receiver shared with its peers until it closes or the
+/// pipeline halts, and sends `f`'s result for each until the next stage is gone.
+fn serve<T, U>(
+    rx: &Mutex<Receiver<T>>,
+    tx: &SyncSender<U>,
+    halt: &Halt<'_>,
+    mut f: impl FnMut(T) -> U,
+) {
+    loop {
+        let item = match rx.lock() {
+            Ok(guard) => guard.recv(),
+            Err(_) => return,
+        };
+        let Ok(item) = item else { return };
+        if halt.halted() {
+            return;
+        }
+        if tx.send(f(item)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Puts finished batches back in shard order and writes them, shard by shard, recording each
+/// finished shard. Returns at the first error of any stage, or when a stop was asked for
+/// (checked at least every 50 ms), leaving the shards finished so far recorded.
+#[allow(clippy::too_many_arguments)]
+fn write_in_order(
+    w: &mut DatasetWriter,
+    todo: &[u32],
+    done_rx: Receiver<Done>,
+    count_rx: Receiver<(u32, u32, Option<TeacherError>)>,
+    total_rows: u64,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    halt: &Halt<'_>,
+    faults: &logits_format::fault::Faults,
+) -> Result<(u64, u64)> {
+    let mut pending: BTreeMap<(u32, u32), (u64, RowBatch, Vec<u64>)> = BTreeMap::new();
+    let mut counts: HashMap<u32, u32> = HashMap::new();
+    let (mut written, mut skipped) = (0u64, 0u64);
+    let interrupted = || halt.stop.is_some_and(|s| s.load(Ordering::Relaxed));
+    for &s in todo {
+        let mut shard = w.shard(s)?;
+        let mut seq = 0u32;
+        loop {
+            if interrupted() {
+                return Err(TeacherError::Interrupted(String::new()));
+            }
+            while let Ok((cs, n, err)) = count_rx.try_recv() {
+                if let Some(e) = err {
+                    return Err(e);
+                }
+                counts.insert(cs, n);
+            }
+            if let Some((n, batch, skip)) = pending.remove(&(s, seq)) {
+                if faults.hit("writer", n) {
+                    return Err(fault_error("writer", n));
+                }
+                if faults.hit("disk-full", n) {
+                    let e = std::io::Error::from_raw_os_error(28); // ENOSPC
+                    return Err(logits_format::FormatError::io(
+                        w.root().join(writer::SHARD_DIR),
+                        e,
+                    )
+                    .into());
+                }
+                shard.write(&batch)?;
+                shard.skip(&skip);
+                written += batch.len() as u64;
+                skipped += skip.len() as u64;
+                progress(written + skipped, total_rows);
+                seq += 1;
+                continue;
+            }
+            if counts.get(&s) == Some(&seq) {
+                break;
+            }
+            match done_rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok((tag, r)) => {
+                    let (batch, skip) = r?;
+                    pending.insert((tag.shard, tag.seq), (tag.n, batch, skip));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    // Workers are gone; whatever is left must already be counted.
+                    while let Ok((cs, n, err)) = count_rx.try_recv() {
+                        if let Some(e) = err {
+                            return Err(e);
+                        }
+                        counts.insert(cs, n);
+                    }
+                    if interrupted() {
+                        return Err(TeacherError::Interrupted(String::new()));
+                    }
+                    if counts.get(&s) != Some(&seq) && !pending.contains_key(&(s, seq)) {
+                        return Err(TeacherError::Pipeline(
+                            "workers stopped before the shard was complete".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let rec = shard.finish()?;
+        w.record(rec)?;
+    }
+    Ok((written, skipped))
+}
+
+/// Runs one batch through the teacher, keeping the target and feature outputs for
+/// post-processing on another thread.
+fn run_batch(plan: &Plan, session: &mut ort::session::Session, batch: Payload) -> Result<Ran> {
+    let values = plan.feed.inputs_for(&batch)?;
+    let sess_err = |message: String| session_error(plan, message);
+    let mut run = session.run(values).map_err(|e| sess_err(e.to_string()))?;
+    let mut outputs = HashMap::new();
+    let names = std::iter::once(&plan.target).chain(plan.features.iter().map(|f| &f.req.tensor));
+    for name in names {
+        if !outputs.contains_key(name) {
+            let v = run
+                .remove(name)
+                .ok_or_else(|| sess_err(format!("no output {name:?}")))?;
+            outputs.insert(name.clone(), v);
+        }
+    }
+    Ok(Ran { batch, outputs })
+}
