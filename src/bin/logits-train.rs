@@ -480,10 +480,9 @@ fn train_cmd(
     let ds = Dataset::open(&a.dataset)?;
     let lic = &ds.manifest().license;
     eprintln!(
-        "dataset {} (teacher {}): license/terms: {}",
+        "dataset {} (teacher {}): license/terms: {lic}",
         a.dataset.display(),
         ds.manifest().teacher.file,
-        serde_json::to_string(lic)?
     );
     if !a.resume && train::RunDir(a.out.clone()).latest()?.is_some() {
         bail!(

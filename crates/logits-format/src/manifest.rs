@@ -499,6 +499,18 @@ pub struct License {
     pub notes: Option<String>,
 }
 
+impl std::fmt::Display for License {
+    /// The terms and notes as a person reads them, or that none were recorded.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.terms, &self.notes) {
+            (None, None) => write!(f, "none recorded (ask the dataset's maker)"),
+            (Some(t), None) => write!(f, "{t}"),
+            (None, Some(n)) => write!(f, "(no terms) {n}"),
+            (Some(t), Some(n)) => write!(f, "{t} ({n})"),
+        }
+    }
+}
+
 /// One committed shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardEntry {

@@ -17,6 +17,7 @@ pub fn expose(m: &ModelProto, names: &[String], model: &str) -> Result<ModelProt
         .chain(g.input.iter().filter_map(|i| i.name.clone()))
         .filter(|s| !s.is_empty())
         .collect();
+    let types = elem_types(m);
     for name in names {
         if g.output.iter().any(|o| o.name.as_deref() == Some(name)) {
             continue;
@@ -35,9 +36,11 @@ pub fn expose(m: &ModelProto, names: &[String], model: &str) -> Result<ModelProt
             .iter()
             .find(|v| v.name.as_deref() == Some(name))
             .and_then(|v| v.r#type.clone());
-        let ty = declared.unwrap_or(TypeProto {
+        // ONNX Runtime needs an element type for every graph output: an undeclared tensor's
+        // is inferred from the graph (shapes are left to ONNX Runtime).
+        let ty = declared.unwrap_or_else(|| TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: None,
+                elem_type: types.get(name.as_str()).copied(),
                 shape: None,
             })),
             denotation: None,
@@ -49,6 +52,53 @@ pub fn expose(m: &ModelProto, names: &[String], model: &str) -> Result<ModelProt
         });
     }
     Ok(out)
+}
+
+/// The element type of every tensor of the graph, as far as it follows from the declared ones:
+/// initializers, inputs and value_info as declared; `Cast` to its `to`; shape and index
+/// operators to int64; comparisons to bool; `Gather` to its data's type; any other operator
+/// to its first typed input's type (true of the arithmetic, activation, normalisation and
+/// reshaping operators that make up the activations of a network).
+pub fn elem_types(m: &ModelProto) -> std::collections::HashMap<String, i32> {
+    let mut t = std::collections::HashMap::new();
+    let Some(g) = &m.graph else {
+        return t;
+    };
+    for i in &g.initializer {
+        if let (Some(n), Some(d)) = (&i.name, i.data_type) {
+            t.insert(n.clone(), d);
+        }
+    }
+    for v in g.input.iter().chain(&g.value_info).chain(&g.output) {
+        if let (Some(n), Some(type_proto::Value::TensorType(tt))) =
+            (&v.name, v.r#type.as_ref().and_then(|t| t.value.as_ref()))
+            && let Some(e) = tt.elem_type.filter(|&e| e != 0)
+        {
+            t.insert(n.clone(), e);
+        }
+    }
+    const INT64: i32 = 7;
+    const BOOL: i32 = 9;
+    for n in &g.node {
+        let op = n.op_type.as_deref().unwrap_or("");
+        let e = match op {
+            "Cast" => int_attr(n, "to").map(|v| v as i32),
+            "Shape" | "Size" | "ArgMax" | "ArgMin" | "NonZero" => Some(INT64),
+            "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Not" | "And"
+            | "Or" | "Xor" | "IsNaN" | "IsInf" => Some(BOOL),
+            "Gather" | "GatherElements" | "GatherND" => {
+                n.input.first().and_then(|i| t.get(i.as_str()).copied())
+            }
+            "Constant" => n.attribute.iter().find_map(|a| a.t.as_ref()?.data_type),
+            _ => n.input.iter().find_map(|i| t.get(i.as_str()).copied()),
+        };
+        if let Some(e) = e {
+            for o in &n.output {
+                t.entry(o.clone()).or_insert(e);
+            }
+        }
+    }
+    t
 }
 
 fn hint(name: &str, known: &[String]) -> String {

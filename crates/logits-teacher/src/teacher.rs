@@ -141,7 +141,7 @@ impl TeacherModel {
     /// Chooses the target: `name` if given (a graph output, or any tensor of the graph, such
     /// as the logits feeding a final softmax: it must have been exposed when opening), else the
     /// only float output whose last axis has a fixed size (the class/vocabulary axis), or the
-    /// only float output when no output declares its shape.
+    /// only float output when none declares a fixed last axis.
     pub fn target_output(&self, name: Option<&str>) -> Result<&TensorSummary> {
         let outs = &self.summary.outputs;
         if let Some(n) = name {
@@ -166,8 +166,9 @@ impl TeacherModel {
             .copied()
             .filter(|o| matches!(o.shape.as_ref().and_then(|s| s.last()), Some(Dim::Fixed(n)) if *n > 1))
             .collect();
-        if candidates.is_empty() && floats.len() == 1 && floats[0].shape.is_none() {
-            // A converter that declares no output shape: the first batch will tell.
+        if candidates.is_empty() && floats.len() == 1 {
+            // A converter that declares no class axis (tf2onnx's `unk__1`): the first batch
+            // will tell.
             candidates = floats;
         }
         match candidates.as_slice() {
