@@ -28,10 +28,14 @@ struct Cli {
 enum Command {
     /// Build a dataset (or this job-array worker's shards of it).
     Build(Box<BuildArgs>),
-    /// Show a model's inputs, outputs and the intermediate tensors capturable as features.
+    /// Show a model's inputs, outputs, the recommended target and feature, and the
+    /// activations capturable as features or usable as the target.
     InspectModel {
         /// The ONNX model.
         model: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Merge a job array's shards: validate every one and write the manifest.
     Merge {
@@ -194,9 +198,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
     match cli.command {
-        Command::InspectModel { model } => {
+        Command::InspectModel { model, json } => {
             let m = TeacherModel::open(&model, &[])?;
-            print!("{}", logits_teacher::describe_model(&m));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&logits_teacher::teacher::model_report(&m))?
+                );
+            } else {
+                print!("{}", logits_teacher::describe_model(&m));
+            }
             Ok(())
         }
         Command::Merge { out, shards } => {

@@ -24,6 +24,10 @@ pub struct TeacherModel {
     pub summary: ModelSummary,
     /// How the graph's outputs (and the exposed tensors) relate to probabilities, by name.
     pub kinds: Vec<(String, OutputKind)>,
+    /// What `inspect-model` recommends as target and feature.
+    pub recommendation: logits_onnx::inspect::Recommendation,
+    /// The graph's activations (no weights, constants or shape arithmetic), in graph order.
+    pub activations: Vec<String>,
     /// Rows of the embedding table each integer input indexes (a token model's vocabulary),
     /// where the graph shows it: a Gather of an initializer by that input.
     pub embedding_rows: Vec<(String, u64)>,
@@ -61,19 +65,42 @@ impl TeacherModel {
                         ))
                     })
                     .collect();
+                // The output a build would choose by default: the only one with a class axis.
+                let chosen = summary
+                    .outputs
+                    .iter()
+                    .filter(|o| o.elem.is_none_or(ElemType::is_float))
+                    .map(|o| o.name.as_str())
+                    .collect::<Vec<_>>();
+                let recommendation = logits_onnx::inspect::recommend(
+                    &proto,
+                    if chosen.len() == 1 {
+                        Some(chosen[0])
+                    } else {
+                        None
+                    },
+                );
+                let activations = logits_onnx::inspect::activations(&proto);
                 let exposed = if expose.is_empty() {
                     None
                 } else {
                     let exposed = surgery::expose(&proto, expose, &path.display().to_string())?;
                     Some(logits_onnx::model::encode(&exposed))
                 };
-                Ok::<_, TeacherError>((summary, kinds, embedding_rows, exposed))
+                Ok::<_, TeacherError>((
+                    summary,
+                    kinds,
+                    embedding_rows,
+                    recommendation,
+                    activations,
+                    exposed,
+                ))
             })();
             // Hashing cannot fail on any input; a panic there is a bug and stays one.
             let sha = hash.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
             (sha, parsed)
         });
-        let (summary, kinds, embedding_rows, exposed) = parsed?;
+        let (summary, kinds, embedding_rows, recommendation, activations, exposed) = parsed?;
         Ok(TeacherModel {
             path: path.to_path_buf(),
             sha256,
@@ -81,6 +108,8 @@ impl TeacherModel {
             summary,
             kinds,
             embedding_rows,
+            recommendation,
+            activations,
             run_bytes: exposed.unwrap_or(bytes),
         })
     }
@@ -210,7 +239,51 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// A printable report of a model: inputs, outputs, and the tensors that can be captured.
+/// The tensors of a model a user can name, as `inspect-model` shows them: inputs, outputs
+/// (with how they relate to probabilities), the recommended target and feature, and the
+/// activations (no weights, constants or shape arithmetic) with their declared shapes.
+pub fn model_report(m: &TeacherModel) -> serde_json::Value {
+    let s = &m.summary;
+    let tensor = |t: &TensorSummary| {
+        serde_json::json!({
+            "name": t.name,
+            "type": t.elem.map(|e| e.name()),
+            "shape": t.shape.as_ref().map(|d| d.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
+            "op": t.op,
+        })
+    };
+    let kind = |name: &str| match m.kind(name) {
+        OutputKind::Logits => "logits",
+        OutputKind::Softmax => "probabilities (softmax)",
+        OutputKind::LogSoftmax => "log-probabilities (log-softmax)",
+        OutputKind::Sigmoid => "independent per-class probabilities (sigmoid)",
+    };
+    let by_name: std::collections::HashMap<&str, &TensorSummary> = s
+        .intermediates
+        .iter()
+        .chain(&s.outputs)
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    serde_json::json!({
+        "model": m.path.display().to_string(),
+        "sha256": m.sha256,
+        "bytes": m.bytes,
+        "producer": s.producer,
+        "opset": s.opset,
+        "inputs": s.inputs.iter().map(tensor).collect::<Vec<_>>(),
+        "outputs": s.outputs.iter().map(|o| {
+            let mut v = tensor(o);
+            v["kind"] = serde_json::json!(kind(&o.name));
+            v
+        }).collect::<Vec<_>>(),
+        "recommended_target": m.recommendation.target.as_ref().map(|(t, why)| serde_json::json!({"tensor": t, "why": why})),
+        "recommended_feature": m.recommendation.feature,
+        "activations": m.activations.iter().filter_map(|a| by_name.get(a.as_str()).map(|t| tensor(t))).collect::<Vec<_>>(),
+    })
+}
+
+/// A printable report of a model: inputs, outputs, the recommended target and feature, and
+/// the activations that can be captured or chosen as the target.
 pub fn describe_model(m: &TeacherModel) -> String {
     let s = &m.summary;
     let mut out = format!(
@@ -239,17 +312,33 @@ pub fn describe_model(m: &TeacherModel) -> String {
         };
         out += &format!("  {:<28} {}{kind}\n", o.name, o.describe());
     }
+    match &m.recommendation.target {
+        Some((t, why)) => out += &format!("recommended target: --target {t}   ({why})\n"),
+        None => out += "recommended target: none found (choose one with --target)\n",
+    }
+    if let Some(f) = &m.recommendation.feature {
+        out +=
+            &format!("likely feature:     --feature NAME={f}   (what the classifier head reads)\n");
+    }
+    let by_name: std::collections::HashMap<&str, &TensorSummary> = s
+        .intermediates
+        .iter()
+        .chain(&s.outputs)
+        .map(|t| (t.name.as_str(), t))
+        .collect();
     out += &format!(
-        "intermediate tensors ({}), capturable as features with --feature NAME=TENSOR:\n",
-        s.intermediates.len()
+        "activations ({}), capturable with --feature NAME=TENSOR or usable as --target (undeclared shapes are read off the first batch):\n",
+        m.activations.len()
     );
-    for t in &s.intermediates {
-        out += &format!(
-            "  {:<28} {:<28} from {}\n",
-            t.name,
-            t.describe(),
-            t.op.as_deref().unwrap_or("?")
-        );
+    for a in &m.activations {
+        if let Some(t) = by_name.get(a.as_str()) {
+            out += &format!(
+                "  {:<28} {:<28} from {}\n",
+                t.name,
+                t.describe(),
+                t.op.as_deref().unwrap_or("?")
+            );
+        }
     }
     out
 }

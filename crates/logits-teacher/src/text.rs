@@ -414,6 +414,9 @@ fn line_at(path: &Path, start: u64) -> String {
     }
 }
 
+/// What `read_docs` calls for each document: (offset or row, text, id) → go on?
+type EachDoc<'a> = dyn FnMut(u64, &str, Option<String>) -> Result<bool> + 'a;
+
 /// A document id as text: a string as it is, a number in decimal.
 fn id_text(v: &serde_json::Value) -> Option<String> {
     match v {
@@ -425,12 +428,7 @@ fn id_text(v: &serde_json::Value) -> Option<String> {
 
 /// Reads documents of a source starting at `at` (byte offset or row), at most `limit`, calling
 /// `each(at, text, id)` until it returns false.
-fn read_docs(
-    s: &TextSource,
-    at: u64,
-    limit: u64,
-    each: &mut dyn FnMut(u64, &str, Option<String>) -> Result<bool>,
-) -> Result<()> {
+fn read_docs(s: &TextSource, at: u64, limit: u64, each: &mut EachDoc<'_>) -> Result<()> {
     let path = s.path();
     match s {
         TextSource::Jsonl { .. } | TextSource::Plain { .. } => {

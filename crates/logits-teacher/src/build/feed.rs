@@ -396,7 +396,7 @@ impl InputPlan {
                             _ => 1,
                         })
                         .collect(),
-                    1 if len % fixed == 0 => m
+                    1 if len.is_multiple_of(fixed) => m
                         .iter()
                         .map(|d| match d {
                             ODim::Fixed(n) if *n > 0 => *n as usize,

@@ -1,0 +1,307 @@
+//! The teacher-family matrix: small ONNX teachers as the real exporters write them
+//! (fixtures/zoo, made by scripts/make_teacher_zoo.py with torch.onnx and transformers; one
+//! graph written like jax2tf output with onnx.helper). For each family: `inspect-model`
+//! recommends the right target, the build runs with no model surgery under a timeout, its
+//! dataset matches ONNX Runtime's Python API (when the test command provides the oracle's
+//! Python as LOGITS_ORACLE_PY), and a student trains from it where a student of that kind
+//! exists.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+const TOKENIZER: &str = "fixtures/tinylm/tokenizer.json";
+
+/// One family of the matrix.
+struct Family {
+    name: &'static str,
+    model: &'static str,
+    corpus: &'static str,
+    text: bool,
+    /// The target `inspect-model` must recommend.
+    target: &'static str,
+    args: &'static [&'static str],
+    /// Train a student from the dataset (a student of that kind exists).
+    student: bool,
+}
+
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "cnn",
+        model: "cnn.onnx",
+        corpus: "images.parquet",
+        text: false,
+        target: "logits",
+        args: &["-k", "4", "--label-column", "label"],
+        student: true,
+    },
+    Family {
+        name: "cnn_uint8",
+        model: "cnn_uint8.onnx",
+        corpus: "images_uint8.parquet",
+        text: false,
+        target: "/head/Gemm_output_0",
+        args: &["-k", "4", "--feature", "pooled=/ReduceMean_output_0"],
+        student: false,
+    },
+    Family {
+        name: "vit",
+        model: "vit.onnx",
+        corpus: "images.parquet",
+        text: false,
+        target: "logits",
+        args: &["-k", "4", "--input", "pixel_values=pixels"],
+        student: true,
+    },
+    Family {
+        name: "bert_seq",
+        model: "bert_seq.onnx",
+        corpus: "docs.jsonl",
+        text: true,
+        target: "logits",
+        args: &["-k", "3", "--window", "32", "--id-column", "id"],
+        student: false,
+    },
+    Family {
+        name: "bert_tok",
+        model: "bert_tok.onnx",
+        corpus: "docs.jsonl",
+        text: true,
+        target: "logits",
+        args: &["-k", "3", "--window", "32", "--stride", "24"],
+        student: false,
+    },
+    Family {
+        name: "llama",
+        model: "llama.onnx",
+        corpus: "docs.jsonl",
+        text: true,
+        target: "logits",
+        args: &["-k", "8", "--window", "32"],
+        student: true,
+    },
+    Family {
+        name: "ctc",
+        model: "ctc.onnx",
+        corpus: "strips.parquet",
+        text: false,
+        target: "/head/Add_output_0",
+        args: &["-k", "4"],
+        student: false,
+    },
+    Family {
+        name: "jaxlike",
+        model: "jaxlike.onnx",
+        corpus: "tokens_int32.parquet",
+        text: false,
+        target: "logits",
+        args: &["-k", "4", "--feature", "h=hidden"],
+        student: true,
+    },
+    Family {
+        name: "audio",
+        model: "audio.onnx",
+        corpus: "spectrograms.parquet",
+        text: false,
+        target: "logits",
+        args: &["-k", "3"],
+        student: false,
+    },
+];
+
+fn zoo(f: &str) -> String {
+    fixture(&format!("fixtures/zoo/{f}"))
+}
+
+/// Runs the build oracle on a dataset when the test command says which Python has it.
+fn oracle(f: &Family, ds: &str) {
+    let Ok(py) = std::env::var("LOGITS_ORACLE_PY") else {
+        eprintln!(
+            "{}: oracle not run (LOGITS_ORACLE_PY unset; scripts/test.sh sets it)",
+            f.name
+        );
+        return;
+    };
+    let mut c = Command::new(py);
+    c.arg(fixture("scripts/check_build_oracle.py")).args([
+        zoo(f.model),
+        zoo(f.corpus),
+        ds.to_string(),
+    ]);
+    if f.text {
+        c.arg(fixture(TOKENIZER));
+    }
+    let o = output_within(c, 300, "the build oracle");
+    let t = text(&o);
+    assert!(
+        o.status.success() && t.contains(" 0 failed"),
+        "{}: oracle: {t}",
+        f.name
+    );
+    println!("{}: {}", f.name, t.lines().last().unwrap_or(""));
+}
+
+fn build(f: &Family, out: &str, extra: &[&str]) -> std::process::Output {
+    let mut a: Vec<String> = [
+        "build",
+        "--model",
+        &zoo(f.model),
+        "--corpus",
+        &zoo(f.corpus),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if f.text {
+        a.extend(["--tokenizer".to_string(), fixture(TOKENIZER)]);
+    }
+    a.extend(
+        f.args
+            .iter()
+            .chain(extra)
+            .chain(&[
+                "--out",
+                out,
+                "--batch-size",
+                "5",
+                "--temperatures",
+                "4",
+                "--quiet",
+            ])
+            .map(|s| s.to_string()),
+    );
+    output_within(build_command(&a, &[]), 120, f.name)
+}
+
+#[test]
+fn every_family_builds_as_exported_and_matches_onnx_runtime() {
+    let d = tempfile::tempdir().unwrap();
+    for f in FAMILIES {
+        let o = logits_build(&["inspect-model", "--json", &zoo(f.model)]);
+        assert!(o.status.success(), "{}: {}", f.name, text(&o));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            report["recommended_target"]["tensor"], f.target,
+            "{}: recommended target",
+            f.name
+        );
+        let out = d.path().join(f.name).display().to_string();
+        let o = build(f, &out, &["--target", f.target]);
+        assert!(o.status.success(), "{}: {}", f.name, text(&o));
+        oracle(f, &out);
+        if f.student {
+            let s = d.path().join(format!("{}-student", f.name));
+            let o = output_within(
+                {
+                    let mut c = Command::new(env!("CARGO_BIN_EXE_logits-train"));
+                    c.args(["train", &out, "--out", s.to_str().unwrap()]).args([
+                        "--steps",
+                        "5",
+                        "--batch-size",
+                        "8",
+                        "--ce",
+                        "0",
+                        "--quiet",
+                    ]);
+                    c
+                },
+                300,
+                f.name,
+            );
+            assert!(o.status.success(), "{} student: {}", f.name, text(&o));
+            assert!(
+                s.join("student.onnx").exists(),
+                "{}: no student.onnx",
+                f.name
+            );
+        }
+    }
+}
+
+/// Without `--target`, a softmax at an explicit axis of a rank-3 output (the CTC recogniser)
+/// and a written-out softmax behind undeclared shapes (the jax2tf-like graph) are recognised:
+/// their probabilities are stored as log-probabilities, and the oracle agrees.
+#[test]
+fn softmax_outputs_are_recognised_as_exported() {
+    let d = tempfile::tempdir().unwrap();
+    for f in FAMILIES
+        .iter()
+        .filter(|f| ["ctc", "jaxlike", "cnn_uint8"].contains(&f.name))
+    {
+        let out = d.path().join(f.name).display().to_string();
+        let o = build(f, &out, &[]);
+        assert!(o.status.success(), "{}: {}", f.name, text(&o));
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{out}/manifest.json")).unwrap())
+                .unwrap();
+        assert_eq!(m["targets"]["output_is_probability"], true, "{}", f.name);
+        assert!(
+            m["build"]["output_kind"]
+                .as_str()
+                .unwrap()
+                .contains("ends in a softmax"),
+            "{}: {}",
+            f.name,
+            m["build"]
+        );
+        oracle(f, &out);
+    }
+}
+
+/// What the matrix cannot build says so at once: a sigmoid multi-label classifier is refused
+/// with a message that says why; an image fed in the wrong layout names the row, the input, the
+/// expected and the found shape; a ragged spectrogram batch is cut by shape, not refused.
+#[test]
+fn what_does_not_fit_is_refused_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("ml").display().to_string();
+    let o = logits_build(&[
+        "build",
+        "--model",
+        &zoo("multilabel.onnx"),
+        "--corpus",
+        &zoo("features.parquet"),
+        "--out",
+        &out,
+    ]);
+    let t = text(&o);
+    assert!(
+        o.status.code() == Some(1) && t.contains("Sigmoid") && t.contains("multi-label"),
+        "{t}"
+    );
+    assert!(!d.path().join("ml/manifest.json").exists());
+    let o = logits_build(&[
+        "build",
+        "--model",
+        &zoo("cnn.onnx"),
+        "--corpus",
+        &zoo("images.parquet"),
+        "--input-shape",
+        "pixels=32,32,3",
+        "--out",
+        &d.path().join("hwc").display().to_string(),
+    ]);
+    let t = text(&o);
+    assert!(
+        !o.status.success()
+            && t.contains("row 0")
+            && t.contains("\"pixels\"")
+            && t.contains("[3, 32, 32]")
+            && t.contains("[32, 32, 3]"),
+        "{t}"
+    );
+    let o = logits_build(&[
+        "build",
+        "--input-shape",
+        "pixels=3,x",
+        "--model",
+        "m",
+        "--corpus",
+        "c",
+        "--out",
+        "o",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
