@@ -398,33 +398,47 @@ impl TensorCorpus {
             let a = rb
                 .column_by_name(c)
                 .ok_or_else(|| corpus_err(f, format!("column {c:?} missing")))?;
-            let v: Vec<Option<String>> = match a.data_type() {
-                DataType::Utf8 => a
-                    .as_string::<i32>()
-                    .iter()
-                    .map(|x| x.map(str::to_string))
-                    .collect(),
-                DataType::LargeUtf8 => a
-                    .as_string::<i64>()
-                    .iter()
-                    .map(|x| x.map(str::to_string))
-                    .collect(),
-                DataType::Int64 => a
-                    .as_primitive::<Int64Type>()
-                    .iter()
-                    .map(|x| x.map(|v| v.to_string()))
-                    .collect(),
-                t => {
-                    return Err(corpus_err(
-                        f,
-                        format!("id column {c:?} is {t}, expected a string or int64"),
-                    ));
-                }
-            };
+            let v = id_strings(a).ok_or_else(|| {
+                corpus_err(
+                    f,
+                    format!(
+                        "id column {c:?} is {}, expected strings or integers",
+                        a.data_type()
+                    ),
+                )
+            })?;
             b.ids = Some(v);
         }
         Ok(b)
     }
+}
+
+/// The values of an id column as text: strings as they are, integers in decimal; None for a
+/// column of another type.
+pub fn id_strings(a: &ArrayRef) -> Option<Vec<Option<String>>> {
+    Some(match a.data_type() {
+        DataType::Utf8 => a
+            .as_string::<i32>()
+            .iter()
+            .map(|x| x.map(str::to_string))
+            .collect(),
+        DataType::LargeUtf8 => a
+            .as_string::<i64>()
+            .iter()
+            .map(|x| x.map(str::to_string))
+            .collect(),
+        DataType::Int64 => a
+            .as_primitive::<Int64Type>()
+            .iter()
+            .map(|x| x.map(|v| v.to_string()))
+            .collect(),
+        DataType::Int32 => a
+            .as_primitive::<Int32Type>()
+            .iter()
+            .map(|x| x.map(|v| v.to_string()))
+            .collect(),
+        _ => return None,
+    })
 }
 
 /// Parses a declared shape: `[3, 48, 320]`, `3,48,320` or `3x48x320`.

@@ -47,7 +47,17 @@ impl TeacherModel {
             let hash = s.spawn(|| hex(&Sha256::digest(&bytes)));
             let parsed = (|| {
                 let proto = logits_onnx::load_bytes(path, &bytes)?;
-                let summary = logits_onnx::model::summary(&proto);
+                let mut summary = logits_onnx::model::summary(&proto);
+                // Exporters often declare no type for internal tensors: fill in what follows
+                // from the declared ones, so reports and manifests say float32, not "?".
+                let types = surgery::elem_types(&proto);
+                for t in summary
+                    .intermediates
+                    .iter_mut()
+                    .filter(|t| t.elem.is_none())
+                {
+                    t.elem = types.get(&t.name).map(|&e| ElemType::from_onnx(e));
+                }
                 let kinds: Vec<(String, OutputKind)> = summary
                     .outputs
                     .iter()
@@ -154,6 +164,21 @@ impl TeacherModel {
             .map_err(|e| err(e.to_string()))
     }
 
+    /// What the graph declares of each activation, in graph order.
+    pub fn activation_summaries(&self) -> Vec<&TensorSummary> {
+        let s = &self.summary;
+        let by_name: std::collections::HashMap<&str, &TensorSummary> = s
+            .intermediates
+            .iter()
+            .chain(&s.outputs)
+            .map(|t| (t.name.as_str(), t))
+            .collect();
+        self.activations
+            .iter()
+            .filter_map(|a| by_name.get(a.as_str()).copied())
+            .collect()
+    }
+
     /// The graph input called `name`.
     pub fn input(&self, name: &str) -> Option<&TensorSummary> {
         self.summary.inputs.iter().find(|i| i.name == name)
@@ -258,12 +283,6 @@ pub fn model_report(m: &TeacherModel) -> serde_json::Value {
         OutputKind::LogSoftmax => "log-probabilities (log-softmax)",
         OutputKind::Sigmoid => "independent per-class probabilities (sigmoid)",
     };
-    let by_name: std::collections::HashMap<&str, &TensorSummary> = s
-        .intermediates
-        .iter()
-        .chain(&s.outputs)
-        .map(|t| (t.name.as_str(), t))
-        .collect();
     serde_json::json!({
         "model": m.path.display().to_string(),
         "sha256": m.sha256,
@@ -278,7 +297,7 @@ pub fn model_report(m: &TeacherModel) -> serde_json::Value {
         }).collect::<Vec<_>>(),
         "recommended_target": m.recommendation.target.as_ref().map(|(t, why)| serde_json::json!({"tensor": t, "why": why})),
         "recommended_feature": m.recommendation.feature,
-        "activations": m.activations.iter().filter_map(|a| by_name.get(a.as_str()).map(|t| tensor(t))).collect::<Vec<_>>(),
+        "activations": m.activation_summaries().into_iter().map(tensor).collect::<Vec<_>>(),
     })
 }
 
@@ -320,25 +339,17 @@ pub fn describe_model(m: &TeacherModel) -> String {
         out +=
             &format!("likely feature:     --feature NAME={f}   (what the classifier head reads)\n");
     }
-    let by_name: std::collections::HashMap<&str, &TensorSummary> = s
-        .intermediates
-        .iter()
-        .chain(&s.outputs)
-        .map(|t| (t.name.as_str(), t))
-        .collect();
     out += &format!(
         "activations ({}), capturable with --feature NAME=TENSOR or usable as --target (undeclared shapes are read off the first batch):\n",
         m.activations.len()
     );
-    for a in &m.activations {
-        if let Some(t) = by_name.get(a.as_str()) {
-            out += &format!(
-                "  {:<28} {:<28} from {}\n",
-                t.name,
-                t.describe(),
-                t.op.as_deref().unwrap_or("?")
-            );
-        }
+    for t in m.activation_summaries() {
+        out += &format!(
+            "  {:<28} {:<28} from {}\n",
+            t.name,
+            t.describe(),
+            t.op.as_deref().unwrap_or("?")
+        );
     }
     out
 }

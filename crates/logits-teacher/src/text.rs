@@ -535,7 +535,15 @@ fn read_docs(s: &TextSource, at: u64, limit: u64, each: &mut EachDoc<'_>) -> Res
                         let a = rb
                             .column_by_name(name)
                             .ok_or_else(|| err(path, format!("no id column {name:?}")))?;
-                        Some(column_ids(path, name, a)?)
+                        Some(logits_format::corpus::id_strings(a).ok_or_else(|| {
+                            err(
+                                path,
+                                format!(
+                                    "id column {name:?} is {}, expected strings or integers",
+                                    a.data_type()
+                                ),
+                            )
+                        })?)
                     }
                 };
                 let strings: Vec<Option<String>> = match c.data_type() {
@@ -581,40 +589,6 @@ fn read_docs(s: &TextSource, at: u64, limit: u64, each: &mut EachDoc<'_>) -> Res
             Ok(())
         }
     }
-}
-
-/// The values of a Parquet id column (strings or integers) as text.
-fn column_ids(path: &Path, name: &str, a: &arrow_array::ArrayRef) -> Result<Vec<Option<String>>> {
-    use arrow_array::Array;
-    use arrow_array::types::{Int32Type, Int64Type};
-    Ok(match a.data_type() {
-        arrow_schema::DataType::Utf8 => a
-            .as_string::<i32>()
-            .iter()
-            .map(|x| x.map(str::to_string))
-            .collect(),
-        arrow_schema::DataType::LargeUtf8 => a
-            .as_string::<i64>()
-            .iter()
-            .map(|x| x.map(str::to_string))
-            .collect(),
-        arrow_schema::DataType::Int64 => a
-            .as_primitive::<Int64Type>()
-            .iter()
-            .map(|x| x.map(|v| v.to_string()))
-            .collect(),
-        arrow_schema::DataType::Int32 => a
-            .as_primitive::<Int32Type>()
-            .iter()
-            .map(|x| x.map(|v| v.to_string()))
-            .collect(),
-        t => {
-            return Err(err(
-                path,
-                format!("id column {name:?} is {t}, expected strings or integers"),
-            ));
-        }
-    })
 }
 
 #[cfg(test)]
