@@ -9,7 +9,9 @@
 //! four blocks of width 512 (a small real teacher).
 //!
 //! Run: `cargo bench --bench build` (ONNX Runtime from ORT_DYLIB_PATH or scripts/fetch-ort.sh's
-//! cache); `-- classifier`, `-- classifier-1k`, `-- lm` or `-- lm-small` runs one part only. `LOGITS_BUILD_BIN`
+//! cache); `-- classifier`, `-- classifier-1k`, `-- zoo`, `-- lm` or `-- lm-small` runs one
+//! part only (`zoo`: the CNN and the BERT sequence classifier of the teacher-family matrix, as
+//! torch.onnx and transformers exported them). `LOGITS_BUILD_BIN`
 //! points at another `logits-build` binary and `LOGITS_ROOT` at the repository (for running the
 //! benchmark on another machine), `LOGITS_BENCH_CONFIGS=SxT,...` picks sessions × threads.
 //! Figures are recorded in BENCHMARKS.md.
@@ -74,6 +76,22 @@ fn bare_ort(
     sessions: usize,
     threads: usize,
 ) -> f64 {
+    bare_ort_shaped(model, name, &[width], data, rows, batch, sessions, threads)
+}
+
+/// Bare ONNX Runtime over rows of shape `row` (input `name`, output `logits`).
+#[allow(clippy::too_many_arguments)]
+fn bare_ort_shaped(
+    model: &Path,
+    name: &str,
+    row: &[usize],
+    data: &[f32],
+    rows: usize,
+    batch: usize,
+    sessions: usize,
+    threads: usize,
+) -> f64 {
+    let width: usize = row.iter().product();
     let teacher = logits_teacher::TeacherModel::open(model, &[]).expect("model");
     let t = Instant::now();
     std::thread::scope(|s| {
@@ -84,8 +102,9 @@ fn bare_ort(
                 let mut at = w * batch;
                 while at < rows {
                     let n = batch.min(rows - at);
-                    let x = ndarray::Array2::from_shape_vec(
-                        (n, width),
+                    let dims: Vec<usize> = std::iter::once(n).chain(row.iter().copied()).collect();
+                    let x = ndarray::ArrayD::from_shape_vec(
+                        dims,
                         data[at * width..(at + n) * width].to_vec(),
                     )
                     .expect("shape");
@@ -168,6 +187,7 @@ fn bare_lm(
 ) -> f64 {
     let teacher = logits_teacher::TeacherModel::open(model, &[]).expect("model");
     let with_mask = teacher.input("attention_mask").is_some();
+    let with_types = teacher.input("token_type_ids").is_some();
     let t = Instant::now();
     std::thread::scope(|s| {
         for w in 0..sessions {
@@ -186,12 +206,20 @@ fn bare_lm(
                             mask[[r, p]] = 1;
                         }
                     }
+                    let types = ndarray::Array2::<i64>::zeros(ids.dim());
                     let ids = ort::value::Tensor::from_array(ids).expect("ids");
-                    let out = if with_mask {
-                        let mask = ort::value::Tensor::from_array(mask).expect("mask");
-                        sess.run(ort::inputs!["input_ids" => ids, "attention_mask" => mask])
-                    } else {
-                        sess.run(ort::inputs!["input_ids" => ids])
+                    let mask = ort::value::Tensor::from_array(mask).expect("mask");
+                    let types = ort::value::Tensor::from_array(types).expect("types");
+                    let out = match (with_mask, with_types) {
+                        (true, true) => sess.run(ort::inputs![
+                            "input_ids" => ids,
+                            "attention_mask" => mask,
+                            "token_type_ids" => types
+                        ]),
+                        (true, false) => {
+                            sess.run(ort::inputs!["input_ids" => ids, "attention_mask" => mask])
+                        }
+                        _ => sess.run(ort::inputs!["input_ids" => ids]),
                     }
                     .expect("run");
                     let (_, logits) = out["logits"].try_extract_tensor::<f32>().expect("logits");
@@ -414,6 +442,10 @@ fn main() {
     if run("classifier-1k") {
         wide_classifier(dir.path());
     }
+    if run("zoo") {
+        zoo_cnn(root, dir.path());
+        zoo_sequence_classifier(root, dir.path());
+    }
     let teachers = [
         (
             "lm",
@@ -489,4 +521,105 @@ fn classifier(root: &Path, tmp: &Path) {
         rss10 / 1048576.0,
         rss10 / rss1
     );
+}
+
+/// The CNN of the teacher-family matrix (torch.onnx export, float [3, 32, 32] images from flat
+/// lists shaped by the column's metadata), 24 rows replicated 400 times.
+fn zoo_cnn(root: &Path, tmp: &Path) {
+    let model = root.join("fixtures/zoo/cnn.onnx");
+    let src = read(&root.join("fixtures/zoo/images.parquet"));
+    let c = tmp.join("images400.parquet");
+    let rows = replicate(&src, 400, &c);
+    let data = pixels(&read(&c));
+    println!(
+        "\nzoo CNN (torch.onnx, 3x32x32 -> 10, conv 16/32/64), {rows} rows, k=5, logZ at 3 temperatures"
+    );
+    println!(
+        "{:>6} {:>9} {:>8} {:>14} {:>14} {:>7}",
+        "batch", "sessions", "threads", "bare ORT r/s", "build r/s", "ratio"
+    );
+    for (batch, sessions, threads) in configs(&[(64, 1, 2), (64, 2, 1)]) {
+        let row = [3, 32, 32];
+        let _ = bare_ort_shaped(&model, "pixels", &row, &data, 256, batch, sessions, threads);
+        let bare = (0..2)
+            .map(|_| {
+                bare_ort_shaped(
+                    &model, "pixels", &row, &data, rows, batch, sessions, threads,
+                )
+            })
+            .fold(0.0, f64::max);
+        let b = (0..2)
+            .map(|_| build(&model, &c, &tmp.join("cnn"), batch, sessions, threads).0)
+            .fold(0.0, f64::max);
+        println!(
+            "{batch:>6} {sessions:>9} {threads:>8} {bare:>14.0} {b:>14.0} {:>7.3}",
+            b / bare
+        );
+    }
+}
+
+/// The BERT sequence classifier of the matrix (transformers, exported by torch.onnx): one
+/// target per token window, over the tiny corpus's documents repeated 40 times.
+fn zoo_sequence_classifier(root: &Path, tmp: &Path) {
+    let model = root.join("fixtures/zoo/bert_seq.onnx");
+    let tok = root.join("fixtures/tinylm/tokenizer.json");
+    let src = std::fs::read_to_string(root.join("fixtures/zoo/docs.jsonl")).expect("docs");
+    let c = tmp.join("docs40.jsonl");
+    std::fs::write(&c, src.repeat(40)).expect("write");
+    let corpus = logits_teacher::text::TextCorpus::open(
+        &[logits_teacher::text::TextSource::guess(&c, "text")],
+        None,
+        &tok,
+        64,
+        64,
+    )
+    .expect("text corpus");
+    let mut windows = Vec::new();
+    corpus
+        .read_each(0..corpus.rows(), 1024, |b| {
+            windows.extend(b.into_iter().map(|w| w.ids));
+            true
+        })
+        .expect("read");
+    let batch = 32;
+    println!(
+        "\nzoo BERT sequence classifier (transformers, 2 layers of width 64, 5 classes), {} windows of <= 64 tokens, k=3, batch {batch}",
+        windows.len()
+    );
+    println!(
+        "{:>9} {:>8} {:>14} {:>14} {:>7}",
+        "sessions", "threads", "bare ORT r/s", "build r/s", "ratio"
+    );
+    let args = [
+        "--tokenizer",
+        tok.to_str().expect("utf8"),
+        "--window",
+        "64",
+        "-k",
+        "3",
+    ];
+    for (_, sessions, threads) in configs(&[(batch, 1, 2), (batch, 2, 1)]) {
+        let _ = bare_lm(&model, &windows[..64], batch, sessions, threads);
+        let bare = (0..2)
+            .map(|_| bare_lm(&model, &windows, batch, sessions, threads))
+            .fold(0.0, f64::max);
+        let b = (0..2)
+            .map(|_| {
+                build_with(
+                    &model,
+                    &c,
+                    &tmp.join("seq"),
+                    batch,
+                    sessions,
+                    threads,
+                    &args,
+                )
+                .0
+            })
+            .fold(0.0, f64::max);
+        println!(
+            "{sessions:>9} {threads:>8} {bare:>14.1} {b:>14.1} {:>7.3}",
+            b / bare
+        );
+    }
 }

@@ -212,7 +212,9 @@ def check_tensor(m, sess, corpus_path, ds):
     mapping = dict(opts["inputs"])
     declared = opts.get("shapes", {})
     sin = {i.name: i for i in sess.get_inputs()}
-    inputs = [i["name"] for i in m["teacher"]["inputs"]]
+    # Inputs the build made from input_ids (no corpus column): zeros, ones or positions.
+    derived = opts.get("derived", {})
+    inputs = [i["name"] for i in m["teacher"]["inputs"] if i["name"] not in derived]
     per, bs = m["build"]["rows_per_shard"], m["build"]["batch_size"]
     rows = rows_of(ds, m)
     check(len(rows) == len(corpus) == m["corpus"]["rows"], "row count")
@@ -233,6 +235,11 @@ def check_tensor(m, sess, corpus_path, ds):
             runs.append(cur)
             for run in runs:
                 feed = {i: np.stack([arrays[r][i] for r in run]).astype(TYPES[sin[i].type]) for i in inputs}
+                for d, how in derived.items():
+                    ids = feed["input_ids"]
+                    v = {"zeros": np.zeros_like(ids), "ones": np.ones_like(ids),
+                         "positions": np.tile(np.arange(ids.shape[1]), (ids.shape[0], 1))}[how]
+                    feed[d] = v.astype(TYPES[sin[d].type])
                 names = [t["output"]] + [f["tensor"] for f in feats]
                 outs = dict(zip(names, sess.run(names, feed)))
                 z = logits_of(m, outs)

@@ -305,3 +305,82 @@ fn what_does_not_fit_is_refused_clearly() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
+
+/// A transformer classifier fed pre-tokenized ids from a Parquet column (rows of several
+/// lengths): `token_type_ids` and `attention_mask` have no column and are made from the ids
+/// (recorded in the manifest), rows of one length run together, and the oracle agrees.
+#[test]
+fn pre_tokenized_ids_feed_a_transformer_classifier() {
+    let d = tempfile::tempdir().unwrap();
+    let corpus = d.path().join("ids.parquet");
+    let rows: Vec<Vec<f32>> = (0..20)
+        .map(|r| {
+            let len = [8, 8, 12, 5][r % 4];
+            (0..len)
+                .map(|p| ((r * 37 + p * 11) % 990 + 3) as f32)
+                .collect()
+        })
+        .collect();
+    write_corpus(&corpus, &rows, true);
+    let out = d.path().join("seq").display().to_string();
+    let model = zoo("bert_seq.onnx");
+    let o = output_within(
+        build_command(
+            &[
+                "build",
+                "--model",
+                &model,
+                "--corpus",
+                corpus.to_str().unwrap(),
+                "--input",
+                "input_ids=pixels",
+                "-k",
+                "3",
+                "--batch-size",
+                "6",
+                "--out",
+                &out,
+                "--quiet",
+            ],
+            &[],
+        ),
+        120,
+        "pre-tokenized build",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{out}/manifest.json")).unwrap())
+            .unwrap();
+    let derived = &m["corpus"]["options"]["derived"];
+    assert_eq!(derived["token_type_ids"], "zeros", "{derived}");
+    assert_eq!(derived["attention_mask"], "ones", "{derived}");
+    if let Ok(py) = std::env::var("LOGITS_ORACLE_PY") {
+        let mut c = Command::new(py);
+        c.arg(fixture("scripts/check_build_oracle.py")).args([
+            model.as_str(),
+            corpus.to_str().unwrap(),
+            out.as_str(),
+        ]);
+        let o = output_within(c, 300, "the build oracle");
+        assert!(
+            o.status.success() && text(&o).contains(" 0 failed"),
+            "{}",
+            text(&o)
+        );
+    }
+    // Without the mapping, every missing input is listed at once.
+    let o = logits_build(&[
+        "build",
+        "--model",
+        &model,
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--out",
+        &d.path().join("x").display().to_string(),
+    ]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("\"input_ids\"") && t.contains("--input"),
+        "{t}"
+    );
+}

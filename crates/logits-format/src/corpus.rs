@@ -37,6 +37,10 @@ pub struct ColumnMap {
     /// how a flat list column is shaped for that input. Otherwise a column's shape comes from
     /// nested lists or from its field metadata (`shape`, as `[3, 48, 320]` or `3,48,320`).
     pub shapes: Vec<(String, Vec<usize>)>,
+    /// Model inputs that may have no column (the teacher side makes them: a transformer's
+    /// `token_type_ids`, `position_ids`, `attention_mask` beside `input_ids`); they are left
+    /// out of the mapping when the corpus lacks them.
+    pub optional: Vec<String>,
 }
 
 /// Values of one column for a batch, flattened, in f32 or i64 (the model's side decides).
@@ -182,6 +186,7 @@ impl TensorCorpus {
             }
         }
         let mut mapping = Vec::new();
+        let mut missing = Vec::new();
         let mut declared = BTreeMap::new();
         for input in inputs {
             let col = map
@@ -191,13 +196,10 @@ impl TensorCorpus {
                 .map(|(_, c)| c.clone())
                 .unwrap_or_else(|| input.clone());
             if !has(&col) {
-                return Err(corpus_err(
-                    &files[0],
-                    format!(
-                        "no column {col:?} for model input {input:?} (columns: {}); map one with --input {input}=COLUMN",
-                        cols.join(", ")
-                    ),
-                ));
+                if !map.optional.contains(input) {
+                    missing.push(input.clone());
+                }
+                continue;
             }
             let explicit = map.shapes.iter().find(|(i, _)| i == input).map(|(_, s)| s);
             let meta = schema
@@ -220,6 +222,18 @@ impl TensorCorpus {
                 declared.insert(input.clone(), s);
             }
             mapping.push((input.clone(), col));
+        }
+        if !missing.is_empty() {
+            let names: Vec<String> = missing.iter().map(|m| format!("{m:?}")).collect();
+            return Err(corpus_err(
+                &files[0],
+                format!(
+                    "no column for model input{} {} (columns: {}); map each with --input INPUT=COLUMN",
+                    if missing.len() > 1 { "s" } else { "" },
+                    names.join(", "),
+                    cols.join(", ")
+                ),
+            ));
         }
         for (what, c) in [("label", &map.label), ("id", &map.id)] {
             if let Some(c) = c

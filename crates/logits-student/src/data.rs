@@ -179,7 +179,7 @@ impl Join {
             inputs: mapping,
             label: None,
             id: None,
-            shapes: vec![],
+            ..Default::default()
         };
         let corpus = TensorCorpus::open(files, &names, &map)?;
         let mut values = Vec::new();

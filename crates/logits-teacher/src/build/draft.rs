@@ -64,7 +64,7 @@ pub(super) fn draft(o: &BuildOptions, plan: &Plan, corpus: &Source) -> Result<Ma
             shape: vec![Dim::Named("sequence".into())],
         });
     }
-    for ip in &plan.feed.inputs {
+    for ip in plan.feed.inputs.iter().filter(|i| i.derived.is_none()) {
         let info = teacher
             .input(&ip.name)
             .map(tensor_info)
@@ -194,6 +194,15 @@ pub(super) fn draft(o: &BuildOptions, plan: &Plan, corpus: &Source) -> Result<Ma
                     });
                     if !c.declared.is_empty() {
                         v["shapes"] = serde_json::json!(c.declared);
+                    }
+                    let derived: serde_json::Map<String, serde_json::Value> = plan
+                        .feed
+                        .inputs
+                        .iter()
+                        .filter_map(|i| Some((i.name.clone(), i.derived?.describe().into())))
+                        .collect();
+                    if !derived.is_empty() {
+                        v["derived"] = serde_json::Value::Object(derived);
                     }
                     v
                 }

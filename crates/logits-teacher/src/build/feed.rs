@@ -46,6 +46,42 @@ pub(super) struct InputPlan {
     pub float: bool,
     /// The model's dims after the batch axis, when declared.
     pub dims: Option<Vec<ODim>>,
+    /// Made from `input_ids` rather than read from the corpus.
+    pub derived: Option<Derived>,
+}
+
+/// A transformer input that follows from `input_ids` when the corpus has no column for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Derived {
+    /// `token_type_ids`: zeros (one segment).
+    Zeros,
+    /// `attention_mask`: ones (every token real).
+    Ones,
+    /// `position_ids`: 0, 1, 2, ... along each row.
+    Positions,
+}
+
+impl Derived {
+    /// The inputs that can be derived, by name.
+    pub(super) const NAMES: [&str; 3] = ["token_type_ids", "attention_mask", "position_ids"];
+
+    fn of(name: &str) -> Option<Derived> {
+        match name {
+            "token_type_ids" => Some(Derived::Zeros),
+            "attention_mask" => Some(Derived::Ones),
+            "position_ids" => Some(Derived::Positions),
+            _ => None,
+        }
+    }
+
+    /// Its manifest name.
+    pub(super) fn describe(self) -> &'static str {
+        match self {
+            Derived::Zeros => "zeros",
+            Derived::Ones => "ones",
+            Derived::Positions => "positions",
+        }
+    }
 }
 
 /// How inputs are made from corpus rows, for either corpus kind.
@@ -154,6 +190,10 @@ impl Feed {
                     )));
                 }
             };
+            let mapped = match corpus {
+                Source::Tensor(c) => c.mapping.iter().any(|(m, _)| *m == i.name),
+                Source::Text(_) => true,
+            };
             feed.inputs.push(InputPlan {
                 name: i.name.clone(),
                 elem,
@@ -162,6 +202,7 @@ impl Feed {
                     .shape
                     .as_ref()
                     .map(|s| s.iter().skip(1).cloned().collect()),
+                derived: if mapped { None } else { Derived::of(&i.name) },
             });
         }
         Ok(feed)
@@ -181,6 +222,25 @@ impl Feed {
         let n = b.row_ids.len();
         let mut values: Vec<(String, SessionInput)> = Vec::new();
         for ip in &self.inputs {
+            if let Some(d) = ip.derived {
+                // Shaped like the ids (every row of a batch has one length).
+                let (o, _) = b.inputs.get("input_ids").ok_or_else(|| {
+                    TeacherError::Pipeline("derived input without input_ids".into())
+                })?;
+                let l = o[1] - o[0];
+                let v: Vec<i64> = match d {
+                    Derived::Zeros => vec![0; n * l],
+                    Derived::Ones => vec![1; n * l],
+                    Derived::Positions => (0..n).flat_map(|_| 0..l as i64).collect(),
+                };
+                let offsets: Vec<usize> = (0..=n).map(|r| r * l).collect();
+                let flat = Flat::I64(v);
+                values.push((
+                    ip.name.clone(),
+                    self.convert(ip, b, vec![n, l], &offsets, &flat)?,
+                ));
+                continue;
+            }
             let (offsets, flat) = b.inputs.get(&ip.name).ok_or_else(|| {
                 TeacherError::Pipeline(format!("input {:?} missing from the batch", ip.name))
             })?;
@@ -449,6 +509,7 @@ mod tests {
             elem: ElemType::Float32,
             float: true,
             dims,
+            derived: None,
         }
     }
 

@@ -283,6 +283,7 @@ impl Plan {
                 .iter()
                 .find(|i| {
                     !i.float
+                        && i.derived.is_none()
                         && i.name.to_lowercase().contains("mask")
                         && i.dims.as_ref().is_some_and(|d| d.len() == 1)
                 })
@@ -407,7 +408,18 @@ fn open_corpus(o: &BuildOptions, teacher: &TeacherModel) -> Result<Source> {
         .map(|i| i.name.clone())
         .collect();
     Ok(match &o.text {
-        None => Source::Tensor(TensorCorpus::open(&o.corpus, &input_names, &o.columns)?),
+        None => {
+            // A transformer fed pre-tokenized ids needs no columns for the inputs that follow
+            // from them (see `feed::Derived`).
+            let mut columns = o.columns.clone();
+            if input_names.iter().any(|n| n == "input_ids") {
+                columns.optional = super::feed::Derived::NAMES
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect();
+            }
+            Source::Tensor(TensorCorpus::open(&o.corpus, &input_names, &columns)?)
+        }
         Some(t) => {
             let srcs: Vec<TextSource> = o
                 .corpus

@@ -312,7 +312,7 @@ pub(super) fn tensor_rows(
         out.features.insert(f.req.name.clone(), fv);
     }
     let mut hashes = vec![Vec::new(); kept_rows.len()];
-    for ip in &plan.feed.inputs {
+    for ip in plan.feed.inputs.iter().filter(|i| i.derived.is_none()) {
         let (offsets, flat) = &b.inputs[&ip.name];
         let mut iv = InputValues {
             offsets: vec![0],
