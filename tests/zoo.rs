@@ -1,6 +1,6 @@
 //! The teacher-family matrix: small ONNX teachers as the real exporters write them
-//! (fixtures/zoo, made by scripts/make_teacher_zoo.py with torch.onnx and transformers; one
-//! graph written like jax2tf output with onnx.helper). For each family: `inspect-model`
+//! (fixtures/zoo, made by scripts/make_teacher_zoo.py with torch.onnx and transformers, and by
+//! scripts/make_tf_zoo.py with tf2onnx; one graph written like jax2tf output with onnx.helper). For each family: `inspect-model`
 //! recommends the right target, the build runs with no model surgery under a timeout, its
 //! dataset matches ONNX Runtime's Python API (when the test command provides the oracle's
 //! Python as LOGITS_ORACLE_PY), and a student trains from it where a student of that kind
@@ -98,6 +98,24 @@ const FAMILIES: &[Family] = &[
         text: false,
         target: "logits",
         args: &["-k", "4", "--feature", "h=hidden"],
+        student: true,
+    },
+    Family {
+        name: "tf_bytes",
+        model: "tf_bytes.onnx",
+        corpus: "tf_bytes.parquet",
+        text: false,
+        target: "add_1:0",
+        args: &["-k", "4", "--feature", "h=Relu:0"],
+        student: true,
+    },
+    Family {
+        name: "tf_cnn",
+        model: "tf_cnn.onnx",
+        corpus: "tf_images.parquet",
+        text: false,
+        target: "Identity:0",
+        args: &["-k", "4", "--feature", "pooled=Mean:0"],
         student: true,
     },
     Family {
