@@ -72,6 +72,10 @@ TYPES = {
 }
 
 
+LE = {"float32": "<f4", "float64": "<f8", "int64": "<i8", "int32": "<i4", "uint32": "<u4",
+      "uint16": "<u2", "int8": "i1", "uint8": "u1"}
+
+
 def rows_of(ds, m):
     rows = {}
     for s in m["shards"]:
@@ -218,6 +222,14 @@ def check_tensor(m, sess, corpus_path, ds):
     per, bs = m["build"]["rows_per_shard"], m["build"]["batch_size"]
     rows = rows_of(ds, m)
     check(len(rows) == len(corpus) == m["corpus"]["rows"], "row count")
+    # The stored (and hashed) type of each input: as the manifest records it, else FORMAT.md's
+    # rule (the cheapest exact type of the model's; floats as float32).
+    rule = {"float32": "float32", "float64": "float32", "float16": "float32", "int64": "int64",
+            "int32": "int32", "int16": "int32", "uint32": "uint32", "uint16": "uint16",
+            "int8": "int8", "uint8": "uint8", "bool": "uint8"}
+    dtypes = {i["name"]: i["dtype"] for i in m["teacher"]["inputs"]}
+    stored = {i: next((s["stored"] for s in m["inputs"] if s["name"] == i), rule[dtypes[i]]) for i in inputs}
+    columns = {s["name"]: s["column"] for s in m["inputs"]}
     mask_name = next((i for i in inputs if "mask" in i.lower() and TYPES[sin[i].type] not in (np.float32, np.float64) and len(sin[i].shape) == 2), None)
     arrays = [{i: shaped(corpus[r][mapping[i]], sin[i].shape[1:], declared.get(i)) for i in inputs} for r in range(len(corpus))]
     for start in range(0, len(corpus), per):
@@ -264,9 +276,11 @@ def check_tensor(m, sess, corpus_path, ds):
                     h = hashlib.sha256()
                     for i in inputs:
                         v = np.asarray(src[mapping[i]]).reshape(-1)
-                        is_float = TYPES[sin[i].type] in (np.float32, np.float64)
-                        b = v.astype("<f4").tobytes() if is_float else v.astype("<i8").tobytes()
+                        b = v.astype(LE[stored[i]]).tobytes()
                         h.update(i.encode() + b"\0" + b + len(v).to_bytes(8, "little"))
+                        if i in columns:
+                            got = np.asarray(row[columns[i]]).reshape(-1)
+                            check(np.array_equal(got, v.astype(LE[stored[i]])), f"row {rid}: stored input {i}")
                     check(row["input_hash"] == h.digest(), f"row {rid}: input hash")
 
 

@@ -69,6 +69,37 @@ pub struct CorpusBatch {
     pub shapes: BTreeMap<String, Vec<Vec<usize>>>,
 }
 
+impl Flat {
+    /// Values `range` in the stored type `stored` (exactly: a value the type cannot hold is
+    /// an error giving its position in the range and the value).
+    pub fn to_stored(
+        &self,
+        range: Range<usize>,
+        stored: crate::manifest::DType,
+    ) -> std::result::Result<crate::rows::TensorValues, (usize, String)> {
+        use crate::manifest::DType;
+        use crate::rows::TensorValues as V;
+        fn narrow<T: TryFrom<i64>>(v: &[i64]) -> std::result::Result<Vec<T>, (usize, String)> {
+            v.iter()
+                .enumerate()
+                .map(|(i, &x)| T::try_from(x).map_err(|_| (i, x.to_string())))
+                .collect()
+        }
+        Ok(match (self, stored) {
+            (Flat::F32(v), DType::Float32) => V::F32(v[range].to_vec()),
+            (Flat::F32(v), DType::Float64) => V::F64(v[range].iter().map(|&x| x as f64).collect()),
+            (Flat::I64(v), DType::Int64) => V::I64(v[range].to_vec()),
+            (Flat::I64(v), DType::Int32) => V::I32(narrow(&v[range])?),
+            (Flat::I64(v), DType::Uint32) => V::U32(narrow(&v[range])?),
+            (Flat::I64(v), DType::Uint16) => V::U16(narrow(&v[range])?),
+            (Flat::I64(v), DType::Int8) => V::I8(narrow(&v[range])?),
+            (Flat::I64(v), DType::Uint8) => V::U8(narrow(&v[range])?),
+            (Flat::F32(_), t) => return Err((0, format!("floats, stored as {}", t.name()))),
+            (Flat::I64(_), t) => return Err((0, format!("integers, stored as {}", t.name()))),
+        })
+    }
+}
+
 impl CorpusBatch {
     /// The rows `range` of this batch, as a batch of their own.
     pub fn slice(&self, range: Range<usize>) -> CorpusBatch {
@@ -197,7 +228,11 @@ impl TensorCorpus {
                 .unwrap_or_else(|| input.clone());
             if !has(&col) {
                 if !map.optional.contains(input) {
-                    missing.push(input.clone());
+                    missing.push(if col == *input {
+                        format!("{input:?}")
+                    } else {
+                        format!("{input:?} (no column {col:?})")
+                    });
                 }
                 continue;
             }
@@ -224,13 +259,12 @@ impl TensorCorpus {
             mapping.push((input.clone(), col));
         }
         if !missing.is_empty() {
-            let names: Vec<String> = missing.iter().map(|m| format!("{m:?}")).collect();
             return Err(corpus_err(
                 &files[0],
                 format!(
                     "no column for model input{} {} (columns: {}); map each with --input INPUT=COLUMN",
                     if missing.len() > 1 { "s" } else { "" },
-                    names.join(", "),
+                    missing.join(", "),
                     cols.join(", ")
                 ),
             ));

@@ -90,6 +90,8 @@ pub enum DType {
     Int64,
     /// 32-bit signed integer.
     Int32,
+    /// 16-bit signed integer.
+    Int16,
     /// 32-bit unsigned integer.
     Uint32,
     /// 16-bit unsigned integer.
@@ -105,6 +107,23 @@ pub enum DType {
 }
 
 impl DType {
+    /// How a model input of this type is stored in the shards (and hashed by `sha256-v1`):
+    /// the cheapest type that holds its values exactly as a corpus gives them (floats are
+    /// read as float32; bool as 0/1 in uint8; int16 in int32). Datasets written before this
+    /// rule record their own `stored` type, which readers take as it is.
+    pub fn stored_for_input(self) -> DType {
+        match self {
+            DType::Float32 | DType::Float64 | DType::Float16 => DType::Float32,
+            DType::Int64 => DType::Int64,
+            DType::Int32 | DType::Int16 => DType::Int32,
+            DType::Uint32 => DType::Uint32,
+            DType::Uint16 => DType::Uint16,
+            DType::Int8 => DType::Int8,
+            DType::Uint8 | DType::Bool => DType::Uint8,
+            DType::String => DType::String,
+        }
+    }
+
     /// The lowercase ONNX-style name.
     pub fn name(self) -> &'static str {
         match self {
@@ -113,6 +132,7 @@ impl DType {
             DType::Float16 => "float16",
             DType::Int64 => "int64",
             DType::Int32 => "int32",
+            DType::Int16 => "int16",
             DType::Uint32 => "uint32",
             DType::Uint16 => "uint16",
             DType::Int8 => "int8",

@@ -149,7 +149,30 @@ impl Join {
                 "the dataset stores no sha256-v1 input hashes, so a corpus cannot be joined to it safely".into(),
             ));
         }
-        let names: Vec<String> = m.teacher.inputs.iter().map(|i| i.name.clone()).collect();
+        // Inputs the build made from others (a transformer's token types from its ids) have no
+        // corpus column and are not hashed.
+        let derived = m.corpus.options.get("derived");
+        let names: Vec<String> = m
+            .teacher
+            .inputs
+            .iter()
+            .map(|i| i.name.clone())
+            .filter(|n| derived.and_then(|d| d.get(n)).is_none())
+            .collect();
+        // Hashed in the type the shards store it: as recorded, or by the format's rule.
+        let stored: std::collections::HashMap<String, logits_format::manifest::DType> = m
+            .teacher
+            .inputs
+            .iter()
+            .map(|i| {
+                let s = m
+                    .inputs
+                    .iter()
+                    .find(|s| s.name == i.name)
+                    .map_or(i.dtype.stored_for_input(), |s| s.stored);
+                (i.name.clone(), s)
+            })
+            .collect();
         let input = match input {
             Some(n) if names.iter().any(|x| x == n) => n.to_string(),
             Some(n) => {
@@ -193,9 +216,27 @@ impl Join {
                 let Some((offsets, flat)) = b.inputs.get(name) else {
                     continue;
                 };
-                let tv = match flat {
-                    Flat::F32(v) => logits_format::rows::TensorValues::F32(v.clone()),
-                    Flat::I64(v) => logits_format::rows::TensorValues::I64(v.clone()),
+                let len = match flat {
+                    Flat::F32(v) => v.len(),
+                    Flat::I64(v) => v.len(),
+                };
+                let want = stored
+                    .get(name)
+                    .copied()
+                    .unwrap_or(logits_format::manifest::DType::Float32);
+                let tv = match flat.to_stored(0..len, want) {
+                    Ok(tv) => tv,
+                    Err((at, v)) => {
+                        let r = offsets.partition_point(|&o| o <= at).saturating_sub(1);
+                        failure = Some((
+                            b.row_ids[r],
+                            format!(
+                                "input {name:?}: {v} does not fit the dataset's stored type {}",
+                                want.name()
+                            ),
+                        ));
+                        return false;
+                    }
                 };
                 for (r, part) in parts.iter_mut().enumerate() {
                     let range = offsets[r]..offsets[r + 1];

@@ -9,13 +9,15 @@ use super::BuildOptions;
 use super::plan::{Plan, Source};
 use crate::error::Result;
 
-fn dtype_of(e: ElemType) -> Option<DType> {
+/// The manifest's name for an ONNX element type.
+pub(super) fn dtype_of(e: ElemType) -> Option<DType> {
     Some(match e {
         ElemType::Float32 => DType::Float32,
         ElemType::Float64 => DType::Float64,
         ElemType::Float16 => DType::Float16,
         ElemType::Int64 => DType::Int64,
         ElemType::Int32 => DType::Int32,
+        ElemType::Int16 => DType::Int16,
         ElemType::Uint32 => DType::Uint32,
         ElemType::Uint16 => DType::Uint16,
         ElemType::Int8 => DType::Int8,
@@ -77,11 +79,7 @@ pub(super) fn draft(o: &BuildOptions, plan: &Plan, corpus: &Source) -> Result<Ma
             name: ip.name.clone(),
             column: format!("in_{}", sanitize_column(&ip.name)),
             dtype: dtype_of(ip.elem).unwrap_or(DType::Float32),
-            stored: if ip.float {
-                DType::Float32
-            } else {
-                DType::Int64
-            },
+            stored: ip.stored,
             shape: info.shape.into_iter().skip(1).collect(),
         });
     }

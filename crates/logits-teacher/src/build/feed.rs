@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use logits_format::manifest::DType;
 use logits_onnx::model::{Dim as ODim, ElemType};
 
 use super::plan::{Payload, Source};
@@ -48,6 +49,8 @@ pub(super) struct InputPlan {
     pub dims: Option<Vec<ODim>>,
     /// Made from `input_ids` rather than read from the corpus.
     pub derived: Option<Derived>,
+    /// How the shards store it (and `sha256-v1` hashes it): the cheapest exact type.
+    pub stored: DType,
 }
 
 /// A transformer input that follows from `input_ids` when the corpus has no column for it.
@@ -203,6 +206,8 @@ impl Feed {
                     .as_ref()
                     .map(|s| s.iter().skip(1).cloned().collect()),
                 derived: if mapped { None } else { Derived::of(&i.name) },
+                stored: super::draft::dtype_of(elem)
+                    .map_or(DType::Float32, DType::stored_for_input),
             });
         }
         Ok(feed)
@@ -510,6 +515,7 @@ mod tests {
             float: true,
             dims,
             derived: None,
+            stored: DType::Float32,
         }
     }
 

@@ -314,26 +314,43 @@ pub(super) fn tensor_rows(
     let mut hashes = vec![Vec::new(); kept_rows.len()];
     for ip in plan.feed.inputs.iter().filter(|i| i.derived.is_none()) {
         let (offsets, flat) = &b.inputs[&ip.name];
-        let mut iv = InputValues {
-            offsets: vec![0],
-            values: if ip.float {
-                TensorValues::F32(vec![])
-            } else {
-                TensorValues::I64(vec![])
-            },
+        // The kept rows' values, then in the stored type (checked against the model's type
+        // when fed, so they fit).
+        let mut iv_offsets = vec![0];
+        let kept = match flat {
+            Flat::F32(v) => Flat::F32(
+                kept_rows
+                    .iter()
+                    .flat_map(|&r| v[offsets[r]..offsets[r + 1]].iter().copied())
+                    .collect(),
+            ),
+            Flat::I64(v) => Flat::I64(
+                kept_rows
+                    .iter()
+                    .flat_map(|&r| v[offsets[r]..offsets[r + 1]].iter().copied())
+                    .collect(),
+            ),
         };
         for &r in &kept_rows {
-            match (flat, &mut iv.values) {
-                (Flat::F32(v), TensorValues::F32(dst)) => {
-                    dst.extend_from_slice(&v[offsets[r]..offsets[r + 1]])
-                }
-                (Flat::I64(v), TensorValues::I64(dst)) => {
-                    dst.extend_from_slice(&v[offsets[r]..offsets[r + 1]])
-                }
-                _ => {}
-            }
-            iv.offsets.push(iv.values.len());
+            iv_offsets.push(iv_offsets[iv_offsets.len() - 1] + offsets[r + 1] - offsets[r]);
         }
+        let len = iv_offsets[iv_offsets.len() - 1];
+        let values = kept.to_stored(0..len, ip.stored).map_err(|(at, v)| {
+            let r = iv_offsets.partition_point(|&o| o <= at).saturating_sub(1);
+            super::feed::mismatch(
+                &plan.feed.model,
+                out.row_ids.get(r).copied().unwrap_or_default(),
+                format!(
+                    "input {:?}: value {v} does not fit its stored type {}",
+                    ip.name,
+                    ip.stored.name()
+                ),
+            )
+        })?;
+        let iv = InputValues {
+            offsets: iv_offsets,
+            values,
+        };
         for (i, h) in hashes.iter_mut().enumerate() {
             let range = iv.offsets[i]..iv.offsets[i + 1];
             h.push((
