@@ -65,7 +65,7 @@ def windows_of(tok, corpus_path, field, window, stride):
 
 
 TYPES = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
     "tensor(int32)": np.int32, "tensor(int16)": np.int16, "tensor(int8)": np.int8,
     "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32,
     "tensor(bool)": np.bool_,
@@ -230,7 +230,7 @@ def check_tensor(m, sess, corpus_path, ds):
     dtypes = {i["name"]: i["dtype"] for i in m["teacher"]["inputs"]}
     stored = {i: next((s["stored"] for s in m["inputs"] if s["name"] == i), rule[dtypes[i]]) for i in inputs}
     columns = {s["name"]: s["column"] for s in m["inputs"]}
-    mask_name = next((i for i in inputs if "mask" in i.lower() and TYPES[sin[i].type] not in (np.float32, np.float64) and len(sin[i].shape) == 2), None)
+    mask_name = next((i for i in inputs if "mask" in i.lower() and TYPES[sin[i].type] not in (np.float32, np.float64, np.float16) and len(sin[i].shape) == 2), None)
     arrays = [{i: shaped(corpus[r][mapping[i]], sin[i].shape[1:], declared.get(i)) for i in inputs} for r in range(len(corpus))]
     for start in range(0, len(corpus), per):
         end = min(start + per, len(corpus))

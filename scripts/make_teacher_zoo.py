@@ -20,6 +20,7 @@ for any internal tensor). Nothing is downloaded: transformers models are built f
 | jaxlike.onnx | written like jax2tf: int32 in, Exp/ReduceSum/Div softmax, no value_info | int32 [b, 16] | probabilities [b, 12] |
 | audio.onnx | spectrogram classifier, time varies per row | float [b, T, 40] | logits [b, 6] |
 | multilabel.onnx | sigmoid multi-label classifier | float [b, 24] | sigmoid [b, 8] |
+| half.onnx | an MLP exported in half precision (`.half()`) | float16 [b, 24] | float16 logits [b, 10] |
 
 Corpora (Parquet, 24 rows each; seeded): images as flat lists with a `shape` field metadata
 (cnn, vit), uint8 HWC images as nested lists (cnn_uint8), spectrograms of 3 lengths as nested
@@ -52,7 +53,7 @@ torch.manual_seed(0)
 rng = np.random.default_rng(0)
 
 
-def export(model, args, name, inputs, outputs, dynamic):
+def export(model, args, name, inputs, outputs, dynamic, tol=1e-4):
     model.eval()
     path = OUT / name
     torch.onnx.export(
@@ -66,8 +67,8 @@ def export(model, args, name, inputs, outputs, dynamic):
         want = model(*args)
     want = want if isinstance(want, torch.Tensor) else want[0]
     got = sess.run([outputs[0]], {n: a.numpy() for n, a in zip(inputs, args)})[0]
-    diff = float(np.abs(got - want.numpy()).max())
-    assert diff < 1e-4, (name, diff)
+    diff = float(np.abs(got.astype(np.float32) - want.float().numpy()).max())
+    assert diff < tol, (name, diff)
     return {"file": name, "max_abs_diff_vs_pytorch": diff}
 
 
@@ -225,6 +226,8 @@ def main():
     spec = torch.randn(2, 50, 40)
     made.append(export(Audio(), spec, "audio.onnx", ["spectrogram"], ["logits"], {"spectrogram": {0: "batch", 1: "time"}, "logits": {0: "batch"}}))
     made.append(export(MultiLabel(), torch.randn(2, 24), "multilabel.onnx", ["features"], ["scores"], {"features": {0: "batch"}, "scores": {0: "batch"}}))
+    half = nn.Sequential(nn.Linear(24, 32), nn.ReLU(), nn.Linear(32, 10)).half()
+    made.append(export(half, torch.randn(2, 24).half(), "half.onnx", ["features"], ["logits"], {"features": {0: "batch"}, "logits": {0: "batch"}}, tol=1e-2))
 
     from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification, LlamaConfig, LlamaForCausalLM
     bert = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, max_position_embeddings=128)

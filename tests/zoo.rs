@@ -119,6 +119,15 @@ const FAMILIES: &[Family] = &[
         student: true,
     },
     Family {
+        name: "half",
+        model: "half.onnx",
+        corpus: "features.parquet",
+        text: false,
+        target: "logits",
+        args: &["-k", "4"],
+        student: true,
+    },
+    Family {
         name: "audio",
         model: "audio.onnx",
         corpus: "spectrograms.parquet",
@@ -308,6 +317,27 @@ fn what_does_not_fit_is_refused_clearly() {
             && t.contains("\"pixels\"")
             && t.contains("[3, 32, 32]")
             && t.contains("[32, 32, 3]"),
+        "{t}"
+    );
+    // A value float16 cannot hold, fed to a half-precision teacher, names its row.
+    let big = d.path().join("big.parquet");
+    let mut rows = vec![vec![0.5f32; 24]; 10];
+    rows[7][3] = 1e5;
+    write_corpus(&big, &rows, false);
+    let o = logits_build(&[
+        "build",
+        "--model",
+        &zoo("half.onnx"),
+        "--corpus",
+        big.to_str().unwrap(),
+        "--input",
+        "features=pixels",
+        "--out",
+        &d.path().join("half").display().to_string(),
+    ]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("row 7") && t.contains("float16's range"),
         "{t}"
     );
     let o = logits_build(&[

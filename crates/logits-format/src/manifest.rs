@@ -86,6 +86,8 @@ pub enum DType {
     Float64,
     /// 16-bit IEEE float.
     Float16,
+    /// 16-bit brain float.
+    Bfloat16,
     /// 64-bit signed integer.
     Int64,
     /// 32-bit signed integer.
@@ -113,7 +115,7 @@ impl DType {
     /// rule record their own `stored` type, which readers take as it is.
     pub fn stored_for_input(self) -> DType {
         match self {
-            DType::Float32 | DType::Float64 | DType::Float16 => DType::Float32,
+            DType::Float32 | DType::Float64 | DType::Float16 | DType::Bfloat16 => DType::Float32,
             DType::Int64 => DType::Int64,
             DType::Int32 | DType::Int16 => DType::Int32,
             DType::Uint32 => DType::Uint32,
@@ -130,6 +132,7 @@ impl DType {
             DType::Float32 => "float32",
             DType::Float64 => "float64",
             DType::Float16 => "float16",
+            DType::Bfloat16 => "bfloat16",
             DType::Int64 => "int64",
             DType::Int32 => "int32",
             DType::Int16 => "int16",

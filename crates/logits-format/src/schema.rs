@@ -105,7 +105,9 @@ pub fn stored_input_type(dtype: DType) -> Option<DataType> {
         DType::Uint16 => DataType::UInt16,
         DType::Int8 => DataType::Int8,
         DType::Uint8 => DataType::UInt8,
-        DType::Float16 | DType::Int16 | DType::Bool | DType::String => return None,
+        DType::Float16 | DType::Bfloat16 | DType::Int16 | DType::Bool | DType::String => {
+            return None;
+        }
     })
 }
 

@@ -15,6 +15,7 @@ pub(super) fn dtype_of(e: ElemType) -> Option<DType> {
         ElemType::Float32 => DType::Float32,
         ElemType::Float64 => DType::Float64,
         ElemType::Float16 => DType::Float16,
+        ElemType::BFloat16 => DType::Bfloat16,
         ElemType::Int64 => DType::Int64,
         ElemType::Int32 => DType::Int32,
         ElemType::Int16 => DType::Int16,

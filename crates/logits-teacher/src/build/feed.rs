@@ -176,7 +176,9 @@ impl Feed {
                 TeacherError::Options(format!("{model}: input {:?} has no declared type", i.name))
             })?;
             let float = match elem {
-                ElemType::Float32 | ElemType::Float64 => true,
+                ElemType::Float32 | ElemType::Float64 | ElemType::Float16 | ElemType::BFloat16 => {
+                    true
+                }
                 ElemType::Int64
                 | ElemType::Int32
                 | ElemType::Uint32
@@ -187,7 +189,7 @@ impl Feed {
                 | ElemType::Bool => false,
                 other => {
                     return Err(TeacherError::Options(format!(
-                        "{model}: input {:?} is {}; logits-build feeds float32, float64, int64, int32, int16, uint32, uint16, int8, uint8 and bool inputs",
+                        "{model}: input {:?} is {}; logits-build feeds float16, bfloat16, float32, float64, int64, int32, int16, uint32, uint16, int8, uint8 and bool inputs",
                         i.name,
                         other.name()
                     )));
@@ -286,6 +288,24 @@ impl Feed {
         match (flat, ip.float) {
             (Flat::F32(v), true) if ip.elem == ElemType::Float64 => {
                 self.tensor(dims, v.iter().map(|&x| x as f64).collect())
+            }
+            (Flat::F32(v), true) if ip.elem == ElemType::Float16 => {
+                // float16 holds magnitudes up to 65504: a larger value would become infinite.
+                if let Some(at) = v.iter().position(|x| x.is_finite() && x.abs() > 65504.0) {
+                    let r = offsets.partition_point(|&o| o <= at).saturating_sub(1);
+                    return Err(mismatch(
+                        &self.model,
+                        b.row_ids[r],
+                        format!(
+                            "input {:?}: value {} is outside float16's range (|x| <= 65504)",
+                            ip.name, v[at]
+                        ),
+                    ));
+                }
+                self.tensor(dims, v.iter().map(|&x| half::f16::from_f32(x)).collect())
+            }
+            (Flat::F32(v), true) if ip.elem == ElemType::BFloat16 => {
+                self.tensor(dims, v.iter().map(|&x| half::bf16::from_f32(x)).collect())
             }
             (Flat::F32(v), true) => self.tensor(dims, v.clone()),
             (Flat::I64(v), false) => {

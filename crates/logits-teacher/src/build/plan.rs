@@ -463,12 +463,8 @@ fn probe(
         let v = run
             .get(n.as_str())
             .ok_or_else(|| err(format!("no output {n:?}")))?;
-        let (shape, _) = v.try_extract_tensor::<f32>().map_err(|e| {
-            err(format!(
-                "{n:?} is not a float32 tensor ({e}); targets and features are float tensors"
-            ))
-        })?;
-        seen.insert(n.clone(), shape.iter().copied().collect());
+        let (shape, _) = super::rows::float_values(v).map_err(|e| err(format!("{n:?}: {e}")))?;
+        seen.insert(n.clone(), shape);
     }
     Ok(seen)
 }

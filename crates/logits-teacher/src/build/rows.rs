@@ -41,16 +41,36 @@ pub(super) fn session_error(plan: &Plan, message: String) -> TeacherError {
     }
 }
 
-/// Shape and borrowed f32 data of a session output.
-fn output_f32<'a>(plan: &Plan, outputs: &'a Outputs, name: &str) -> Result<(Vec<i64>, &'a [f32])> {
+/// Shape and f32 data of a float tensor: float32 borrowed, float16 and bfloat16 (teachers
+/// exported in half precision) widened exactly to f32.
+pub(super) fn float_values(
+    v: &ort::value::DynValue,
+) -> std::result::Result<(Vec<i64>, std::borrow::Cow<'_, [f32]>), String> {
+    if let Ok((shape, data)) = v.try_extract_tensor::<f32>() {
+        return Ok((shape.to_vec(), std::borrow::Cow::Borrowed(data)));
+    }
+    if let Ok((shape, data)) = v.try_extract_tensor::<half::f16>() {
+        return Ok((shape.to_vec(), data.iter().map(|x| x.to_f32()).collect()));
+    }
+    match v.try_extract_tensor::<half::bf16>() {
+        Ok((shape, data)) => Ok((shape.to_vec(), data.iter().map(|x| x.to_f32()).collect())),
+        Err(e) => Err(format!(
+            "not a float32, float16 or bfloat16 tensor ({e}); targets and features are float tensors"
+        )),
+    }
+}
+
+/// Shape and f32 data of a session output.
+fn output_f32<'a>(
+    plan: &Plan,
+    outputs: &'a Outputs,
+    name: &str,
+) -> Result<(Vec<i64>, std::borrow::Cow<'a, [f32]>)> {
     let err = |message: String| session_error(plan, message);
     let v = outputs
         .get(name)
         .ok_or_else(|| err(format!("no output {name:?}")))?;
-    let (shape, data) = v
-        .try_extract_tensor::<f32>()
-        .map_err(|e| err(format!("output {name:?}: {e}")))?;
-    Ok((shape.iter().copied().collect(), data))
+    float_values(v).map_err(|e| err(format!("output {name:?}: {e}")))
 }
 
 /// The guard against storing probabilities as logits: on the first batch post-processed, a
@@ -233,7 +253,7 @@ pub(super) fn tensor_rows(
             ));
         }
     };
-    let logits = target_values(plan, raw)?;
+    let logits = target_values(plan, &raw)?;
     // The positions kept: all, or those the mask input marks.
     let cells: Vec<Vec<usize>> = match &plan.mask {
         None => vec![(0..l).collect(); n],
@@ -406,7 +426,7 @@ pub(super) fn text_rows(
             ),
         ));
     }
-    let logits = target_values(plan, raw)?;
+    let logits = target_values(plan, &raw)?;
     let row_ids: Vec<u64> = windows.iter().map(|w| w.row_id).collect();
     let (tl, cells): (usize, Vec<Vec<usize>>) = if plan.per_position {
         (l, lens.iter().map(|&len| (0..len).collect()).collect())
