@@ -532,11 +532,18 @@ fn zoo_cnn(root: &Path, tmp: &Path) {
     let rows = replicate(&src, 400, &c);
     let data = pixels(&read(&c));
     println!(
-        "\nzoo CNN (torch.onnx, 3x32x32 -> 10, conv 16/32/64), {rows} rows, k=5, logZ at 3 temperatures"
+        "\nzoo CNN (torch.onnx, 3x32x32 -> 10, conv 16/32/64), {rows} rows, k=5, logZ at 3 temperatures; build with the inputs stored (default) and with --no-inputs"
     );
     println!(
-        "{:>6} {:>9} {:>8} {:>14} {:>14} {:>7}",
-        "batch", "sessions", "threads", "bare ORT r/s", "build r/s", "ratio"
+        "{:>6} {:>9} {:>8} {:>14} {:>14} {:>7} {:>16} {:>7}",
+        "batch",
+        "sessions",
+        "threads",
+        "bare ORT r/s",
+        "build r/s",
+        "ratio",
+        "--no-inputs r/s",
+        "ratio"
     );
     for (batch, sessions, threads) in configs(&[(64, 1, 2), (64, 2, 1)]) {
         let row = [3, 32, 32];
@@ -551,9 +558,25 @@ fn zoo_cnn(root: &Path, tmp: &Path) {
         let b = (0..2)
             .map(|_| build(&model, &c, &tmp.join("cnn"), batch, sessions, threads).0)
             .fold(0.0, f64::max);
+        let no_inputs = ["--no-inputs"];
+        let n = (0..2)
+            .map(|_| {
+                build_with(
+                    &model,
+                    &c,
+                    &tmp.join("cnn"),
+                    batch,
+                    sessions,
+                    threads,
+                    &no_inputs,
+                )
+                .0
+            })
+            .fold(0.0, f64::max);
         println!(
-            "{batch:>6} {sessions:>9} {threads:>8} {bare:>14.0} {b:>14.0} {:>7.3}",
-            b / bare
+            "{batch:>6} {sessions:>9} {threads:>8} {bare:>14.0} {b:>14.0} {:>7.3} {n:>16.0} {:>7.3}",
+            b / bare,
+            n / bare
         );
     }
 }

@@ -214,6 +214,16 @@ fn every_family_builds_as_exported_and_matches_onnx_runtime() {
             "{}: recommended target",
             f.name
         );
+        // Every activation has a shape: declared, or seen on the synthetic probe run.
+        let acts = report["activations"].as_array().unwrap();
+        assert!(!acts.is_empty(), "{}: no activations", f.name);
+        for a in acts {
+            assert!(
+                a["shape"].is_array() || a["seen_shape"].is_array(),
+                "{}: {a} has no shape",
+                f.name
+            );
+        }
         let out = d.path().join(f.name).display().to_string();
         let o = build(f, &out, &["--target", f.target]);
         assert!(o.status.success(), "{}: {}", f.name, text(&o));

@@ -36,6 +36,10 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Do not run the model once on a synthetic row to see the shapes the graph does not
+        /// declare (models over 1 GiB are never probed).
+        #[arg(long)]
+        no_probe: bool,
     },
     /// Merge a job array's shards: validate every one and write the manifest.
     Merge {
@@ -198,15 +202,26 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
     match cli.command {
-        Command::InspectModel { model, json } => {
+        Command::InspectModel {
+            model,
+            json,
+            no_probe,
+        } => {
             let m = TeacherModel::open(&model, &[])?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&logits_teacher::teacher::model_report(&m))?
-                );
+            let seen = if no_probe || m.bytes > logits_teacher::probe::PROBE_MAX_BYTES {
+                Default::default()
             } else {
-                print!("{}", logits_teacher::describe_model(&m));
+                // A model that synthetic zeros cannot run still gets its report.
+                logits_teacher::probe::probe_shapes(&m).unwrap_or_else(|e| {
+                    eprintln!("logits-build: shapes not probed: {e}");
+                    Default::default()
+                })
+            };
+            if json {
+                let report = logits_teacher::teacher::model_report(&m, &seen);
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", logits_teacher::describe_model(&m, &seen));
             }
             Ok(())
         }

@@ -77,6 +77,8 @@ pub fn elem_types(m: &ModelProto) -> std::collections::HashMap<String, i32> {
             t.insert(n.clone(), e);
         }
     }
+    const FLOAT: i32 = 1;
+    const INT32: i32 = 6;
     const INT64: i32 = 7;
     const BOOL: i32 = 9;
     for n in &g.node {
@@ -90,6 +92,16 @@ pub fn elem_types(m: &ModelProto) -> std::collections::HashMap<String, i32> {
                 n.input.first().and_then(|i| t.get(i.as_str()).copied())
             }
             "Constant" => n.attribute.iter().find_map(|a| a.t.as_ref()?.data_type),
+            // Where(condition, X, Y): X's type, not the condition's bool.
+            "Where" => n.input.get(1).and_then(|i| t.get(i.as_str()).copied()),
+            "ConstantOfShape" => Some(
+                n.attribute
+                    .iter()
+                    .find_map(|a| a.t.as_ref()?.data_type)
+                    .unwrap_or(FLOAT),
+            ),
+            "DequantizeLinear" => Some(FLOAT),
+            "MatMulInteger" | "ConvInteger" => Some(INT32),
             _ => n.input.iter().find_map(|i| t.get(i.as_str()).copied()),
         };
         if let Some(e) = e {

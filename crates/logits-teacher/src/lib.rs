@@ -9,6 +9,7 @@
 //! - [`teacher`]: the model file, its summary, graph rewriting for features, sessions.
 //! - [`corpus`]: Parquet tensor corpora (re-exported from `logits-format`, which students use
 //!   too); [`text`]: text corpora and tokenizers.
+//! - [`probe`]: shapes the graph does not declare, seen on one synthetic run (`inspect-model`).
 //! - [`build`]: the pipeline (reader thread, one session per worker thread, ordered writer),
 //!   resume, job-array workers and the merge step.
 //!
@@ -22,6 +23,7 @@ pub mod build;
 /// Parquet tensor corpora: the reader lives in the format crate, shared with the student side.
 pub use logits_format::corpus;
 pub mod error;
+pub mod probe;
 pub mod runtime;
 pub mod teacher;
 pub mod text;

@@ -2,6 +2,7 @@
 //! declares, an in-memory copy rewritten to expose requested intermediate tensors, and ONNX
 //! Runtime sessions over that copy.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use logits_onnx::model::{Dim, ElemType, ModelSummary, TensorSummary};
@@ -267,15 +268,24 @@ pub fn hex(b: &[u8]) -> String {
 /// The tensors of a model a user can name, as `inspect-model` shows them: inputs, outputs
 /// (with how they relate to probabilities), the recommended target and feature, and the
 /// activations (no weights, constants or shape arithmetic) with their declared shapes.
-pub fn model_report(m: &TeacherModel) -> serde_json::Value {
+///
+/// `seen` holds shapes seen on a probe run ([`crate::probe`]), reported beside the declared
+/// ones for tensors that declare none.
+pub fn model_report(m: &TeacherModel, seen: &HashMap<String, Vec<i64>>) -> serde_json::Value {
     let s = &m.summary;
     let tensor = |t: &TensorSummary| {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "name": t.name,
             "type": t.elem.map(|e| e.name()),
             "shape": t.shape.as_ref().map(|d| d.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
             "op": t.op,
-        })
+        });
+        if t.shape.is_none()
+            && let Some(s) = seen.get(&t.name)
+        {
+            v["seen_shape"] = serde_json::json!(s);
+        }
+        v
     };
     let kind = |name: &str| match m.kind(name) {
         OutputKind::Logits => "logits",
@@ -302,8 +312,9 @@ pub fn model_report(m: &TeacherModel) -> serde_json::Value {
 }
 
 /// A printable report of a model: inputs, outputs, the recommended target and feature, and
-/// the activations that can be captured or chosen as the target.
-pub fn describe_model(m: &TeacherModel) -> String {
+/// the activations that can be captured or chosen as the target (an undeclared shape shown as
+/// `seen` on the probe run, when there was one).
+pub fn describe_model(m: &TeacherModel, seen: &HashMap<String, Vec<i64>>) -> String {
     let s = &m.summary;
     let mut out = format!(
         "model       {}\nsha256      {}\nbytes       {}\nproducer    {}\nopset       {}\n",
@@ -340,14 +351,30 @@ pub fn describe_model(m: &TeacherModel) -> String {
             &format!("likely feature:     --feature NAME={f}   (what the classifier head reads)\n");
     }
     out += &format!(
-        "activations ({}), capturable with --feature NAME=TENSOR or usable as --target (undeclared shapes are read off the first batch):\n",
-        m.activations.len()
+        "activations ({}), capturable with --feature NAME=TENSOR or usable as --target{}:\n",
+        m.activations.len(),
+        if seen.is_empty() {
+            " (undeclared shapes are read off the first batch of a build)"
+        } else {
+            " (\"seen\": an undeclared shape as one probe run gave it, batch 1 and other symbolic dims 8)"
+        }
     );
     for t in m.activation_summaries() {
+        let shape = match (&t.shape, seen.get(&t.name)) {
+            (None, Some(s)) => {
+                let d: Vec<String> = s.iter().map(|x| x.to_string()).collect();
+                format!(
+                    "{} [{}] seen",
+                    t.elem.map_or("?".into(), |e| e.name()),
+                    d.join(", ")
+                )
+            }
+            _ => t.describe(),
+        };
         out += &format!(
             "  {:<28} {:<28} from {}\n",
             t.name,
-            t.describe(),
+            shape,
             t.op.as_deref().unwrap_or("?")
         );
     }

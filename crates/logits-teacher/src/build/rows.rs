@@ -337,23 +337,32 @@ pub(super) fn tensor_rows(
         // The kept rows' values, then in the stored type (checked against the model's type
         // when fed, so they fit).
         let mut iv_offsets = vec![0];
-        let kept = match flat {
-            Flat::F32(v) => Flat::F32(
-                kept_rows
-                    .iter()
-                    .flat_map(|&r| v[offsets[r]..offsets[r + 1]].iter().copied())
-                    .collect(),
-            ),
-            Flat::I64(v) => Flat::I64(
-                kept_rows
-                    .iter()
-                    .flat_map(|&r| v[offsets[r]..offsets[r + 1]].iter().copied())
-                    .collect(),
-            ),
-        };
         for &r in &kept_rows {
             iv_offsets.push(iv_offsets[iv_offsets.len() - 1] + offsets[r + 1] - offsets[r]);
         }
+        // Usually every row is kept: the batch's values are used as they are.
+        let gathered;
+        let kept = if kept_rows.len() == n {
+            flat
+        } else {
+            gathered = match flat {
+                Flat::F32(v) => {
+                    let mut g = Vec::with_capacity(iv_offsets[iv_offsets.len() - 1]);
+                    for &r in &kept_rows {
+                        g.extend_from_slice(&v[offsets[r]..offsets[r + 1]]);
+                    }
+                    Flat::F32(g)
+                }
+                Flat::I64(v) => {
+                    let mut g = Vec::with_capacity(iv_offsets[iv_offsets.len() - 1]);
+                    for &r in &kept_rows {
+                        g.extend_from_slice(&v[offsets[r]..offsets[r + 1]]);
+                    }
+                    Flat::I64(g)
+                }
+            };
+            &gathered
+        };
         let len = iv_offsets[iv_offsets.len() - 1];
         let values = kept.to_stored(0..len, ip.stored).map_err(|(at, v)| {
             let r = iv_offsets.partition_point(|&o| o <= at).saturating_sub(1);
