@@ -256,9 +256,15 @@ fn wide_classifier(tmp: &Path) {
         input: "input".into(),
         dataset_id: "benchmark".into(),
         teacher_sha256: String::new(),
+        standardized: false,
+        input_norm: None,
     };
     let model = tmp.join("classifier_1k.onnx");
-    std::fs::write(&model, logits_student::export::onnx_bytes(&mlp, &info)).expect("model");
+    std::fs::write(
+        &model,
+        logits_student::export::onnx_bytes(&mlp, &info, Default::default()),
+    )
+    .expect("model");
     let rows = 100_000usize;
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let data: Vec<f32> = (0..rows * 784)
@@ -335,7 +341,11 @@ fn lm_teacher(path: &Path, dim: usize, layers: usize, heads: usize) {
         tied: true,
     };
     let gpt = logits_student::transformer::Gpt::new(spec, 7);
-    let bytes = logits_student::export::gpt_onnx_bytes(&gpt, &serde_json::json!({"random": true}));
+    let bytes = logits_student::export::gpt_onnx_bytes(
+        &gpt,
+        &serde_json::json!({"random": true}),
+        Default::default(),
+    );
     std::fs::write(path, bytes).expect("write teacher");
 }
 

@@ -243,7 +243,11 @@ fn main() {
     let path = dir.path().join("gpt2_small_shape.onnx");
     std::fs::write(
         &path,
-        logits_student::export::gpt_onnx_bytes(&big, &serde_json::json!({"random": true})),
+        logits_student::export::gpt_onnx_bytes(
+            &big,
+            &serde_json::json!({"random": true}),
+            Default::default(),
+        ),
     )
     .expect("write teacher");
     drop(big);

@@ -7,10 +7,12 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use ndarray::{Array2, ArrayD, IxDyn};
 
-/// An ONNX Runtime session over one model file with one f32 input.
+/// An ONNX Runtime session over one model file: one f32 input, or token ids with an optional
+/// `attention_mask`.
 pub struct OnnxModel {
     session: ort::session::Session,
     input: String,
+    has_mask: bool,
     path: std::path::PathBuf,
 }
 
@@ -24,9 +26,11 @@ impl OnnxModel {
             .first()
             .map(|i| i.name.clone())
             .with_context(|| format!("{}: the model has no inputs", path.display()))?;
+        let has_mask = m.summary.inputs.iter().any(|i| i.name == "attention_mask");
         Ok(OnnxModel {
             session: m.session(1)?,
             input,
+            has_mask,
             path: path.to_path_buf(),
         })
     }
@@ -47,14 +51,14 @@ impl OnnxModel {
         Ok(Array2::from_shape_vec((rows, cols), data)?)
     }
 
-    /// Runs one input value and returns the first output's shape and values.
-    fn first_output(
+    /// Runs the inputs and returns the first output's shape and values.
+    fn first_output_of(
         &mut self,
-        v: ort::session::SessionInputValue<'_>,
+        inputs: Vec<(String, ort::session::SessionInputValue<'_>)>,
     ) -> Result<(Vec<i64>, Vec<f32>)> {
         let out = self
             .session
-            .run(vec![(self.input.clone(), v)])
+            .run(inputs)
             .with_context(|| format!("{}: run failed", self.path.display()))?;
         let (shape, data) = out[0]
             .try_extract_tensor::<f32>()
@@ -62,10 +66,39 @@ impl OnnxModel {
         Ok((shape.iter().copied().collect(), data.to_vec()))
     }
 
-    /// Runs int64 token ids (`rows × length`) and returns the first output, flattened, with
-    /// its shape.
+    /// Runs one input value and returns the first output's shape and values.
+    fn first_output(
+        &mut self,
+        v: ort::session::SessionInputValue<'_>,
+    ) -> Result<(Vec<i64>, Vec<f32>)> {
+        self.first_output_of(vec![(self.input.clone(), v)])
+    }
+
+    /// Runs int64 token ids (`rows × length`, no padding: a model with an `attention_mask`
+    /// input gets all ones) and returns the first output, flattened, with its shape.
     pub fn run_ids(&mut self, ids: &ndarray::Array2<i64>) -> Result<(Vec<i64>, Vec<f32>)> {
-        self.first_output(ort::value::Tensor::from_array(ids.clone())?.into())
+        let ones = ndarray::Array2::<i64>::ones(ids.dim());
+        self.run_ids_masked(ids, &ones)
+    }
+
+    /// Runs int64 token ids with their `attention_mask` (1 token, 0 padding; ignored by a
+    /// model without that input) and returns the first output, flattened, with its shape.
+    pub fn run_ids_masked(
+        &mut self,
+        ids: &ndarray::Array2<i64>,
+        mask: &ndarray::Array2<i64>,
+    ) -> Result<(Vec<i64>, Vec<f32>)> {
+        let mut inputs = vec![(
+            self.input.clone(),
+            ort::session::SessionInputValue::from(ort::value::Tensor::from_array(ids.clone())?),
+        )];
+        if self.has_mask {
+            inputs.push((
+                "attention_mask".to_string(),
+                ort::value::Tensor::from_array(mask.clone())?.into(),
+            ));
+        }
+        self.first_output_of(inputs)
     }
 
     /// Median single-row latency in microseconds over `iters` runs (after warm-up).

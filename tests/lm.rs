@@ -182,3 +182,70 @@ fn resumed_run_ends_identical_to_an_uninterrupted_one() {
         "resumed weights differ from the uninterrupted run"
     );
 }
+
+/// The exported LM as `transformers` users feed it: `input_ids` with `attention_mask`, any
+/// length up to the context (32 here), right padding that leaves the real positions' logits
+/// as they are, and a longer input refused by a message that says what to do; in an older
+/// opset (13) as well.
+#[test]
+fn exported_lm_takes_attention_mask_and_refuses_inputs_past_its_context() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("lm13");
+    let o = train(&out, &["--steps", "4", "-T", "2", "--opset", "13"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let onnx = out.join("student.onnx");
+    let m = logits_onnx::load(&onnx).unwrap();
+    assert_eq!(m.opset_import[0].version, Some(13));
+    let ops: Vec<&str> = m
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .filter_map(|n| n.op_type.as_deref())
+        .collect();
+    assert!(
+        !ops.contains(&"Gelu") && !ops.contains(&"LayerNormalization"),
+        "opset 13 has neither op: {ops:?}"
+    );
+    let mut om = logits::onnx_run::OnnxModel::open(&onnx).unwrap();
+    let vocab = 512i64;
+    let ids =
+        |n: usize| ndarray::Array2::from_shape_fn((1, n), |(_, p)| (p as i64 * 37 + 5) % vocab);
+    for n in [1, 7, 32] {
+        let (shape, v) = om.run_ids(&ids(n)).unwrap();
+        assert_eq!(&shape[..2], &[1, n as i64]);
+        assert!(v.iter().all(|x| x.is_finite()));
+    }
+    // Two rows, the second right-padded from 5 to 9 tokens: its first 5 positions match the
+    // unpadded run.
+    let (_, alone) = om.run_ids(&ids(5)).unwrap();
+    let mut batch = ndarray::Array2::<i64>::zeros((2, 9));
+    batch.row_mut(0).assign(&ids(9).row(0));
+    batch
+        .row_mut(1)
+        .slice_mut(ndarray::s![..5])
+        .assign(&ids(5).row(0));
+    let mut mask = ndarray::Array2::<i64>::ones((2, 9));
+    mask.row_mut(1).slice_mut(ndarray::s![5..]).fill(0);
+    let (shape, padded) = om.run_ids_masked(&batch, &mask).unwrap();
+    let v = shape[2] as usize;
+    let row1 = &padded[9 * v..9 * v + 5 * v];
+    let d = row1
+        .iter()
+        .zip(&alone)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(d <= 1e-4, "padded row vs alone: {d}");
+    // Padding keys changes nothing for the real positions; a different pad token neither.
+    batch.row_mut(1).slice_mut(ndarray::s![5..]).fill(3);
+    let (_, padded3) = om.run_ids_masked(&batch, &mask).unwrap();
+    let row1b = &padded3[9 * v..9 * v + 5 * v];
+    assert!(row1.iter().zip(row1b).all(|(a, b)| (a - b).abs() <= 1e-5));
+    let e = om.run_ids(&ids(33)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("longer than the student's context of 32 tokens: feed at most 32"),
+        "{msg}"
+    );
+}

@@ -19,6 +19,7 @@ use logits_format::Dataset;
 use logits_student::config::{FeatureLoss, TrainConfig, parse_name};
 use logits_student::data::{Join, JoinBy, Loader};
 use logits_student::eval::{self, Evaluation};
+use logits_student::export::Opset;
 use logits_student::train::{self, Split};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -45,6 +46,9 @@ enum Command {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
+        /// ONNX opset of student.onnx (13 to 21).
+        #[arg(long, default_value_t = logits_student::export::OPSET)]
+        opset: i64,
     },
     /// Sample text from a language-model student.
     Generate(GenerateArgs),
@@ -197,6 +201,14 @@ struct TrainArgs {
     /// Decode the training rows once and train from memory.
     #[arg(long)]
     in_memory: bool,
+    /// Feed the inputs as stored, without per-feature standardisation (by default each input
+    /// value is standardised by its training-rows mean and std, folded into the saved student).
+    #[arg(long)]
+    no_standardize: bool,
+    /// ONNX opset of the exported student.onnx (13 to 21; older ops stand in for Gelu and
+    /// LayerNormalization where the opset lacks them).
+    #[arg(long, default_value_t = logits_student::export::OPSET)]
+    opset: i64,
     /// Checkpoint every N steps (always at the end).
     #[arg(long)]
     checkpoint_every: Option<u64>,
@@ -336,9 +348,14 @@ fn run(cli: Cli, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::Result
             })
         }
         Command::Eval(a) => eval_cmd(a),
-        Command::Export { student, out } => {
+        Command::Export {
+            student,
+            out,
+            opset,
+        } => {
+            let opset = Opset::new(opset).map_err(|e| logits::usage(e.to_string()))?;
             let (s, info) = logits_student::student::load(&student, None)?;
-            let (o, st) = logits_student::export::export(&s.mlp, &info, &out)?;
+            let (o, st) = logits_student::export::export(&s.mlp, &info, &out, opset)?;
             println!("wrote {} and {}", o.display(), st.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -431,6 +448,9 @@ fn resolve(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         c.data.holdout_from = a.holdout_from;
     }
     c.data.in_memory |= a.in_memory;
+    if a.no_standardize {
+        c.data.standardize = false;
+    }
     set!(a.checkpoint_every, c.run.checkpoint_every);
     set!(a.log_every, c.run.log_every);
     c.check().map_err(|e| logits::usage(e.to_string()))?;
@@ -475,6 +495,7 @@ fn train_cmd(
     a: TrainArgs,
     stop: &'static std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<ExitCode> {
+    let opset = Opset::new(a.opset).map_err(|e| logits::usage(e.to_string()))?;
     let mut cfg = resolve(&a)?;
     cfg.run.stop = logits_student::config::StopFlag(Some(stop));
     let ds = Dataset::open(&a.dataset)?;
@@ -511,7 +532,7 @@ fn train_cmd(
         .as_ref()
         .is_some_and(|t| t.granularity == logits_format::manifest::Granularity::Position);
     if per_token {
-        return lm_train_cmd(&a, &cfg, &ds, bar);
+        return lm_train_cmd(&a, &cfg, &ds, bar, opset);
     }
     let join = a.join.open(&ds, cfg.model.input.as_deref())?;
     let t0 = Instant::now();
@@ -534,7 +555,7 @@ fn train_cmd(
     )?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    let (onnx, st) = logits_student::export::export(&run.student.mlp, &run.info, &a.out)?;
+    let (onnx, st) = logits_student::export::export(&run.student.mlp, &run.info, &a.out, opset)?;
     let mut report = evaluate(
         &ds,
         &st,
@@ -870,6 +891,7 @@ fn lm_train_cmd(
     cfg: &TrainConfig,
     ds: &Dataset,
     bar: ProgressBar,
+    opset: Opset,
 ) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     let run = logits_student::lm::train(ds, cfg, &a.out, a.resume, &mut |step, total, line| {
@@ -884,7 +906,8 @@ fn lm_train_cmd(
     })?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    let (onnx, st) = logits_student::export::export_gpt(&run.student.gpt, &run.info, &a.out)?;
+    let (onnx, st) =
+        logits_student::export::export_gpt(&run.student.gpt, &run.info, &a.out, opset)?;
     let mut report = lm_evaluate(
         ds,
         &st,

@@ -4,8 +4,9 @@
 
 use crate::model::ElemType;
 use crate::onnx::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto, tensor_shape_proto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto, tensor_shape_proto,
+    type_proto,
 };
 
 /// One dimension of a graph input or output: a size or a symbolic name (`batch`).
@@ -35,6 +36,7 @@ pub enum Attr {
 pub struct GraphBuilder {
     graph: GraphProto,
     next: usize,
+    props: Vec<StringStringEntryProto>,
 }
 
 fn value_info(name: &str, elem: ElemType, dims: &[Dim]) -> ValueInfoProto {
@@ -109,6 +111,31 @@ impl GraphBuilder {
         name.to_string()
     }
 
+    /// Adds a model-level `metadata_props` entry (what ONNX Runtime shows as
+    /// `custom_metadata_map`).
+    pub fn metadata(&mut self, key: &str, value: &str) {
+        self.props.push(StringStringEntryProto {
+            key: Some(key.to_string()),
+            value: Some(value.to_string()),
+        });
+    }
+
+    /// Adds a node with one output, named `name` (which runtimes quote in their errors), and
+    /// returns that output's name.
+    pub fn named_node(
+        &mut self,
+        name: &str,
+        op: &str,
+        inputs: &[&str],
+        attrs: &[(&str, Attr)],
+    ) -> String {
+        let out = self.node(op, inputs, attrs);
+        if let Some(n) = self.graph.node.last_mut() {
+            n.name = Some(name.to_string());
+        }
+        out
+    }
+
     /// Adds a node with one output and returns that output's name.
     pub fn node(&mut self, op: &str, inputs: &[&str], attrs: &[(&str, Attr)]) -> String {
         self.next += 1;
@@ -164,6 +191,7 @@ impl GraphBuilder {
             producer_name: Some(producer.to_string()),
             producer_version: Some(env!("CARGO_PKG_VERSION").to_string()),
             doc_string: Some(doc.to_string()),
+            metadata_props: self.props,
             graph: Some(self.graph),
             ..Default::default()
         }

@@ -285,6 +285,9 @@ pub struct DataConfig {
     pub holdout_from: Option<u64>,
     /// Decode the training rows once and keep them in memory instead of streaming every epoch.
     pub in_memory: bool,
+    /// Standardise every input value by its mean and standard deviation over the training rows
+    /// (folded into the first layer at the end, so the student takes raw inputs).
+    pub standardize: bool,
 }
 
 /// Checkpointing and logging.
@@ -377,6 +380,7 @@ impl Default for DataConfig {
             prefetch: 4,
             holdout_from: None,
             in_memory: false,
+            standardize: true,
         }
     }
 }

@@ -1,29 +1,158 @@
-//! Export: the trained MLP as safetensors (weights and self-description) and as ONNX, written
-//! from Rust through `logits-onnx`'s graph builder. The ONNX graph is the inference path of
-//! [`Mlp::predict`]: MatMul + Add per layer, LayerNormalization (ε = 1e-5), then Relu, Tanh or
-//! Gelu (tanh approximation) — opset 20, the first with Gelu — and no dropout. Input `input`
-//! (`batch × inputs`, f32), output `logits` (`batch × classes`).
+//! Export: the trained MLP as safetensors (PyTorch's layout, with the self-description) and
+//! as ONNX, written from Rust through `logits-onnx`'s graph builder. The ONNX graph is the
+//! inference path of [`Mlp::predict`]: MatMul + Add per layer, layer normalisation (ε = 1e-5),
+//! then Relu, Tanh or Gelu (tanh approximation), and no dropout. The input keeps the name of
+//! the teacher input it was trained from (`batch × inputs`, f32, raw values: the training
+//! standardisation is folded into the first layer); output `logits` (`batch × classes`).
+//!
+//! Any opset from 13 on ([`Opset`]): where the opset lacks an op (LayerNormalization before
+//! 17, Gelu before 20) the export writes the same arithmetic with older ops. The student's
+//! description travels in the model's `metadata_props` (ONNX Runtime's
+//! `custom_metadata_map`): `logits.student` holds it as JSON, `logits.<field>` each field.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use logits_onnx::ElemType;
 use logits_onnx::builder::{Attr, Dim, GraphBuilder};
 
-use crate::error::Result;
-use crate::mlp::{Activation, Mlp, slice, slice1};
+use crate::error::{Result, StudentError};
+use crate::mlp::{Activation, GELU_C, LN_EPS, Mlp, slice, slice1};
 use crate::student::{StudentInfo, write_atomic};
 use crate::transformer::Gpt;
 
-/// The ONNX opset the export targets.
+/// The ONNX opset the export targets by default (the first with Gelu).
 pub const OPSET: i64 = 20;
 
-/// The ONNX model of an MLP, encoded.
-pub fn onnx_bytes(mlp: &Mlp, info: &StudentInfo) -> Vec<u8> {
+/// An ONNX opset the exports can target: 13 (where today's edge runtimes start) to 21.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opset(i64);
+
+impl Opset {
+    /// The oldest opset the exports can be written in.
+    pub const MIN: i64 = 13;
+    /// The newest opset the exports are checked against.
+    pub const MAX: i64 = 21;
+
+    /// Checks that `v` is an opset the exports can be written in.
+    pub fn new(v: i64) -> Result<Opset> {
+        if (Self::MIN..=Self::MAX).contains(&v) {
+            Ok(Opset(v))
+        } else {
+            Err(StudentError::Config(format!(
+                "opset {v}: the exports can be written in opsets {} to {}",
+                Self::MIN,
+                Self::MAX
+            )))
+        }
+    }
+
+    /// The opset number.
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl Default for Opset {
+    fn default() -> Opset {
+        Opset(OPSET)
+    }
+}
+
+/// Layer normalisation and Gelu in whichever ops the target opset has; the constants the
+/// older-op forms need are added to the graph once.
+struct Ops {
+    opset: i64,
+    consts: HashMap<&'static str, String>,
+}
+
+impl Ops {
+    fn new(opset: Opset) -> Ops {
+        Ops {
+            opset: opset.get(),
+            consts: HashMap::new(),
+        }
+    }
+
+    fn scalar(&mut self, g: &mut GraphBuilder, name: &'static str, v: f32) -> String {
+        self.consts
+            .entry(name)
+            .or_insert_with(|| g.weight(name, &[], &[v]))
+            .clone()
+    }
+
+    /// LayerNormalization over the last axis (ε = [`LN_EPS`]); before opset 17 as
+    /// ReduceMean/Sub/Mul/Sqrt/Div, the arithmetic of [`crate::mlp::LayerNorm`].
+    fn layer_norm(&mut self, g: &mut GraphBuilder, x: &str, gamma: &str, beta: &str) -> String {
+        if self.opset >= 17 {
+            return g.node(
+                "LayerNormalization",
+                &[x, gamma, beta],
+                &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(LN_EPS))],
+            );
+        }
+        // Opsets 13 to 17 take ReduceMean's axes as an attribute.
+        let reduce = [("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))];
+        let mean = g.node("ReduceMean", &[x], &reduce);
+        let d = g.node("Sub", &[x, &mean], &[]);
+        let sq = g.node("Mul", &[&d, &d], &[]);
+        let var = g.node("ReduceMean", &[&sq], &reduce);
+        let eps = self.scalar(g, "ln_epsilon", LN_EPS);
+        let v = g.node("Add", &[&var, &eps], &[]);
+        let sd = g.node("Sqrt", &[&v], &[]);
+        let n = g.node("Div", &[&d, &sd], &[]);
+        let n = g.node("Mul", &[&n, gamma], &[]);
+        g.node("Add", &[&n, beta], &[])
+    }
+
+    /// Gelu, tanh approximation; before opset 20 as 0.5·x·(1 + tanh(c·(x + 0.044715·x³))).
+    fn gelu(&mut self, g: &mut GraphBuilder, x: &str) -> String {
+        if self.opset >= 20 {
+            return g.node("Gelu", &[x], &[("approximate", Attr::Str("tanh".into()))]);
+        }
+        let k = self.scalar(g, "gelu_cubic", 0.044715);
+        let c = self.scalar(g, "gelu_c", GELU_C);
+        let half = self.scalar(g, "gelu_half", 0.5);
+        let one = self.scalar(g, "gelu_one", 1.0);
+        let x2 = g.node("Mul", &[x, x], &[]);
+        let x3 = g.node("Mul", &[&x2, x], &[]);
+        let t = g.node("Mul", &[&x3, &k], &[]);
+        let t = g.node("Add", &[x, &t], &[]);
+        let t = g.node("Mul", &[&t, &c], &[]);
+        let t = g.node("Tanh", &[&t], &[]);
+        let t = g.node("Add", &[&t, &one], &[]);
+        let t = g.node("Mul", &[&t, &half], &[]);
+        g.node("Mul", &[x, &t], &[])
+    }
+}
+
+/// The student's description as model metadata: `logits.student` (all of it, JSON) and
+/// `logits.<field>` per top-level field (strings as they are, other values as JSON).
+fn describe(g: &mut GraphBuilder, info: &impl serde::Serialize) -> String {
+    let value = serde_json::to_value(info).unwrap_or_default();
+    if let serde_json::Value::Object(fields) = &value {
+        for (k, v) in fields {
+            let s = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            g.metadata(&format!("logits.{k}"), &s);
+        }
+    }
+    let doc = value.to_string();
+    g.metadata("logits.student", &doc);
+    doc
+}
+
+/// The ONNX model of an MLP in `opset`, encoded.
+pub fn onnx_bytes(mlp: &Mlp, info: &StudentInfo, opset: Opset) -> Vec<u8> {
     let mut g = GraphBuilder::new();
+    let mut ops = Ops::new(opset);
     let batch = Dim::Named("batch".into());
     let widths = &mlp.spec.widths;
+    // The teacher's input name, so one feed dictionary serves teacher and student.
     let mut h = g.input(
-        "input",
+        &info.input,
         ElemType::Float32,
         &[batch.clone(), Dim::Fixed(widths[0] as i64)],
     );
@@ -43,19 +172,12 @@ pub fn onnx_bytes(mlp: &Mlp, info: &StudentInfo) -> Vec<u8> {
                 slice1(&n.gamma),
             );
             let beta = g.weight(&format!("norms.{i}.beta"), &[n.beta.len()], slice1(&n.beta));
-            h = g.node(
-                "LayerNormalization",
-                &[&h, &gamma, &beta],
-                &[
-                    ("axis", Attr::Int(-1)),
-                    ("epsilon", Attr::Float(crate::mlp::LN_EPS)),
-                ],
-            );
+            h = ops.layer_norm(&mut g, &h, &gamma, &beta);
         }
         h = match mlp.spec.activation {
             Activation::Relu => g.node("Relu", &[&h], &[]),
             Activation::Tanh => g.node("Tanh", &[&h], &[]),
-            Activation::Gelu => g.node("Gelu", &[&h], &[("approximate", Attr::Str("tanh".into()))]),
+            Activation::Gelu => ops.gelu(&mut g, &h),
         };
     }
     let classes = *widths.last().unwrap_or(&0) as i64;
@@ -65,32 +187,38 @@ pub fn onnx_bytes(mlp: &Mlp, info: &StudentInfo) -> Vec<u8> {
         ElemType::Float32,
         &[batch, Dim::Fixed(classes)],
     );
-    let doc = serde_json::to_string(info).unwrap_or_default();
-    logits_onnx::model::encode(&g.finish("logits_student", OPSET, "logits-train", &doc))
+    let doc = describe(&mut g, info);
+    logits_onnx::model::encode(&g.finish("logits_student", opset.get(), "logits-train", &doc))
 }
 
-/// Writes `student.onnx` and `student.safetensors` (MLP only, no training projections) into
-/// `dir`; returns their paths.
+/// Writes `student.onnx` (in `opset`) and `student.safetensors` (MLP only, no training
+/// projections, PyTorch's layout: see [`crate::student::save_torch`]) into `dir`; returns
+/// their paths.
 pub fn export(
     mlp: &Mlp,
     info: &StudentInfo,
     dir: &Path,
+    opset: Opset,
 ) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
     let onnx = dir.join("student.onnx");
-    write_atomic(&onnx, &onnx_bytes(mlp, info))?;
+    write_atomic(&onnx, &onnx_bytes(mlp, info, opset))?;
     let st = dir.join("student.safetensors");
-    crate::student::save(&st, mlp, info)?;
+    crate::student::save_torch(&st, mlp, info)?;
     Ok((onnx, st))
 }
 
-/// The ONNX model of a transformer student, encoded: input `input_ids` (`batch × sequence`,
-/// int64, sequence ≤ context), output `logits` (`batch × sequence × vocab`). The graph is the
-/// inference path of [`Gpt::predict`] on unpadded sequences: embeddings, per block
-/// LayerNormalization → attention (Reshape/Transpose per head, scaled MatMul, an additive
-/// causal mask sliced from a `context × context` constant, Softmax) → residual →
-/// LayerNormalization → Gelu (tanh) MLP → residual; final LayerNormalization and the head.
-pub fn gpt_onnx_bytes(gpt: &Gpt, info: &impl serde::Serialize) -> Vec<u8> {
+/// The ONNX model of a transformer student in `opset`, encoded: inputs `input_ids` and
+/// `attention_mask` (`batch × sequence`, int64, as `transformers` feeds them: 1 for a token,
+/// 0 for padding; positions count from 0 whatever the mask), output `logits`
+/// (`batch × sequence × vocab`). The graph is the inference path of [`Gpt::predict`]:
+/// embeddings, per block layer normalisation → attention (Reshape/Transpose per head, scaled
+/// MatMul, an additive causal mask sliced from a `context × context` constant plus −1e9 on
+/// padded keys, Softmax) → residual → layer normalisation → Gelu (tanh) MLP → residual; final
+/// layer normalisation and the head. Any sequence length up to the context runs; a longer one
+/// stops at a length check, a node named to say so (ONNX Runtime quotes it).
+pub fn gpt_onnx_bytes(gpt: &Gpt, info: &impl serde::Serialize, opset: Opset) -> Vec<u8> {
+    let mut ops = Ops::new(opset);
     let sp = &gpt.spec;
     let (d, nh, c) = (sp.dim, sp.heads, sp.context);
     let hd = d / nh;
@@ -98,14 +226,34 @@ pub fn gpt_onnx_bytes(gpt: &Gpt, info: &impl serde::Serialize) -> Vec<u8> {
     let batch = Dim::Named("batch".into());
     let seq = Dim::Named("sequence".into());
     let ids = g.input("input_ids", ElemType::Int64, &[batch.clone(), seq.clone()]);
+    let attention = g.input(
+        "attention_mask",
+        ElemType::Int64,
+        &[batch.clone(), seq.clone()],
+    );
     let wte = g.weight("wte", gpt.wte.shape(), slice(&gpt.wte));
     let wpe = g.weight("wpe", gpt.wpe.shape(), slice(&gpt.wpe));
     let tok = g.node("Gather", &[&wte, &ids], &[("axis", Attr::Int(0))]);
     let shape = g.node("Shape", &[&ids], &[]);
     let one_idx = g.ints("one_index", &[], &[1]);
-    let t = g.node("Gather", &[&shape, &one_idx], &[("axis", Attr::Int(0))]);
+    let t_ids = g.node("Gather", &[&shape, &one_idx], &[("axis", Attr::Int(0))]);
     let zero = g.ints("zero", &[], &[0]);
     let one = g.ints("one", &[], &[1]);
+    // The length check: index t − 1 into a vector of `context` zeros, a lookup that fails
+    // for t > context in a node whose name is the message (a Gather over a Range would not
+    // do: ONNX Runtime rewrites that into a Slice, which clamps). Everything sized by the
+    // length (positions, the causal mask) reads it through this node, so it runs first.
+    let zeros = g.ints("context_check", &[c], &vec![0; c]);
+    let last = g.node("Sub", &[&t_ids, &one], &[]);
+    let z = g.named_node(
+        &format!(
+            "input longer than the student's context of {c} tokens: feed at most {c} (length check)"
+        ),
+        "Gather",
+        &[&zeros, &last],
+        &[("axis", Attr::Int(0))],
+    );
+    let t = g.node("Add", &[&t_ids, &z], &[]);
     let pos = g.node("Range", &[&zero, &t, &one], &[]);
     let pe = g.node("Gather", &[&wpe, &pos], &[("axis", Attr::Int(0))]);
     let mut x = g.node("Add", &[&tok, &pe], &[]);
@@ -119,22 +267,33 @@ pub fn gpt_onnx_bytes(gpt: &Gpt, info: &impl serde::Serialize) -> Vec<u8> {
     let ends = g.node("Concat", &[&t1, &t1], &[("axis", Attr::Int(0))]);
     let starts = g.ints("starts00", &[2], &[0, 0]);
     let axes01 = g.ints("axes01", &[2], &[0, 1]);
-    let mask_t = g.node("Slice", &[&mask_full, &starts, &ends, &axes01], &[]);
+    let causal = g.node("Slice", &[&mask_full, &starts, &ends, &axes01], &[]);
+    // Padded keys: (attention_mask − 1) · 1e9, shaped batch × 1 × 1 × sequence.
+    let keep = g.node(
+        "Cast",
+        &[&attention],
+        &[("to", Attr::Int(ElemType::Float32.to_onnx() as i64))],
+    );
+    let one_f = g.weight("mask_one", &[], &[1.0]);
+    let big = g.weight("mask_big", &[], &[1e9]);
+    let dropped = g.node("Sub", &[&keep, &one_f], &[]);
+    let key_bias = g.node("Mul", &[&dropped, &big], &[]);
+    let axes12 = g.ints("axes12", &[2], &[1, 2]);
+    let key_bias = g.node("Unsqueeze", &[&key_bias, &axes12], &[]);
+    let mask_t = g.node("Add", &[&causal, &key_bias], &[]);
     let heads_shape = g.ints("heads_shape", &[4], &[0, 0, nh as i64, hd as i64]);
     let merge_shape = g.ints("merge_shape", &[3], &[0, 0, d as i64]);
     let scale = g.weight("attn_scale", &[], &[1.0 / (hd as f32).sqrt()]);
     let axis2 = g.ints("axis2", &[1], &[2]);
-    let ln = |g: &mut GraphBuilder, x: &str, name: &str, l: &crate::mlp::LayerNorm| -> String {
+    let ln = |g: &mut GraphBuilder,
+              ops: &mut Ops,
+              x: &str,
+              name: &str,
+              l: &crate::mlp::LayerNorm|
+     -> String {
         let gamma = g.weight(&format!("{name}.gamma"), &[l.gamma.len()], slice1(&l.gamma));
         let beta = g.weight(&format!("{name}.beta"), &[l.beta.len()], slice1(&l.beta));
-        g.node(
-            "LayerNormalization",
-            &[x, &gamma, &beta],
-            &[
-                ("axis", Attr::Int(-1)),
-                ("epsilon", Attr::Float(crate::mlp::LN_EPS)),
-            ],
-        )
+        ops.layer_norm(g, x, &gamma, &beta)
     };
     let lin = |g: &mut GraphBuilder, x: &str, name: &str, l: &crate::mlp::Linear| -> String {
         let w = g.weight(&format!("{name}.weight"), l.w.shape(), slice(&l.w));
@@ -143,7 +302,7 @@ pub fn gpt_onnx_bytes(gpt: &Gpt, info: &impl serde::Serialize) -> Vec<u8> {
         g.node("Add", &[&y, &b], &[])
     };
     for (i, blk) in gpt.blocks.iter().enumerate() {
-        let a = ln(&mut g, &x, &format!("h.{i}.ln_1"), &blk.ln_1);
+        let a = ln(&mut g, &mut ops, &x, &format!("h.{i}.ln_1"), &blk.ln_1);
         let qkv = lin(&mut g, &a, &format!("h.{i}.attn"), &blk.attn);
         let part = |g: &mut GraphBuilder, k: usize| -> String {
             let s0 = g.ints(&format!("h.{i}.s{k}"), &[1], &[(k * d) as i64]);
@@ -180,13 +339,13 @@ pub fn gpt_onnx_bytes(gpt: &Gpt, info: &impl serde::Serialize) -> Vec<u8> {
         let o = g.node("Reshape", &[&o, &merge_shape], &[]);
         let o = lin(&mut g, &o, &format!("h.{i}.proj"), &blk.proj);
         x = g.node("Add", &[&x, &o], &[]);
-        let m = ln(&mut g, &x, &format!("h.{i}.ln_2"), &blk.ln_2);
+        let m = ln(&mut g, &mut ops, &x, &format!("h.{i}.ln_2"), &blk.ln_2);
         let f = lin(&mut g, &m, &format!("h.{i}.fc"), &blk.fc);
-        let f = g.node("Gelu", &[&f], &[("approximate", Attr::Str("tanh".into()))]);
+        let f = ops.gelu(&mut g, &f);
         let f = lin(&mut g, &f, &format!("h.{i}.fc_out"), &blk.fc_out);
         x = g.node("Add", &[&x, &f], &[]);
     }
-    let h = ln(&mut g, &x, "ln_f", &gpt.ln_f);
+    let h = ln(&mut g, &mut ops, &x, "ln_f", &gpt.ln_f);
     let head = match &gpt.head {
         Some(w) => g.weight("head", w.shape(), slice(w)),
         None => {
@@ -201,19 +360,21 @@ pub fn gpt_onnx_bytes(gpt: &Gpt, info: &impl serde::Serialize) -> Vec<u8> {
         ElemType::Float32,
         &[batch, seq, Dim::Fixed(sp.vocab as i64)],
     );
-    let doc = serde_json::to_string(info).unwrap_or_default();
-    logits_onnx::model::encode(&g.finish("logits_lm_student", OPSET, "logits-train", &doc))
+    let doc = describe(&mut g, info);
+    logits_onnx::model::encode(&g.finish("logits_lm_student", opset.get(), "logits-train", &doc))
 }
 
-/// Writes `student.onnx` and `student.safetensors` of a transformer student into `dir`.
+/// Writes `student.onnx` (in `opset`) and `student.safetensors` of a transformer student into
+/// `dir`.
 pub fn export_gpt(
     gpt: &Gpt,
     info: &impl serde::Serialize,
     dir: &Path,
+    opset: Opset,
 ) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
     let onnx = dir.join("student.onnx");
-    write_atomic(&onnx, &gpt_onnx_bytes(gpt, info))?;
+    write_atomic(&onnx, &gpt_onnx_bytes(gpt, info, opset))?;
     let st = dir.join("student.safetensors");
     crate::student::save(&st, gpt, info)?;
     Ok((onnx, st))

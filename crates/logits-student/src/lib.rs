@@ -8,6 +8,8 @@
 //!   checked against finite differences and golden values from `scripts/kd_reference.py`.
 //! - [`mlp`] and [`transformer`]: the two students, forward and backward in ndarray;
 //!   [`params`]: the named-tensor view optimizers, checkpoints and exports share.
+//! - [`norm`]: per-feature input standardisation, fitted in one pass, folded into the first
+//!   layer at the end so students take raw inputs.
 //! - [`optim`]: SGD/AdamW, schedules, clipping. [`config`]: the run configuration.
 //! - [`data`] and [`lm`]: loaders from per-example and per-token datasets (and the
 //!   language-model room's training loop); [`train`]: the MLP training loop, checkpoints.
@@ -32,6 +34,7 @@ pub mod export;
 pub mod lm;
 pub mod losses;
 pub mod mlp;
+pub mod norm;
 pub mod optim;
 pub mod params;
 pub mod student;

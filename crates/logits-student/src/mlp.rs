@@ -26,7 +26,8 @@ pub enum Activation {
     Tanh,
 }
 
-const GELU_C: f32 = 0.797_884_6; // sqrt(2/π)
+/// √(2/π), the constant of Gelu's tanh approximation.
+pub const GELU_C: f32 = 0.797_884_6;
 
 impl Activation {
     /// The name used in configurations and exported files.

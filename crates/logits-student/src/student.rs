@@ -16,6 +16,7 @@ use crate::error::{Result, StudentError, io};
 use crate::mlp::{
     Activation, LayerNorm, Linear, Mlp, MlpSpec, slice, slice_mut, slice1, slice1_mut,
 };
+use crate::norm::InputNorm;
 use crate::params::Params;
 
 /// The MLP and its training-only projections (one per feature loss that needs one).
@@ -44,6 +45,14 @@ pub struct StudentInfo {
     pub dataset_id: String,
     /// sha256 of the teacher that produced that dataset.
     pub teacher_sha256: String,
+    /// The first layer includes the training rows' per-feature standardisation: the weights
+    /// take raw inputs (what the saved student and its exports always are).
+    #[serde(default)]
+    pub standardized: bool,
+    /// Present in checkpoints only: the weights expect inputs standardised by this, and
+    /// [`load`] folds it into the first layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_norm: Option<InputNorm>,
 }
 
 impl Student {
@@ -86,23 +95,47 @@ impl Params for Student {
     }
 }
 
-/// Serialises named f32 tensors and string metadata to safetensors bytes.
+/// Serialises named f32 tensors and string metadata to safetensors bytes. The header is
+/// written here rather than by the `safetensors` crate, whose metadata map comes out in
+/// hash order: with keys sorted, the same student is the same bytes in every process (resumed
+/// runs are compared byte for byte).
 pub fn to_safetensors(
     tensors: &[(String, Vec<usize>, &[f32])],
     metadata: HashMap<String, String>,
 ) -> Result<Vec<u8>> {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
-    let mut views = Vec::with_capacity(tensors.len());
-    for ((name, shape, _), b) in tensors.iter().zip(&bytes) {
-        let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-            .map_err(|e| StudentError::Config(format!("tensor {name}: {e}")))?;
-        views.push((name.clone(), v));
+    let mut header = std::collections::BTreeMap::new();
+    let mut offset = 0usize;
+    for (name, shape, v) in tensors {
+        if shape.iter().product::<usize>() != v.len() || name == "__metadata__" {
+            return Err(StudentError::Config(format!(
+                "tensor {name}: shape {shape:?} does not hold {} values",
+                v.len()
+            )));
+        }
+        let end = offset + 4 * v.len();
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
     }
-    safetensors::serialize(views, Some(metadata))
-        .map_err(|e| StudentError::Config(format!("safetensors: {e}")))
+    let sorted: std::collections::BTreeMap<_, _> = metadata.into_iter().collect();
+    header.insert("__metadata__".to_string(), serde_json::json!(sorted));
+    let mut text =
+        serde_json::to_string(&header).map_err(|e| StudentError::Config(e.to_string()))?;
+    // The data starts 8-byte aligned, as the format's own writer pads it.
+    while (8 + text.len()) % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + offset);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    for (_, _, v) in tensors {
+        for x in v.iter() {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    Ok(out)
 }
 
 /// Named f32 tensors and metadata read from a safetensors file.
@@ -162,6 +195,35 @@ pub fn save(path: &Path, params: &dyn Params, info: &impl Serialize) -> Result<(
     write_atomic(path, &to_safetensors(&params.tensors(), metadata(info)?)?)
 }
 
+/// The metadata key that marks a student file written in PyTorch's layout.
+pub const LAYOUT_KEY: &str = "logits.layout";
+
+/// Saves an MLP as `torch.nn` would hold it, so a `state_dict` of `nn.Linear` and
+/// `nn.LayerNorm` modules loads it as is: `layers.{i}.weight` (out × in), `layers.{i}.bias`,
+/// `norms.{i}.weight`, `norms.{i}.bias`; metadata `format = pt` (as PyTorch's own safetensors
+/// files), `logits.layout = torch`, and the description under `logits.student`.
+pub fn save_torch(path: &Path, mlp: &Mlp, info: &impl Serialize) -> Result<()> {
+    let transposed: Vec<Array2<f32>> = mlp
+        .layers
+        .iter()
+        .map(|l| l.w.t().as_standard_layout().to_owned())
+        .collect();
+    let mut tensors = Vec::new();
+    for (i, (l, wt)) in mlp.layers.iter().zip(&transposed).enumerate() {
+        tensors.push((format!("layers.{i}.weight"), wt.shape().to_vec(), slice(wt)));
+        tensors.push((format!("layers.{i}.bias"), vec![l.b.len()], slice1(&l.b)));
+    }
+    for (i, n) in mlp.norms.iter().enumerate() {
+        let len = vec![n.gamma.len()];
+        tensors.push((format!("norms.{i}.weight"), len.clone(), slice1(&n.gamma)));
+        tensors.push((format!("norms.{i}.bias"), len, slice1(&n.beta)));
+    }
+    let mut meta = metadata(info)?;
+    meta.insert("format".into(), "pt".into());
+    meta.insert(LAYOUT_KEY.into(), "torch".into());
+    write_atomic(path, &to_safetensors(&tensors, meta)?)
+}
+
 /// Loads every tensor of `model` (by name and shape) from a safetensors file; returns the
 /// file's metadata.
 pub fn load_into(path: &Path, model: &mut dyn Params) -> Result<HashMap<String, String>> {
@@ -203,14 +265,17 @@ pub fn read_info<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 /// Loads a student file: its description and the MLP (projections, when present, are loaded
-/// into `projections` shaped like `template`'s).
+/// into `projections` shaped like `template`'s). Both layouts load: checkpoints' (weights
+/// in × out, norms `gamma`/`beta`) and exports' PyTorch layout ([`save_torch`]). A
+/// checkpoint's input standardisation is folded into the first layer, so the student returned
+/// always takes raw inputs.
 pub fn load(path: &Path, template: Option<&Student>) -> Result<(Student, StudentInfo)> {
     let (mut tensors, meta) = read_safetensors(path)?;
     let bad = |why: String| StudentError::Checkpoint {
         path: path.to_path_buf(),
         why,
     };
-    let info: StudentInfo = meta
+    let mut info: StudentInfo = meta
         .get("logits.student")
         .ok_or_else(|| {
             bad("no logits.student metadata: not a student written by logits-train".into())
@@ -226,6 +291,7 @@ pub fn load(path: &Path, template: Option<&Student>) -> Result<(Student, Student
             info.kind, info.widths
         )));
     }
+    let torch = meta.get(LAYOUT_KEY).is_some_and(|l| l == "torch");
     let mut take = |name: String, shape: &[usize]| -> Result<Vec<f32>> {
         let (s, v) = tensors
             .remove(&name)
@@ -237,36 +303,69 @@ pub fn load(path: &Path, template: Option<&Student>) -> Result<(Student, Student
         }
         Ok(v)
     };
-    let mut linear = |prefix: String, i: usize, o: usize| -> Result<Linear> {
-        let w = take(format!("{prefix}.weight"), &[i, o])?;
+    let mut linear = |prefix: String, i: usize, o: usize, torch: bool| -> Result<Linear> {
+        let w = if torch {
+            let w = take(format!("{prefix}.weight"), &[o, i])?;
+            Array2::from_shape_vec((o, i), w)
+                .map_err(|e| bad(e.to_string()))?
+                .t()
+                .as_standard_layout()
+                .to_owned()
+        } else {
+            let w = take(format!("{prefix}.weight"), &[i, o])?;
+            Array2::from_shape_vec((i, o), w).map_err(|e| bad(e.to_string()))?
+        };
         let b = take(format!("{prefix}.bias"), &[o])?;
         Ok(Linear {
-            w: Array2::from_shape_vec((i, o), w).map_err(|e| bad(e.to_string()))?,
+            w,
             b: Array1::from(b),
         })
     };
     let w = &info.widths;
     let mut layers = Vec::new();
     for (n, io) in w.windows(2).enumerate() {
-        layers.push(linear(format!("layers.{n}"), io[0], io[1])?);
+        layers.push(linear(format!("layers.{n}"), io[0], io[1], torch)?);
     }
     let mut projections = Vec::new();
     if let Some(t) = template {
         for (i, p) in t.projections.iter().enumerate() {
             projections.push(match p {
-                Some(l) => Some(linear(format!("proj.{i}"), l.w.nrows(), l.w.ncols())?),
+                Some(l) => Some(linear(
+                    format!("proj.{i}"),
+                    l.w.nrows(),
+                    l.w.ncols(),
+                    false,
+                )?),
                 None => None,
             });
         }
     }
     let mut norms = Vec::new();
+    let (gain, shift) = if torch {
+        ("weight", "bias")
+    } else {
+        ("gamma", "beta")
+    };
     if info.layer_norm {
         for (n, &width) in w[1..w.len() - 1].iter().enumerate() {
             let mut ln = LayerNorm::new(width);
-            ln.gamma = Array1::from(take(format!("norms.{n}.gamma"), &[width])?);
-            ln.beta = Array1::from(take(format!("norms.{n}.beta"), &[width])?);
+            ln.gamma = Array1::from(take(format!("norms.{n}.{gain}"), &[width])?);
+            ln.beta = Array1::from(take(format!("norms.{n}.{shift}"), &[width])?);
             norms.push(ln);
         }
+    }
+    if let Some(norm) = info.input_norm.take() {
+        if norm.mean.len() != w[0] || norm.std.len() != w[0] {
+            return Err(bad(format!(
+                "its input standardisation has {} values, the first layer reads {}",
+                norm.mean.len(),
+                w[0]
+            )));
+        }
+        if let Some(first) = layers.first_mut() {
+            norm.fold_into(first);
+        }
+        info.standardized = true;
     }
     let mlp = Mlp {
         spec: MlpSpec {
@@ -279,4 +378,90 @@ pub fn load(path: &Path, template: Option<&Student>) -> Result<(Student, Student
         norms,
     };
     Ok((Student { mlp, projections }, info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mlp() -> Mlp {
+        Mlp::new(
+            MlpSpec {
+                widths: vec![3, 4, 2],
+                activation: Activation::Gelu,
+                layer_norm: true,
+                dropout: 0.0,
+            },
+            7,
+        )
+    }
+
+    fn info() -> StudentInfo {
+        StudentInfo {
+            kind: "mlp".into(),
+            widths: vec![3, 4, 2],
+            activation: "gelu".into(),
+            layer_norm: true,
+            input: "x".into(),
+            dataset_id: "d".into(),
+            teacher_sha256: "t".into(),
+            standardized: false,
+            input_norm: None,
+        }
+    }
+
+    #[test]
+    fn safetensors_bytes_are_canonical_and_read_back_by_the_format_crate() {
+        let m = mlp();
+        let mut meta = metadata(&info()).unwrap();
+        for k in ["b", "a", "z", "format"] {
+            meta.insert(k.into(), k.into());
+        }
+        let a = to_safetensors(&m.tensors(), meta.clone()).unwrap();
+        // Another insertion order (another hash order) gives the same bytes.
+        let mut other: HashMap<String, String> = HashMap::new();
+        let mut keys: Vec<_> = meta.keys().cloned().collect();
+        keys.reverse();
+        for k in keys {
+            other.insert(k.clone(), meta[&k].clone());
+        }
+        assert_eq!(a, to_safetensors(&m.tensors(), other).unwrap());
+        let n = u64::from_le_bytes(a[..8].try_into().unwrap()) as usize;
+        assert_eq!((8 + n) % 8, 0, "data 8-byte aligned");
+        let st = safetensors::SafeTensors::deserialize(&a).unwrap();
+        for (name, shape, v) in m.tensors() {
+            let t = st.tensor(&name).unwrap();
+            assert_eq!(t.shape(), &shape[..]);
+            let back: Vec<f32> = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            assert_eq!(back, v);
+        }
+    }
+
+    #[test]
+    fn the_pytorch_layout_loads_back_to_the_same_student() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, info) = (mlp(), info());
+        let torch = dir.path().join("t.safetensors");
+        save_torch(&torch, &m, &info).unwrap();
+        let (tensors, meta) = read_safetensors(&torch).unwrap();
+        assert_eq!(meta["format"], "pt");
+        // nn.Linear holds (out, in): layer 0 maps 3 inputs to 4.
+        let (shape, w) = &tensors["layers.0.weight"];
+        assert_eq!(shape, &[4, 3]);
+        assert_eq!(
+            w[1],
+            m.layers[0].w[[1, 0]],
+            "row 0 of (out, in) is column 0 of (in, out)"
+        );
+        assert!(tensors.contains_key("norms.0.weight"));
+        let (back, _) = load(&torch, None).unwrap();
+        assert_eq!(back.mlp, m);
+        let internal = dir.path().join("i.safetensors");
+        save(&internal, &m, &info).unwrap();
+        assert_eq!(load(&internal, None).unwrap().0.mlp, m);
+    }
 }

@@ -28,6 +28,7 @@ use crate::data::{Batch, Join, Loader, Needs};
 use crate::error::{Result, StudentError, io};
 use crate::losses::{feature, response};
 use crate::mlp::{Linear, Mlp};
+use crate::norm::{InputNorm, Moments};
 use crate::optim::Optimizer;
 use crate::params::Params;
 use crate::student::{self, Student, StudentInfo, read_safetensors, to_safetensors, write_atomic};
@@ -836,7 +837,24 @@ pub fn train(
         None => Loader::new(ds, cfg.model.input.as_deref(), needs(cfg))?,
     };
     let m = ds.manifest();
-    let info = StudentInfo {
+    let (dir, latest, _lock) = open_run_dir(out, resume)?;
+    let in_memory = if cfg.data.in_memory {
+        Some(loader.load(split.train.clone())?)
+    } else {
+        None
+    };
+    let norm = if cfg.data.standardize {
+        fit_norm(&loader, in_memory.as_ref(), split.train.clone(), cfg)?
+    } else {
+        None
+    };
+    let in_memory = in_memory.map(|mut all| {
+        if let Some(n) = &norm {
+            n.apply(&mut all.x);
+        }
+        all
+    });
+    let mut info = StudentInfo {
         kind: "mlp".into(),
         widths: cfg.mlp_spec(loader.input_width, loader.classes).widths,
         activation: cfg.mlp_spec(1, 1).activation.name().into(),
@@ -844,9 +862,11 @@ pub fn train(
         input: loader.input.clone(),
         dataset_id: m.dataset_id.clone(),
         teacher_sha256: m.teacher.sha256.clone(),
+        standardized: false,
+        // Checkpoints hold the weights as trained, on standardised inputs, and say so.
+        input_norm: norm.clone(),
     };
     let meta = student::metadata(&info)?;
-    let (dir, latest, _lock) = open_run_dir(out, resume)?;
     let train_rows = count_rows(ds, split.train.clone())?;
     if train_rows == 0 {
         return Err(StudentError::Dataset {
@@ -882,11 +902,6 @@ pub fn train(
         .and_then(|t| t.sampled.as_ref())
         .map_or(1.0, |s| s.temperature);
     let mut grad = s.zeros_like();
-    let in_memory = if cfg.data.in_memory {
-        Some(loader.load(split.train.clone())?)
-    } else {
-        None
-    };
     run_epochs(
         total,
         opt.step,
@@ -903,7 +918,12 @@ pub fn train(
                 )?),
             })
         },
-        |b, position| {
+        |mut b: Batch, position| {
+            if in_memory.is_none()
+                && let Some(n) = &norm
+            {
+                n.apply(&mut b.x);
+            }
             let step = opt.step;
             let mut rng =
                 ChaCha8Rng::seed_from_u64(cfg.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -914,6 +934,13 @@ pub fn train(
             Ok(opt.step)
         },
     )?;
+    // The saved student takes raw inputs: the standardisation goes into its first layer.
+    if let Some(n) = info.input_norm.take()
+        && let Some(first) = s.mlp.layers.first_mut()
+    {
+        n.fold_into(first);
+        info.standardized = true;
+    }
     Ok(Run {
         student: s,
         info,
@@ -921,6 +948,32 @@ pub fn train(
         train_rows,
         last: rec.last,
     })
+}
+
+/// The training rows' input standardisation: from the in-memory rows when loaded, else one
+/// streaming pass over the training split (in file order; the statistics do not depend on it).
+fn fit_norm(
+    loader: &Loader,
+    in_memory: Option<&Batch>,
+    train: Option<std::ops::Range<u64>>,
+    cfg: &TrainConfig,
+) -> Result<Option<InputNorm>> {
+    let mut moments = Moments::new(loader.input_width);
+    match in_memory {
+        Some(all) => moments.add(all.x.view()),
+        None => {
+            for b in loader.stream(
+                train,
+                cfg.data.batch_size.max(256),
+                None,
+                0,
+                cfg.data.prefetch,
+            )? {
+                moments.add(b?.x.view());
+            }
+        }
+    }
+    Ok(moments.finish())
 }
 
 fn with_dataset(e: StudentError, ds: &Dataset) -> StudentError {

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""The same MLP student trained by plain PyTorch, as the oracle for `logits-train`'s MLP.
+
+Reads a finished `logits-train train` run (its `config.toml` and `report.json`) and the dataset
+it trained on, trains the same network in PyTorch with the same settings from the same stored
+targets, and evaluates both on the same held-out rows. The teacher's log-probs are decoded by
+FORMAT.md's own Python snippet (pyarrow + numpy), not by the Rust reader.
+
+What PyTorch does, written the way a PyTorch user would: inputs standardised with the training
+rows' mean and standard deviation (scikit-learn's StandardScaler convention: population std,
+constant columns only centred) unless the run said `standardize = false`; nn.Linear + ReLU/GELU/
+tanh (Glorot-uniform weights, zero biases, as the Rust student); AdamW with decay on matrices
+only, half-cosine schedule per step, gradient clipping by global norm; the loss
+`kd · T²·KL(p_T ‖ q_T)` over the kept ids plus the exact tail bucket, `+ ce · cross-entropy`
+over the labelled rows of the batch, as ../shared/KD-REFERENCE.md defines them.
+
+Usage: PY=$(LOGITS_VENV=.cache/venv-zoo scripts/pyenv.sh scripts/requirements-zoo.txt)
+       $PY scripts/student_vs_torch.py RUN_DIR DATASET_DIR [--seeds 3]
+Prints one JSON line: both students' held-out agreement with the teacher, accuracy and KL.
+"""
+import argparse
+import json
+import math
+import pathlib
+import re
+import sys
+import tomllib
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def spec_snippet():
+    """FORMAT.md's reference decoder (the block under 'Recovering teacher log-probs')."""
+    text = (ROOT / "schemas" / "FORMAT.md").read_text()
+    m = re.search(r"## Recovering teacher log-probs.*?```python\n(.*?)```", text, re.S)
+    ns = {}
+    exec(m.group(1), ns)
+    return ns["teacher_logprobs"]
+
+
+def load(ds, temperature):
+    """Inputs, labels, teacher log-probs at T and at 1 (kept ids, tail) of every row, by row id."""
+    teacher_logprobs = spec_snippet()
+    manifest = json.loads((ds / "manifest.json").read_text())
+    rows = []
+    for s in manifest["shards"]:
+        rows.extend(pq.read_table(ds / s["path"]).to_pylist())
+    rows.sort(key=lambda r: r["row_id"])
+    inp = [c for c in rows[0] if c.startswith("in_")]
+    if len(inp) != 1:
+        sys.exit(f"{ds}: expected one stored input column, found {inp}")
+    x = np.array([np.asarray(r[inp[0]], dtype=np.float32).ravel() for r in rows])
+    labels = np.array([-1 if r.get("label") is None else r["label"] for r in rows])
+    targets = {}
+    for T in {temperature, 1.0}:
+        out = []
+        for r in rows:
+            lp, tail = teacher_logprobs(manifest, r["topk_ids"], r["topk_values"], r["logz"],
+                                        r.get("logz_temps") or [], T=T,
+                                        logtail=r.get("topk_logtail"))
+            out.append((list(lp.keys()), np.array(list(lp.values())), tail))
+        targets[T] = out
+    ids = np.array([r["row_id"] for r in rows])
+    return manifest, ids, x, labels, targets
+
+
+def kd_loss(logits, batch_targets, t):
+    """Mean over rows of T²·KL(p‖q) over the kept ids and the tail bucket."""
+    logq = torch.log_softmax(logits / t, dim=1)
+    total = 0.0
+    for r, (ids, logp, tail) in enumerate(batch_targets):
+        lq = logq[r, ids]
+        p = torch.as_tensor(np.exp(logp), dtype=torch.float64)
+        lp = torch.as_tensor(logp, dtype=torch.float64)
+        kl = (p * (lp - lq.double())).sum()
+        q_tail = (1.0 - lq.double().exp().sum()).clamp_min(1e-30)
+        if tail > 0:
+            kl = kl + tail * (math.log(tail) - q_tail.log())
+        total = total + kl
+    return t * t * total / len(batch_targets)
+
+
+def kl_eval(logits, targets):
+    """Mean KL(teacher‖student) at T = 1 with the tail bucket (the report's `kl`)."""
+    with torch.no_grad():
+        return float(kd_loss(logits, targets, 1.0))
+
+
+def train_torch(cfg, x_tr, y_tr, t_tr, classes, seed):
+    torch.manual_seed(seed)
+    model_cfg, loss, opt_cfg, data = cfg["model"], cfg["loss"], cfg["optim"], cfg["data"]
+    act = {"relu": torch.nn.ReLU, "gelu": lambda: torch.nn.GELU(approximate="tanh"),
+           "tanh": torch.nn.Tanh}[model_cfg.get("activation", "relu")]
+    widths = [x_tr.shape[1]] + list(model_cfg["hidden"]) + [classes]
+    layers = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        lin = torch.nn.Linear(a, b)
+        torch.nn.init.xavier_uniform_(lin.weight)
+        torch.nn.init.zeros_(lin.bias)
+        layers.append(lin)
+        if i < len(widths) - 2:
+            if model_cfg.get("layer_norm"):
+                layers.append(torch.nn.LayerNorm(b, eps=1e-5))
+            layers.append(act())
+    net = torch.nn.Sequential(*layers)
+    decay = [p for p in net.parameters() if p.dim() >= 2]
+    rest = [p for p in net.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": opt_cfg["weight_decay"]},
+                             {"params": rest, "weight_decay": 0.0}],
+                            lr=opt_cfg["lr"], betas=(opt_cfg["beta1"], opt_cfg["beta2"]),
+                            eps=opt_cfg["eps"])
+    bs = data["batch_size"]
+    per_epoch = math.ceil(len(x_tr) / bs)
+    total = data.get("steps") or per_epoch * data["epochs"]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / max(total, 1), 1.0))))
+    t = loss["temperature"]
+    xt = torch.as_tensor(x_tr)
+    rng = np.random.default_rng(seed)
+    step = 0
+    while step < total:
+        order = rng.permutation(len(x_tr))
+        for b in range(per_epoch):
+            idx = order[b * bs:(b + 1) * bs]
+            logits = net(xt[idx])
+            obj = loss["kd"] * kd_loss(logits, [t_tr[i] for i in idx], t)
+            lab = y_tr[idx]
+            if loss["ce"] > 0 and (lab >= 0).any():
+                keep = torch.as_tensor(lab >= 0)
+                obj = obj + loss["ce"] * torch.nn.functional.cross_entropy(
+                    logits[keep], torch.as_tensor(lab[lab >= 0]))
+            opt.zero_grad()
+            obj.backward()
+            if opt_cfg.get("clip_norm"):
+                torch.nn.utils.clip_grad_norm_(net.parameters(), opt_cfg["clip_norm"])
+            opt.step()
+            sched.step()
+            step += 1
+            if step >= total:
+                break
+    return net
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run", type=pathlib.Path)
+    ap.add_argument("dataset", type=pathlib.Path)
+    ap.add_argument("--seeds", type=int, default=3, help="PyTorch runs (different seeds)")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    cfg = tomllib.loads((a.run / "config.toml").read_text())
+    report = json.loads((a.run / "report.json").read_text())
+    t = cfg["loss"]["temperature"]
+    manifest, ids, x, labels, targets = load(a.dataset, t)
+    hold = cfg["data"].get("holdout_from", manifest["corpus"].get("holdout_from"))
+    tr = ids < hold if hold is not None else np.ones(len(ids), bool)
+    ho = ~tr if hold is not None else tr
+    classes = manifest["targets"]["axis_size"]
+    x_tr, x_ho = x[tr], x[ho]
+    if cfg["data"].get("standardize", True):
+        mean = x_tr.astype(np.float64).mean(0)
+        std = x_tr.astype(np.float64).std(0)
+        std[std < 1e-6] = 1.0
+        x_tr = ((x_tr - mean) / std).astype(np.float32)
+        x_ho = ((x_ho - mean) / std).astype(np.float32)
+    t_tr = [targets[t][i] for i in np.flatnonzero(tr)]
+    t_ho = [targets[1.0][i] for i in np.flatnonzero(ho)]
+    teacher_top1 = np.array([targets[1.0][i][0][int(np.argmax(targets[1.0][i][1]))]
+                             for i in np.flatnonzero(ho)])
+    runs = []
+    for seed in range(a.seeds):
+        net = train_torch(cfg, x_tr, labels[tr], t_tr, classes, seed)
+        with torch.no_grad():
+            logits = net(torch.as_tensor(x_ho))
+        pred = logits.argmax(1).numpy()
+        lab = labels[ho]
+        runs.append({
+            "agreement": float((pred == teacher_top1).mean()),
+            "accuracy": float((pred[lab >= 0] == lab[lab >= 0]).mean()) if (lab >= 0).any() else None,
+            "kl": kl_eval(logits, t_ho),
+        })
+    e = report["evaluation"]
+    print(json.dumps({
+        "rows_evaluated": int(ho.sum()),
+        "standardize": cfg["data"].get("standardize", True),
+        "logits_train": {"agreement": e.get("agreement"), "accuracy": e.get("accuracy"), "kl": e.get("kl")},
+        "pytorch": runs,
+        "pytorch_mean_agreement": float(np.mean([r["agreement"] for r in runs])),
+    }))
+
+
+if __name__ == "__main__":
+    main()
