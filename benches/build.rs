@@ -242,6 +242,7 @@ fn wide_classifier(tmp: &Path) {
     let mlp = Mlp::new(
         MlpSpec {
             widths: widths.clone(),
+            embed: None,
             activation: Activation::Relu,
             layer_norm: false,
             dropout: 0.0,
@@ -251,6 +252,7 @@ fn wide_classifier(tmp: &Path) {
     let info = logits_student::student::StudentInfo {
         kind: "mlp".into(),
         widths,
+        embed: None,
         activation: "relu".into(),
         layer_norm: false,
         input: "input".into(),

@@ -44,7 +44,11 @@ def act(name, x):
 def torch_forward(t, info, x):
     """The MLP as torch.nn.Linear / LayerNorm / activation compute it."""
     n = len(info["widths"]) - 1
-    h = x.astype(np.float64)
+    if info.get("embed"):
+        # nn.Embedding on the ids, rows concatenated.
+        h = t["embed.weight"].astype(np.float64)[x.astype(np.int64)].reshape(len(x), -1)
+    else:
+        h = x.astype(np.float64)
     for i in range(n):
         w = t[f"layers.{i}.weight"].astype(np.float64)  # (out, in), as nn.Linear
         h = h @ w.T + t[f"layers.{i}.bias"]
@@ -82,6 +86,7 @@ def main():
     info = json.loads(meta["logits.student"])
     widths = info["widths"]
     check(meta.get("format") == "pt", f"safetensors metadata format=pt ({meta.get('format')})")
+    inputs = widths[0] // info["embed"][1] if info.get("embed") else widths[0]
     shapes_ok = all(
         t[f"layers.{i}.weight"].shape == (widths[i + 1], widths[i])
         and t[f"layers.{i}.bias"].shape == (widths[i + 1],)
@@ -109,7 +114,10 @@ def main():
 
     # Raw inputs on the scale the teacher saw: the standardisation is inside the weights.
     rng = np.random.default_rng(0)
-    x = (rng.random((64, widths[0])) * 16).astype(np.float32)
+    if info.get("embed"):
+        x = rng.integers(0, info["embed"][0], (64, inputs)).astype(np.float32)
+    else:
+        x = (rng.random((64, inputs)) * 16).astype(np.float32)
     got = sess.run(None, {inp.name: x})[0].astype(np.float64)
     want = torch_forward(t, info, x)
     d = float(np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want))))

@@ -16,7 +16,10 @@ over the labelled rows of the batch, as ../shared/KD-REFERENCE.md defines them.
 
 Usage: PY=$(LOGITS_VENV=.cache/venv-zoo scripts/pyenv.sh scripts/requirements-zoo.txt)
        $PY scripts/student_vs_torch.py RUN_DIR DATASET_DIR [--seeds 3]
-Prints one JSON line: both students' held-out agreement with the teacher, accuracy and KL.
+Prints one JSON line: both students' held-out agreement with the teacher, accuracy and KL, and
+training rows/s (logits-train: steps × batch / the run's train_seconds, which include reading the
+shards and the standardisation pass; PyTorch: its training loop on one thread, as logits-train's
+MLP runs, with a vectorised loss over pre-decoded targets).
 """
 import argparse
 import json
@@ -24,6 +27,7 @@ import math
 import pathlib
 import re
 import sys
+import time
 import tomllib
 
 import numpy as np
@@ -84,6 +88,34 @@ def kd_loss(logits, batch_targets, t):
     return t * t * total / len(batch_targets)
 
 
+def dense_targets(batch_targets):
+    """The kept ids, log-probs and tail of every row as padded tensors (what a PyTorch user
+    would feed a vectorised loss: rows × k, with a mask for rows keeping fewer ids)."""
+    k = max(len(ids) for ids, _, _ in batch_targets)
+    n = len(batch_targets)
+    ids = np.zeros((n, k), np.int64)
+    logp = np.full((n, k), -np.inf, np.float32)
+    tail = np.zeros(n, np.float32)
+    for r, (i, lp, t) in enumerate(batch_targets):
+        ids[r, :len(i)] = i
+        logp[r, :len(i)] = lp
+        tail[r] = t
+    return torch.as_tensor(ids), torch.as_tensor(logp), torch.as_tensor(tail)
+
+
+def kd_loss_dense(logits, ids, logp, tail, t):
+    """kd_loss, vectorised in float32: T²·mean KL over kept ids plus the tail bucket."""
+    logq = torch.log_softmax(logits / t, dim=1).gather(1, ids)
+    p = logp.exp()
+    kept = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(1)
+    q_kept = torch.where(p > 0, logq.exp(), torch.zeros_like(p)).sum(1)
+    q_tail = (1.0 - q_kept).clamp_min(1e-30)
+    has = tail > 0
+    tail_kl = torch.where(has, tail * (tail.clamp_min(1e-30).log() - q_tail.log()),
+                          torch.zeros_like(tail))
+    return t * t * (kept + tail_kl).mean()
+
+
 def kl_eval(logits, targets):
     """Mean KL(teacher‖student) at T = 1 with the tail bucket (the report's `kl`)."""
     with torch.no_grad():
@@ -95,8 +127,24 @@ def train_torch(cfg, x_tr, y_tr, t_tr, classes, seed):
     model_cfg, loss, opt_cfg, data = cfg["model"], cfg["loss"], cfg["optim"], cfg["data"]
     act = {"relu": torch.nn.ReLU, "gelu": lambda: torch.nn.GELU(approximate="tanh"),
            "tanh": torch.nn.Tanh}[model_cfg.get("activation", "relu")]
-    widths = [x_tr.shape[1]] + list(model_cfg["hidden"]) + [classes]
+    embed = model_cfg.get("embed")
     layers = []
+    if embed:
+        # --embed V:D: an nn.Embedding per input id, concatenated (N(0, 1) init, as both).
+        vocab, dim = embed
+
+        class Embed(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.e = torch.nn.Embedding(vocab, dim)
+
+            def forward(self, x):
+                return self.e(x.long()).flatten(1)
+
+        layers.append(Embed())
+        widths = [x_tr.shape[1] * dim] + list(model_cfg["hidden"]) + [classes]
+    else:
+        widths = [x_tr.shape[1]] + list(model_cfg["hidden"]) + [classes]
     for i, (a, b) in enumerate(zip(widths, widths[1:])):
         lin = torch.nn.Linear(a, b)
         torch.nn.init.xavier_uniform_(lin.weight)
@@ -120,14 +168,17 @@ def train_torch(cfg, x_tr, y_tr, t_tr, classes, seed):
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / max(total, 1), 1.0))))
     t = loss["temperature"]
     xt = torch.as_tensor(x_tr)
+    d_ids, d_logp, d_tail = dense_targets(t_tr)
     rng = np.random.default_rng(seed)
     step = 0
+    start = time.perf_counter()
     while step < total:
         order = rng.permutation(len(x_tr))
         for b in range(per_epoch):
             idx = order[b * bs:(b + 1) * bs]
             logits = net(xt[idx])
-            obj = loss["kd"] * kd_loss(logits, [t_tr[i] for i in idx], t)
+            ti = torch.as_tensor(idx)
+            obj = loss["kd"] * kd_loss_dense(logits, d_ids[ti], d_logp[ti], d_tail[ti], t)
             lab = y_tr[idx]
             if loss["ce"] > 0 and (lab >= 0).any():
                 keep = torch.as_tensor(lab >= 0)
@@ -142,7 +193,8 @@ def train_torch(cfg, x_tr, y_tr, t_tr, classes, seed):
             step += 1
             if step >= total:
                 break
-    return net
+    # Rows per second of the training loop (targets already decoded, as for logits-train).
+    return net, step * bs / (time.perf_counter() - start)
 
 
 def main():
@@ -161,7 +213,7 @@ def main():
     ho = ~tr if hold is not None else tr
     classes = manifest["targets"]["axis_size"]
     x_tr, x_ho = x[tr], x[ho]
-    if cfg["data"].get("standardize", True):
+    if cfg["data"].get("standardize", True) and not cfg["model"].get("embed"):
         mean = x_tr.astype(np.float64).mean(0)
         std = x_tr.astype(np.float64).std(0)
         std[std < 1e-6] = 1.0
@@ -173,7 +225,7 @@ def main():
                              for i in np.flatnonzero(ho)])
     runs = []
     for seed in range(a.seeds):
-        net = train_torch(cfg, x_tr, labels[tr], t_tr, classes, seed)
+        net, rows_per_s = train_torch(cfg, x_tr, labels[tr], t_tr, classes, seed)
         with torch.no_grad():
             logits = net(torch.as_tensor(x_ho))
         pred = logits.argmax(1).numpy()
@@ -182,12 +234,17 @@ def main():
             "agreement": float((pred == teacher_top1).mean()),
             "accuracy": float((pred[lab >= 0] == lab[lab >= 0]).mean()) if (lab >= 0).any() else None,
             "kl": kl_eval(logits, t_ho),
+            "rows_per_s": rows_per_s,
         })
     e = report["evaluation"]
+    steps, secs = report.get("steps"), report.get("train_seconds")
+    ours = steps * cfg["data"]["batch_size"] / secs if steps and secs else None
     print(json.dumps({
         "rows_evaluated": int(ho.sum()),
-        "standardize": cfg["data"].get("standardize", True),
-        "logits_train": {"agreement": e.get("agreement"), "accuracy": e.get("accuracy"), "kl": e.get("kl")},
+        "standardize": cfg["data"].get("standardize", True) and not cfg["model"].get("embed"),
+        "embed": cfg["model"].get("embed"),
+        "logits_train": {"agreement": e.get("agreement"), "accuracy": e.get("accuracy"), "kl": e.get("kl"),
+                         "rows_per_s": ours},
         "pytorch": runs,
         "pytorch_mean_agreement": float(np.mean([r["agreement"] for r in runs])),
     }))

@@ -579,3 +579,98 @@ fn exports_load_as_pytorch_state_dicts_and_in_older_opsets() {
         assert!(text(&o).contains("opsets 13 to 21"), "{}", text(&o));
     }
 }
+
+/// Byte inputs through an embedding (`--embed 256:D`) on the byte-sequence teacher fixture (a
+/// uint8 `[b, 128]` input, next-byte targets): trains, exports an ONNX graph that looks the
+/// ids up (checked against the ndarray forward and, with the test command's Python, against
+/// nn.Embedding + nn.Linear on the PyTorch-layout safetensors); values that are not ids of
+/// the vocabulary are refused naming the row; a malformed --embed is a usage error.
+#[test]
+fn byte_inputs_train_through_an_embedding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("bytes");
+    let o = common::logits_build(&[
+        "build",
+        "--model",
+        &fixture("fixtures/bytes/byte_teacher.onnx"),
+        "--corpus",
+        &fixture("fixtures/bytes/train.parquet"),
+        &fixture("fixtures/bytes/holdout.parquet"),
+        "--holdout-from",
+        "12000",
+        "--label-column",
+        "label",
+        "--id-column",
+        "id",
+        "-k",
+        "8",
+        "--temperatures",
+        "4",
+        "--quiet",
+        "--out",
+        &ds.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = |out: &Path, extra: &[&str]| {
+        let (d, o) = (ds.display().to_string(), out.display().to_string());
+        let mut args = vec![
+            "train",
+            &d,
+            "--out",
+            &o,
+            "--quiet",
+            "--hidden",
+            "32",
+            "--steps",
+            "30",
+            "--batch-size",
+            "64",
+        ];
+        args.extend_from_slice(extra);
+        common::logits_train(&args)
+    };
+    let out = tmp.path().join("embed");
+    let o = run(&out, &["--embed", "256:4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = report(&out);
+    assert!(r["onnx_max_abs_diff"].as_f64().unwrap() <= 1e-5, "{r}");
+    assert_eq!(r["evaluation"]["rows"], 1500);
+    let info = student_info(&out.join("student.safetensors"));
+    assert_eq!(info["embed"], serde_json::json!([256, 4]), "{info}");
+    assert_eq!(info["widths"][0], 128 * 4, "{info}");
+    assert_eq!(
+        info["standardized"], false,
+        "ids are not standardised: {info}"
+    );
+    let onnx = logits_onnx::load(&out.join("student.onnx")).unwrap();
+    let g = onnx.graph.unwrap();
+    assert_eq!(g.input[0].name.as_deref(), Some("bytes"));
+    assert!(
+        g.node
+            .iter()
+            .any(|n| n.op_type.as_deref() == Some("Gather"))
+    );
+    if let Ok(py) = std::env::var("LOGITS_ORACLE_PY") {
+        let mut c = std::process::Command::new(py);
+        c.arg(fixture("scripts/check_student_export.py")).args([
+            &out.display().to_string(),
+            "--input",
+            "bytes",
+        ]);
+        let o = common::output_within(c, 120, "the exported-student check");
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    // Text bytes go past 100: the first such value is named with its row.
+    let o = run(&tmp.path().join("small"), &["--embed", "100:4"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("not an id below 100") && t.contains("row "),
+        "{t}"
+    );
+    for bad in ["1:4", "256", "256:x"] {
+        let o = run(&tmp.path().join("bad"), &["--embed", bad]);
+        assert_eq!(o.status.code(), Some(2), "--embed {bad}: {}", text(&o));
+        assert!(text(&o).contains("embed"), "{}", text(&o));
+    }
+}

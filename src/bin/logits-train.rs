@@ -122,6 +122,10 @@ struct TrainArgs {
     /// Dropout after each hidden layer.
     #[arg(long)]
     dropout: Option<f32>,
+    /// VOCAB:DIM — the inputs are ids below VOCAB (bytes: 256), each embedded in DIM learned
+    /// values before the first layer (not standardised).
+    #[arg(long)]
+    embed: Option<String>,
     /// The stored input to train from (default: the only one).
     #[arg(long)]
     input: Option<String>,
@@ -399,6 +403,16 @@ fn resolve(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if a.input.is_some() {
         c.model.input = a.input.clone();
     }
+    if let Some(e) = &a.embed {
+        let parsed = e
+            .split_once(':')
+            .and_then(|(v, d)| Some([v.trim().parse().ok()?, d.trim().parse().ok()?]));
+        c.model.embed = Some(parsed.ok_or_else(|| {
+            logits::usage(format!(
+                "--embed {e:?}: expected VOCAB:DIM, e.g. 256:16 for byte inputs"
+            ))
+        })?);
+    }
     set!(a.lm_dim, c.lm.dim);
     set!(a.lm_layers, c.lm.layers);
     set!(a.lm_heads, c.lm.heads);
@@ -653,11 +667,11 @@ fn evaluate(
         Some(j) => Loader::joined(ds, j, needs)?,
         None => Loader::new(ds, Some(&info.input), needs)?,
     };
-    if loader.input_width != info.widths[0] {
+    if loader.input_width != s.mlp.input_width() {
         bail!(
             "{}: the student reads {} values, the dataset's input {:?} has {}",
             student_file.display(),
-            info.widths[0],
+            s.mlp.input_width(),
             info.input,
             loader.input_width
         );
@@ -670,6 +684,8 @@ fn evaluate(
             ds.root().display()
         );
     }
+    train::check_ids(&s.mlp, &batch, &info.input)
+        .with_context(|| ds.root().display().to_string())?;
     let logits = s.mlp.predict(batch.x.view());
     let e: Evaluation = eval::evaluate(&logits, &batch);
     let row = batch.x.slice(ndarray::s![0..1, ..]).to_owned();

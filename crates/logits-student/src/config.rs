@@ -45,6 +45,9 @@ pub struct ModelConfig {
     pub dropout: f32,
     /// The stored input to train from (default: the dataset's only input).
     pub input: Option<String>,
+    /// `[vocab, dim]`: the inputs are ids below `vocab`, each embedded in `dim` values
+    /// (bytes: `[256, 16]`); such inputs are not standardised.
+    pub embed: Option<[usize; 2]>,
 }
 
 /// The transformer student's shape (vocabulary and context come from the dataset).
@@ -331,6 +334,7 @@ impl Default for ModelConfig {
             layer_norm: false,
             dropout: 0.0,
             input: None,
+            embed: None,
         }
     }
 }
@@ -511,6 +515,13 @@ impl TrainConfig {
 
     /// Checks what only the MLP student needs: feature losses on existing hidden layers.
     pub fn check_mlp(&self) -> Result<()> {
+        if let Some([vocab, dim]) = self.model.embed
+            && (vocab < 2 || dim == 0)
+        {
+            return Err(StudentError::Config(format!(
+                "model.embed (--embed VOCAB:DIM) needs a vocabulary of at least 2 ids and a width of at least 1, got {vocab}:{dim}"
+            )));
+        }
         for f in &self.loss.features {
             if f.layer >= self.model.hidden.len() {
                 return Err(StudentError::Config(format!(
@@ -551,11 +562,16 @@ impl TrainConfig {
 
     /// The MLP shape for a dataset with `inputs` input values and `outputs` classes.
     pub fn mlp_spec(&self, inputs: usize, outputs: usize) -> MlpSpec {
-        let mut widths = vec![inputs];
+        let embed = self
+            .model
+            .embed
+            .map(|[vocab, dim]| crate::mlp::EmbedSpec { vocab, dim });
+        let mut widths = vec![inputs * embed.map_or(1, |e| e.dim)];
         widths.extend(&self.model.hidden);
         widths.push(outputs);
         MlpSpec {
             widths,
+            embed,
             activation: match self.model.activation {
                 ActivationName::Relu => Activation::Relu,
                 ActivationName::Gelu => Activation::Gelu,

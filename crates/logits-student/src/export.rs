@@ -3,7 +3,8 @@
 //! inference path of [`Mlp::predict`]: MatMul + Add per layer, layer normalisation (ε = 1e-5),
 //! then Relu, Tanh or Gelu (tanh approximation), and no dropout. The input keeps the name of
 //! the teacher input it was trained from (`batch × inputs`, f32, raw values: the training
-//! standardisation is folded into the first layer); output `logits` (`batch × classes`).
+//! standardisation is folded into the first layer; with an embedding, ids as float values,
+//! cast and looked up in the graph); output `logits` (`batch × classes`).
 //!
 //! Any opset from 13 on ([`Opset`]): where the opset lacks an op (LayerNormalization before
 //! 17, Gelu before 20) the export writes the same arithmetic with older ops. The student's
@@ -154,8 +155,21 @@ pub fn onnx_bytes(mlp: &Mlp, info: &StudentInfo, opset: Opset) -> Vec<u8> {
     let mut h = g.input(
         &info.input,
         ElemType::Float32,
-        &[batch.clone(), Dim::Fixed(widths[0] as i64)],
+        &[batch.clone(), Dim::Fixed(mlp.input_width() as i64)],
     );
+    if let Some(table) = &mlp.embed {
+        // Ids arrive as float values (as the dataset stores them for the student): Cast,
+        // look up (batch × n × dim), flatten to the first layer's n·dim inputs.
+        let ids = g.node(
+            "Cast",
+            &[&h],
+            &[("to", Attr::Int(ElemType::Int64.to_onnx() as i64))],
+        );
+        let t = g.weight("embed.weight", table.shape(), slice(table));
+        let e = g.node("Gather", &[&t, &ids], &[("axis", Attr::Int(0))]);
+        let flat = g.ints("embed_flat_shape", &[2], &[0, widths[0] as i64]);
+        h = g.node("Reshape", &[&e, &flat], &[]);
+    }
     let last = mlp.layers.len().saturating_sub(1);
     for (i, l) in mlp.layers.iter().enumerate() {
         let w = g.weight(&format!("layers.{i}.weight"), l.w.shape(), slice(&l.w));

@@ -6,9 +6,14 @@
 //! compare with the teacher (before dropout, so the comparison does not depend on the mask),
 //! and `dropout(h_i)` feeds the next layer.
 //!
+//! Integer inputs (bytes, ids, small vocabularies) can go through an embedding first: each of
+//! the `n` input values is an id below `vocab`, looked up in one shared `vocab × dim` table
+//! (`nn.Embedding`), and the `n` rows are concatenated into the first layer's `n · dim` inputs.
+//!
 //! Initialisation (documented because results depend on it): weights uniform in
 //! ±sqrt(6 / (fan_in + fan_out)) (Glorot/Xavier uniform), biases 0, layer-norm gain 1 and
-//! shift 0, from a seeded ChaCha8 RNG, so the same seed gives the same student everywhere.
+//! shift 0, embedding entries standard normal (as `nn.Embedding`), from a seeded ChaCha8 RNG,
+//! so the same seed gives the same student everywhere.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, Zip};
 use rand::{RngExt, SeedableRng};
@@ -196,11 +201,23 @@ impl LayerNorm {
     }
 }
 
+/// An embedding in front of the first layer: ids below `vocab`, `dim` values each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbedSpec {
+    /// Ids are `0..vocab`.
+    pub vocab: usize,
+    /// Values per id.
+    pub dim: usize,
+}
+
 /// The shape of an MLP.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MlpSpec {
-    /// Widths: inputs, hidden layers..., outputs.
+    /// Widths: the first layer's inputs (input values × embedding width with an embedding),
+    /// hidden layers..., outputs.
     pub widths: Vec<usize>,
+    /// An embedding per input value, when the inputs are ids.
+    pub embed: Option<EmbedSpec>,
     /// Nonlinearity after every hidden layer.
     pub activation: Activation,
     /// Layer norm before each hidden nonlinearity.
@@ -218,6 +235,8 @@ pub struct Mlp {
     pub layers: Vec<Linear>,
     /// One layer norm per hidden layer when `spec.layer_norm`, else empty.
     pub norms: Vec<LayerNorm>,
+    /// The `vocab × dim` embedding table when `spec.embed`.
+    pub embed: Option<Array2<f32>>,
 }
 
 /// What the forward pass keeps for the backward pass.
@@ -233,6 +252,8 @@ pub struct Cache {
     ln: Vec<(Array2<f32>, Array1<f32>)>,
     /// Dropout multipliers (0 or 1/(1−p)) per hidden layer, when training with dropout.
     masks: Vec<Option<Array2<f32>>>,
+    /// The looked-up ids, row-major, with an embedding.
+    ids: Vec<usize>,
 }
 
 impl Mlp {
@@ -253,11 +274,58 @@ impl Mlp {
         } else {
             Vec::new()
         };
+        // After the layers, so a student without an embedding is initialised as before.
+        let embed = spec.embed.map(|e| {
+            Array2::from_shape_fn((e.vocab, e.dim), |_| {
+                // Box–Muller: a standard normal from two uniforms.
+                let u1 = rng.random::<f32>().max(f32::MIN_POSITIVE);
+                let u2 = rng.random::<f32>();
+                (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+            })
+        });
         Mlp {
             spec,
             layers,
             norms,
+            embed,
         }
+    }
+
+    /// Input values the student reads per row (the first layer's width without an embedding,
+    /// the number of ids with one).
+    pub fn input_width(&self) -> usize {
+        let w = self.spec.widths.first().copied().unwrap_or(0);
+        match self.spec.embed {
+            Some(e) => w / e.dim.max(1),
+            None => w,
+        }
+    }
+
+    /// The first input value that is not an id of the embedding (row, column, value), if any.
+    pub fn invalid_id(&self, x: ArrayView2<f32>) -> Option<(usize, usize, f32)> {
+        let e = self.spec.embed?;
+        x.indexed_iter()
+            .find(|(_, v)| !(v.fract() == 0.0 && **v >= 0.0 && (**v as usize) < e.vocab))
+            .map(|((r, c), v)| (r, c, *v))
+    }
+
+    /// The embedded rows (`rows × n·dim`) and the ids looked up; an id out of range (refused
+    /// earlier by [`Mlp::invalid_id`]) is clamped rather than panicking.
+    fn embed_rows(&self, table: &Array2<f32>, x: ArrayView2<f32>) -> (Array2<f32>, Vec<usize>) {
+        let (rows, n) = x.dim();
+        let (vocab, dim) = table.dim();
+        let ids: Vec<usize> = x
+            .iter()
+            .map(|v| (v.max(0.0) as usize).min(vocab.saturating_sub(1)))
+            .collect();
+        let mut h = Array2::zeros((rows, n * dim));
+        for (r, mut row) in h.axis_iter_mut(Axis(0)).enumerate() {
+            for p in 0..n {
+                row.slice_mut(ndarray::s![p * dim..(p + 1) * dim])
+                    .assign(&table.row(ids[r * n + p]));
+            }
+        }
+        (h, ids)
     }
 
     /// A zero MLP of the same shape (gradient accumulator).
@@ -266,6 +334,7 @@ impl Mlp {
             spec: self.spec.clone(),
             layers: self.layers.iter().map(Linear::zeros_like).collect(),
             norms: self.norms.iter().map(LayerNorm::zeros_like).collect(),
+            embed: self.embed.as_ref().map(|t| Array2::zeros(t.raw_dim())),
         }
     }
 
@@ -286,7 +355,14 @@ impl Mlp {
         mut dropout_rng: Option<&mut rand_chacha::ChaCha8Rng>,
     ) -> (Array2<f32>, Cache) {
         let mut cache = Cache::default();
-        let mut input = x.to_owned();
+        let mut input = match &self.embed {
+            Some(table) => {
+                let (h, ids) = self.embed_rows(table, x);
+                cache.ids = ids;
+                h
+            }
+            None => x.to_owned(),
+        };
         let last = self.layers.len().saturating_sub(1);
         for (i, l) in self.layers.iter().enumerate() {
             let mut z = l.forward(input.view());
@@ -333,11 +409,29 @@ impl Mlp {
         let mut d = dlogits;
         for i in (0..self.layers.len()).rev() {
             if i == 0 {
-                self.layers[0].backward_weights(
-                    cache.inputs[0].view(),
-                    d.view(),
-                    &mut grad.layers[0],
-                );
+                match (&self.embed, grad.embed.as_mut()) {
+                    (Some(table), Some(g)) => {
+                        let dx = self.layers[0].backward(
+                            cache.inputs[0].view(),
+                            d.view(),
+                            &mut grad.layers[0],
+                        );
+                        // Each looked-up row receives its slice of ∂L/∂input.
+                        let dim = table.ncols();
+                        let n = dx.ncols() / dim.max(1);
+                        for (r, drow) in dx.axis_iter(Axis(0)).enumerate() {
+                            for p in 0..n {
+                                let mut gr = g.row_mut(cache.ids[r * n + p]);
+                                gr += &drow.slice(ndarray::s![p * dim..(p + 1) * dim]);
+                            }
+                        }
+                    }
+                    _ => self.layers[0].backward_weights(
+                        cache.inputs[0].view(),
+                        d.view(),
+                        &mut grad.layers[0],
+                    ),
+                }
                 break;
             }
             let dx = self.layers[i].backward(cache.inputs[i].view(), d.view(), &mut grad.layers[i]);
@@ -364,6 +458,9 @@ impl Mlp {
 impl Params for Mlp {
     fn tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
         let mut out = Vec::new();
+        if let Some(t) = &self.embed {
+            out.push(("embed.weight".to_string(), t.shape().to_vec(), slice(t)));
+        }
         for (i, l) in self.layers.iter().enumerate() {
             out.push((
                 format!("layers.{i}.weight"),
@@ -389,6 +486,9 @@ impl Params for Mlp {
 
     fn tensors_mut(&mut self) -> Vec<&mut [f32]> {
         let mut out: Vec<&mut [f32]> = Vec::new();
+        if let Some(t) = &mut self.embed {
+            out.push(slice_mut(t));
+        }
         for l in &mut self.layers {
             out.push(slice_mut(&mut l.w));
             out.push(slice1_mut(&mut l.b));
@@ -423,6 +523,7 @@ mod tests {
     fn spec(act: Activation, ln: bool, dropout: f32) -> MlpSpec {
         MlpSpec {
             widths: vec![5, 7, 6, 3],
+            embed: None,
             activation: act,
             layer_norm: ln,
             dropout,
@@ -480,10 +581,61 @@ mod tests {
         }
     }
 
+    /// The embedding's gradient (rows scattered back by id, one id used twice in a row)
+    /// against central finite differences, with the layers' gradients.
+    #[test]
+    fn embedding_gradients_match_finite_differences() {
+        let m = Mlp::new(
+            MlpSpec {
+                widths: vec![6, 4, 3],
+                embed: Some(EmbedSpec { vocab: 5, dim: 3 }),
+                activation: Activation::Tanh,
+                layer_norm: true,
+                dropout: 0.0,
+            },
+            2,
+        );
+        let x = Array2::from_shape_vec((3, 2), vec![0.0, 4.0, 2.0, 2.0, 1.0, 4.0]).unwrap();
+        assert_eq!(m.input_width(), 2);
+        assert_eq!(m.invalid_id(x.view()), None);
+        let r = Array2::from_shape_fn((3, 3), |(i, j)| ((i + 2 * j) as f32 * 0.71).cos());
+        let loss = |m: &Mlp| -> f64 { (&m.predict(x.view()) * &r).sum() as f64 };
+        let (_, cache) = m.forward(x.view(), None);
+        let mut g = m.zeros_like();
+        m.backward(&cache, r.clone(), &[], &mut g);
+        let analytic: Vec<Vec<f32>> = g
+            .tensors()
+            .into_iter()
+            .map(|(_, _, v)| v.to_vec())
+            .collect();
+        let names: Vec<String> = m.tensors().into_iter().map(|(n, _, _)| n).collect();
+        assert_eq!(names[0], "embed.weight");
+        // Id 3 is never looked up: its row gets no gradient.
+        assert!(analytic[0][9..12].iter().all(|v| *v == 0.0));
+        for (ti, name) in names.iter().enumerate() {
+            for (k, &an) in analytic[ti].iter().enumerate() {
+                let h = 2e-3f32;
+                let (mut a, mut b) = (m.clone(), m.clone());
+                a.tensors_mut()[ti][k] += h;
+                b.tensors_mut()[ti][k] -= h;
+                let fd = (loss(&a) - loss(&b)) / (2.0 * h as f64);
+                assert!(
+                    (fd - an as f64).abs() < 2e-2 * (1.0 + fd.abs()),
+                    "{name}[{k}]: fd {fd} vs {an}"
+                );
+            }
+        }
+        let bad = Array2::from_shape_vec((1, 2), vec![1.0, 5.0]).unwrap();
+        assert_eq!(m.invalid_id(bad.view()), Some((0, 1, 5.0)));
+        let frac = Array2::from_shape_vec((1, 2), vec![1.5, 0.0]).unwrap();
+        assert_eq!(m.invalid_id(frac.view()), Some((0, 0, 1.5)));
+    }
+
     #[test]
     fn seeded_and_sized() {
         let s = MlpSpec {
             widths: vec![64, 32, 10],
+            embed: None,
             activation: Activation::Relu,
             layer_norm: false,
             dropout: 0.0,

@@ -33,8 +33,12 @@ pub struct Student {
 pub struct StudentInfo {
     /// Always `mlp` for now.
     pub kind: String,
-    /// Layer widths, inputs to outputs.
+    /// Layer widths, the first layer's inputs to outputs.
     pub widths: Vec<usize>,
+    /// `[vocab, dim]` when the inputs are ids embedded before the first layer (which then
+    /// reads `widths[0] / dim` ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed: Option<[usize; 2]>,
     /// Activation name.
     pub activation: String,
     /// Layer norm before hidden nonlinearities.
@@ -200,7 +204,8 @@ pub const LAYOUT_KEY: &str = "logits.layout";
 
 /// Saves an MLP as `torch.nn` would hold it, so a `state_dict` of `nn.Linear` and
 /// `nn.LayerNorm` modules loads it as is: `layers.{i}.weight` (out × in), `layers.{i}.bias`,
-/// `norms.{i}.weight`, `norms.{i}.bias`; metadata `format = pt` (as PyTorch's own safetensors
+/// `norms.{i}.weight`, `norms.{i}.bias` (and `embed.weight`, vocab × dim, as `nn.Embedding`);
+/// metadata `format = pt` (as PyTorch's own safetensors
 /// files), `logits.layout = torch`, and the description under `logits.student`.
 pub fn save_torch(path: &Path, mlp: &Mlp, info: &impl Serialize) -> Result<()> {
     let transposed: Vec<Array2<f32>> = mlp
@@ -209,6 +214,10 @@ pub fn save_torch(path: &Path, mlp: &Mlp, info: &impl Serialize) -> Result<()> {
         .map(|l| l.w.t().as_standard_layout().to_owned())
         .collect();
     let mut tensors = Vec::new();
+    if let Some(t) = &mlp.embed {
+        // nn.Embedding holds vocab × dim, as here.
+        tensors.push(("embed.weight".to_string(), t.shape().to_vec(), slice(t)));
+    }
     for (i, (l, wt)) in mlp.layers.iter().zip(&transposed).enumerate() {
         tensors.push((format!("layers.{i}.weight"), wt.shape().to_vec(), slice(wt)));
         tensors.push((format!("layers.{i}.bias"), vec![l.b.len()], slice1(&l.b)));
@@ -322,6 +331,18 @@ pub fn load(path: &Path, template: Option<&Student>) -> Result<(Student, Student
         })
     };
     let w = &info.widths;
+    let embed_spec = match info.embed {
+        Some([vocab, dim]) if vocab >= 1 && dim >= 1 && w[0].is_multiple_of(dim) => {
+            Some(crate::mlp::EmbedSpec { vocab, dim })
+        }
+        Some(e) => {
+            return Err(bad(format!(
+                "embedding {e:?} does not fit a first layer of {} inputs",
+                w[0]
+            )));
+        }
+        None => None,
+    };
     let mut layers = Vec::new();
     for (n, io) in w.windows(2).enumerate() {
         layers.push(linear(format!("layers.{n}"), io[0], io[1], torch)?);
@@ -341,6 +362,16 @@ pub fn load(path: &Path, template: Option<&Student>) -> Result<(Student, Student
         }
     }
     let mut norms = Vec::new();
+    let embed = match embed_spec {
+        Some(e) => Some(
+            Array2::from_shape_vec(
+                (e.vocab, e.dim),
+                take("embed.weight".into(), &[e.vocab, e.dim])?,
+            )
+            .map_err(|e| bad(e.to_string()))?,
+        ),
+        None => None,
+    };
     let (gain, shift) = if torch {
         ("weight", "bias")
     } else {
@@ -355,7 +386,7 @@ pub fn load(path: &Path, template: Option<&Student>) -> Result<(Student, Student
         }
     }
     if let Some(norm) = info.input_norm.take() {
-        if norm.mean.len() != w[0] || norm.std.len() != w[0] {
+        if norm.mean.len() != w[0] || norm.std.len() != w[0] || embed.is_some() {
             return Err(bad(format!(
                 "its input standardisation has {} values, the first layer reads {}",
                 norm.mean.len(),
@@ -370,12 +401,14 @@ pub fn load(path: &Path, template: Option<&Student>) -> Result<(Student, Student
     let mlp = Mlp {
         spec: MlpSpec {
             widths: w.clone(),
+            embed: embed_spec,
             activation,
             layer_norm: info.layer_norm,
             dropout: 0.0,
         },
         layers,
         norms,
+        embed,
     };
     Ok((Student { mlp, projections }, info))
 }
@@ -388,6 +421,7 @@ mod tests {
         Mlp::new(
             MlpSpec {
                 widths: vec![3, 4, 2],
+                embed: None,
                 activation: Activation::Gelu,
                 layer_norm: true,
                 dropout: 0.0,
@@ -400,6 +434,7 @@ mod tests {
         StudentInfo {
             kind: "mlp".into(),
             widths: vec![3, 4, 2],
+            embed: None,
             activation: "gelu".into(),
             layer_norm: true,
             input: "x".into(),
@@ -463,5 +498,27 @@ mod tests {
         let internal = dir.path().join("i.safetensors");
         save(&internal, &m, &info).unwrap();
         assert_eq!(load(&internal, None).unwrap().0.mlp, m);
+        // With an embedding (2 ids of a 5-id vocabulary, 3 values each): both layouts.
+        let e = Mlp::new(
+            MlpSpec {
+                widths: vec![6, 4, 2],
+                embed: Some(crate::mlp::EmbedSpec { vocab: 5, dim: 3 }),
+                ..m.spec.clone()
+            },
+            3,
+        );
+        let info = StudentInfo {
+            widths: vec![6, 4, 2],
+            embed: Some([5, 3]),
+            ..info
+        };
+        save_torch(&torch, &e, &info).unwrap();
+        assert_eq!(
+            read_safetensors(&torch).unwrap().0["embed.weight"].0,
+            [5, 3]
+        );
+        assert_eq!(load(&torch, None).unwrap().0.mlp, e);
+        save(&internal, &e, &info).unwrap();
+        assert_eq!(load(&internal, None).unwrap().0.mlp, e);
     }
 }

@@ -130,7 +130,12 @@ pub fn init_student(
                 .saturating_mul(w[1] as u64)
                 .saturating_add(w[1] as u64)
         })
-        .fold(0u64, u64::saturating_add);
+        .fold(0u64, u64::saturating_add)
+        .saturating_add(
+            cfg.model
+                .embed
+                .map_or(0, |[v, d]| (v as u64).saturating_mul(d as u64)),
+        );
     check_fits(params, logits_format::host::available_memory())?;
     let mlp = Mlp::new(cfg.mlp_spec(inputs, classes), cfg.seed);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x005e_ed0f_9e07);
@@ -843,7 +848,8 @@ pub fn train(
     } else {
         None
     };
-    let norm = if cfg.data.standardize {
+    // Ids that an embedding looks up are not standardised.
+    let norm = if cfg.data.standardize && cfg.model.embed.is_none() {
         fit_norm(&loader, in_memory.as_ref(), split.train.clone(), cfg)?
     } else {
         None
@@ -857,6 +863,7 @@ pub fn train(
     let mut info = StudentInfo {
         kind: "mlp".into(),
         widths: cfg.mlp_spec(loader.input_width, loader.classes).widths,
+        embed: cfg.model.embed,
         activation: cfg.mlp_spec(1, 1).activation.name().into(),
         layer_norm: cfg.model.layer_norm,
         input: loader.input.clone(),
@@ -924,6 +931,7 @@ pub fn train(
             {
                 n.apply(&mut b.x);
             }
+            check_ids(&s.mlp, &b, &loader.input).map_err(|e| with_dataset(e, ds))?;
             let step = opt.step;
             let mut rng =
                 ChaCha8Rng::seed_from_u64(cfg.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -948,6 +956,23 @@ pub fn train(
         train_rows,
         last: rec.last,
     })
+}
+
+/// Refuses a batch whose inputs are not ids of the student's embedding, naming the row.
+pub fn check_ids(mlp: &Mlp, b: &Batch, input: &str) -> Result<()> {
+    match (mlp.invalid_id(b.x.view()), mlp.spec.embed) {
+        (Some((r, c, v)), Some(e)) => Err(StudentError::Dataset {
+            dataset: Default::default(),
+            what: format!(
+                "row {}: input {input:?} holds {v} at position {c}, not an id below {} (the student embeds its inputs with --embed {}:{}); pass a vocabulary that covers the values, or train without --embed",
+                b.row_ids.get(r).copied().unwrap_or_default(),
+                e.vocab,
+                e.vocab,
+                e.dim
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The training rows' input standardisation: from the in-memory rows when loaded, else one
