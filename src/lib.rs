@@ -4,8 +4,10 @@
 //! and print. This library holds the little they share that belongs to neither side — running
 //! an arbitrary ONNX file (the exported student, or the teacher for a latency comparison)
 //! through ONNX Runtime. The teacher side owns the runtime set-up; the student side never
-//! touches ONNX Runtime, so the check of an exported student lives here, where both meet.
+//! touches ONNX Runtime, so the check of an exported student lives here, where both meet; and
+//! the Hugging Face directory of a language-model student, which needs the tokenizer library.
 
+pub mod hf_dir;
 pub mod onnx_run;
 
 /// Where input files given as URLs (a model, a corpus, a tokenizer) are downloaded to:

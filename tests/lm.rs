@@ -249,3 +249,61 @@ fn exported_lm_takes_attention_mask_and_refuses_inputs_past_its_context() {
         "{msg}"
     );
 }
+
+/// The run writes the student as a Hugging Face `GPT2LMHeadModel` directory (`hf/`): GPT-2's
+/// config and tensor names, the dataset's tokenizer when given (a different file is refused by
+/// its sha256). `scripts/check_hf_export.py` loads it with `transformers` outside CI (figures
+/// in BENCHMARKS.md).
+#[test]
+fn writes_a_hugging_face_directory_with_the_datasets_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("hf");
+    let tok = fixture("fixtures/tinylm/tokenizer.json");
+    let o = train(&out, &["--steps", "2", "-T", "2", "--tokenizer", &tok]);
+    assert!(o.status.success(), "{}", text(&o));
+    let hf = out.join("hf");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(hf.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "gpt2");
+    assert_eq!(cfg["architectures"][0], "GPT2LMHeadModel");
+    assert_eq!(cfg["n_embd"], 16);
+    assert_eq!(cfg["n_positions"], 32);
+    assert_eq!(cfg["activation_function"], "gelu_new");
+    assert_eq!(cfg["tie_word_embeddings"], true);
+    assert_eq!(
+        std::fs::read(hf.join("tokenizer.json")).unwrap(),
+        std::fs::read(&tok).unwrap()
+    );
+    assert!(hf.join("tokenizer_config.json").is_file());
+    assert!(hf.join("generation_config.json").is_file());
+    let bytes = std::fs::read(hf.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    assert_eq!(
+        header["transformer.h.0.attn.c_attn.weight"]["shape"],
+        serde_json::json!([16, 48])
+    );
+    assert_eq!(
+        header["transformer.wpe.weight"]["shape"],
+        serde_json::json!([32, 16])
+    );
+    assert_eq!(header["__metadata__"]["format"], "pt");
+    // Another tokenizer than the dataset's is refused, naming both hashes' owner.
+    let o = train(
+        &tmp.path().join("wrong"),
+        &[
+            "--steps",
+            "2",
+            "-T",
+            "2",
+            "--tokenizer",
+            &fixture("fixtures/gpt2/tokenizer.json"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("is not the dataset's tokenizer"),
+        "{}",
+        text(&o)
+    );
+}

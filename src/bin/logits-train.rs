@@ -49,6 +49,9 @@ enum Command {
         /// ONNX opset of student.onnx (13 to 21).
         #[arg(long, default_value_t = logits_student::export::OPSET)]
         opset: i64,
+        /// Language-model students: the dataset's tokenizer.json, copied into hf/.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
     },
     /// Sample text from a language-model student.
     Generate(GenerateArgs),
@@ -209,6 +212,10 @@ struct TrainArgs {
     /// value is standardised by its training-rows mean and std, folded into the saved student).
     #[arg(long)]
     no_standardize: bool,
+    /// Language-model students: the dataset's tokenizer.json (sha256 checked against the
+    /// dataset), copied into the Hugging Face directory hf/ beside the ONNX export.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// ONNX opset of the exported student.onnx (13 to 21; older ops stand in for Gelu and
     /// LayerNormalization where the opset lacks them).
     #[arg(long, default_value_t = logits_student::export::OPSET)]
@@ -356,8 +363,23 @@ fn run(cli: Cli, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::Result
             student,
             out,
             opset,
+            tokenizer,
         } => {
             let opset = Opset::new(opset).map_err(|e| logits::usage(e.to_string()))?;
+            let kind: serde_json::Value = logits_student::student::read_info(&student)?;
+            if kind["kind"] == "gpt" {
+                let (gpt, info) = logits_student::lm::load(&student)?;
+                let (o, st) = logits_student::export::export_gpt(&gpt, &info, &out, opset)?;
+                let hf = out.join("hf");
+                logits::hf_dir::write(&gpt, &info, &hf, tokenizer.as_deref(), None)?;
+                println!(
+                    "wrote {}, {} and {}/",
+                    o.display(),
+                    st.display(),
+                    hf.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let (s, info) = logits_student::student::load(&student, None)?;
             let (o, st) = logits_student::export::export(&s.mlp, &info, &out, opset)?;
             println!("wrote {} and {}", o.display(), st.display());
@@ -793,8 +815,10 @@ fn print_report(r: &Report, out: Option<&Path>) {
         );
     }
     if let Some(o) = out {
+        // Language-model runs also write the Hugging Face directory.
+        let hf = if o.join("hf").is_dir() { ", hf/" } else { "" };
         println!(
-            "wrote {}/student.onnx, student.safetensors, report.json, metrics.jsonl, config.toml",
+            "wrote {}/student.onnx, student.safetensors, report.json, metrics.jsonl, config.toml{hf}",
             o.display()
         );
     }
@@ -909,6 +933,15 @@ fn lm_train_cmd(
     bar: ProgressBar,
     opset: Opset,
 ) -> anyhow::Result<ExitCode> {
+    let tokenizer = a
+        .tokenizer
+        .as_deref()
+        .map(logits::local_input)
+        .transpose()?;
+    let tokenizer_sha = ds.manifest().tokenizer.as_ref().map(|t| t.sha256.clone());
+    if let Some(t) = &tokenizer {
+        logits::hf_dir::check_tokenizer(t, tokenizer_sha.as_deref())?;
+    }
     let t0 = Instant::now();
     let run = logits_student::lm::train(ds, cfg, &a.out, a.resume, &mut |step, total, line| {
         bar.set_length(total);
@@ -924,6 +957,13 @@ fn lm_train_cmd(
     let secs = t0.elapsed().as_secs_f64();
     let (onnx, st) =
         logits_student::export::export_gpt(&run.student.gpt, &run.info, &a.out, opset)?;
+    logits::hf_dir::write(
+        &run.student.gpt,
+        &run.info,
+        &a.out.join("hf"),
+        tokenizer.as_deref(),
+        tokenizer_sha.as_deref(),
+    )?;
     let mut report = lm_evaluate(
         ds,
         &st,

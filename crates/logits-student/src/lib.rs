@@ -31,6 +31,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod hf;
 pub mod lm;
 pub mod losses;
 pub mod mlp;
