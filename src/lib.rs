@@ -9,6 +9,7 @@
 
 pub mod hf_dir;
 pub mod onnx_run;
+pub mod student_eval;
 
 /// Where input files given as URLs (a model, a corpus, a tokenizer) are downloaded to:
 /// `$LOGITS_CACHE_DIR/objects`, or the system temporary directory.

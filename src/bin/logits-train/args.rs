@@ -1,0 +1,392 @@
+//! The command line of `logits-train`: subcommands and flags (clap), and how the training
+//! flags and an optional TOML file resolve into one [`TrainConfig`] (flags win; checked here, so
+//! an out-of-range option is a usage error).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use logits_format::Dataset;
+use logits_student::config::{FeatureLoss, TrainConfig, parse_name};
+use logits_student::data::{Join, JoinBy};
+
+/// Train a small student from a logits dataset, without the teacher.
+#[derive(Parser, Debug)]
+#[command(name = "logits-train", version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Train, then evaluate on the held-out rows and export (student.onnx, student.safetensors).
+    Train(Box<TrainArgs>),
+    /// Evaluate a trained student on a dataset.
+    Eval(EvalArgs),
+    /// Export a student or checkpoint file to ONNX and safetensors.
+    Export {
+        /// A student.safetensors (a run's output or a checkpoint's).
+        #[arg(long)]
+        student: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// ONNX opset of student.onnx (13 to 21).
+        #[arg(long, default_value_t = logits_student::export::OPSET)]
+        opset: i64,
+        /// Language-model students: the dataset's tokenizer.json, copied into hf/.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+    },
+    /// Sample text from a language-model student.
+    Generate(GenerateArgs),
+    /// Print runs' reports side by side (teacher first), e.g. label-only vs distilled.
+    Table {
+        /// Run directories written by `train`.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct GenerateArgs {
+    /// The student.safetensors of a language-model run.
+    #[arg(long)]
+    pub(crate) student: PathBuf,
+    /// The tokenizer.json of the dataset it was trained from (a path or a URL).
+    #[arg(long)]
+    pub(crate) tokenizer: PathBuf,
+    /// The text to continue.
+    #[arg(long)]
+    pub(crate) prompt: String,
+    /// Tokens to add at most.
+    #[arg(long, default_value_t = 40)]
+    pub(crate) max_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.8)]
+    pub(crate) temperature: f64,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    pub(crate) top_k: usize,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 0.95)]
+    pub(crate) top_p: f64,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct TrainArgs {
+    /// The dataset: a directory, or an s3://, gs://, az:// or file:// URL (read in place by
+    /// range requests; LOGITS_CACHE_DIR keeps what was read for the next epochs).
+    pub(crate) dataset: PathBuf,
+    /// Output directory: config.toml, metrics.jsonl, checkpoints/, student.onnx,
+    /// student.safetensors, report.json. A store URL works too: the run is staged locally and
+    /// uploaded at the end (also when it fails); --resume continues a run kept there.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// A TOML configuration (see README); flags given here win over it.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Continue the run in --out from its newest checkpoint.
+    #[arg(long)]
+    pub(crate) resume: bool,
+    /// The teacher's ONNX file, to time it beside the student (never needed to train).
+    #[arg(long)]
+    pub(crate) teacher: Option<PathBuf>,
+    /// Seed for initialisation, shuffling and dropout.
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// Hidden widths, comma-separated (e.g. 128,64).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) hidden: Option<Vec<usize>>,
+    /// relu, gelu or tanh.
+    #[arg(long)]
+    pub(crate) activation: Option<String>,
+    /// Layer norm before each hidden nonlinearity.
+    #[arg(long)]
+    pub(crate) layer_norm: bool,
+    /// Dropout after each hidden layer.
+    #[arg(long)]
+    pub(crate) dropout: Option<f32>,
+    /// VOCAB:DIM — the inputs are ids below VOCAB (bytes: 256), each embedded in DIM learned
+    /// values before the first layer (not standardised).
+    #[arg(long)]
+    pub(crate) embed: Option<String>,
+    /// The stored input to train from (default: the only one).
+    #[arg(long)]
+    pub(crate) input: Option<String>,
+    /// Language-model student: residual width.
+    #[arg(long)]
+    pub(crate) lm_dim: Option<usize>,
+    /// Language-model student: blocks.
+    #[arg(long)]
+    pub(crate) lm_layers: Option<usize>,
+    /// Language-model student: attention heads.
+    #[arg(long)]
+    pub(crate) lm_heads: Option<usize>,
+    /// Language-model student: an untied LM head.
+    #[arg(long)]
+    pub(crate) lm_untied: bool,
+    /// Weight of the response (KD) loss on top-k targets.
+    #[arg(long)]
+    pub(crate) kd: Option<f64>,
+    /// Weight of cross-entropy on labels.
+    #[arg(long)]
+    pub(crate) ce: Option<f64>,
+    /// Weight of the RS-KD loss on sampled targets.
+    #[arg(long)]
+    pub(crate) sampled: Option<f64>,
+    /// Distillation temperature.
+    #[arg(long, short = 'T')]
+    pub(crate) temperature: Option<f64>,
+    /// forward_kl, reverse_kl or jsd.
+    #[arg(long)]
+    pub(crate) divergence: Option<String>,
+    /// β of the generalised JSD.
+    #[arg(long)]
+    pub(crate) jsd_beta: Option<f64>,
+    /// tail (exact tail bucket) or renormalize.
+    #[arg(long)]
+    pub(crate) topk: Option<String>,
+    /// Feature or relation loss KIND:FEATURE@LAYER[=WEIGHT] (KIND: hint, cosine, rkd_distance,
+    /// rkd_angle, sp, pkt); repeatable; replaces the configuration file's list.
+    #[arg(long = "feature-loss")]
+    pub(crate) feature_loss: Vec<String>,
+    /// adamw or sgd.
+    #[arg(long)]
+    pub(crate) optimizer: Option<String>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub(crate) lr: Option<f64>,
+    /// SGD momentum.
+    #[arg(long)]
+    pub(crate) momentum: Option<f32>,
+    /// SGD Nesterov momentum.
+    #[arg(long)]
+    pub(crate) nesterov: bool,
+    /// Weight decay (matrices only).
+    #[arg(long)]
+    pub(crate) weight_decay: Option<f32>,
+    /// Clip the global gradient norm (0 disables).
+    #[arg(long)]
+    pub(crate) clip_norm: Option<f64>,
+    /// Warm-up steps.
+    #[arg(long)]
+    pub(crate) warmup: Option<u64>,
+    /// cosine, linear or constant.
+    #[arg(long)]
+    pub(crate) decay: Option<String>,
+    /// Rows per step.
+    #[arg(long)]
+    pub(crate) batch_size: Option<usize>,
+    /// Passes over the training rows.
+    #[arg(long)]
+    pub(crate) epochs: Option<u64>,
+    /// Total steps (overrides --epochs).
+    #[arg(long)]
+    pub(crate) steps: Option<u64>,
+    /// Rows with id ≥ N are held out (default: the dataset's split).
+    #[arg(long)]
+    pub(crate) holdout_from: Option<u64>,
+    /// Decode the training rows once and train from memory.
+    #[arg(long)]
+    pub(crate) in_memory: bool,
+    /// Feed the inputs as stored, without per-feature standardisation (by default each input
+    /// value is standardised by its training-rows mean and std, folded into the saved student).
+    #[arg(long)]
+    pub(crate) no_standardize: bool,
+    /// Language-model students: the dataset's tokenizer.json (sha256 checked against the
+    /// dataset), copied into the Hugging Face directory hf/ beside the ONNX export.
+    #[arg(long)]
+    pub(crate) tokenizer: Option<PathBuf>,
+    /// ONNX opset of the exported student.onnx (13 to 21; older ops stand in for Gelu and
+    /// LayerNormalization where the opset lacks them).
+    #[arg(long, default_value_t = logits_student::export::OPSET)]
+    pub(crate) opset: i64,
+    /// Checkpoint every N steps (always at the end).
+    #[arg(long)]
+    pub(crate) checkpoint_every: Option<u64>,
+    /// Metrics line every N steps.
+    #[arg(long)]
+    pub(crate) log_every: Option<u64>,
+    #[command(flatten)]
+    pub(crate) join: JoinArgs,
+    /// No progress bar.
+    #[arg(long)]
+    pub(crate) quiet: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Inputs of a dataset built without them (`logits-build --no-inputs`): read from the corpus.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct JoinArgs {
+    /// The corpus the dataset was built from (Parquet, in the same order), held elsewhere
+    /// (paths or URLs).
+    #[arg(long = "join-corpus", num_args = 1..)]
+    pub(crate) join_corpus: Vec<PathBuf>,
+    /// row-id (corpus position, hash checked) or hash (look rows up by input hash).
+    #[arg(long, default_value = "row-id")]
+    pub(crate) join_by: String,
+}
+
+impl JoinArgs {
+    /// The joined corpus, when `--join-corpus` names one.
+    pub(crate) fn open(
+        &self,
+        ds: &Dataset,
+        input: Option<&str>,
+    ) -> anyhow::Result<Option<Arc<Join>>> {
+        if self.join_corpus.is_empty() {
+            return Ok(None);
+        }
+        let by = match self.join_by.as_str() {
+            "row-id" => JoinBy::RowId,
+            "hash" => JoinBy::Hash,
+            other => bail!("--join-by {other:?}: expected row-id or hash"),
+        };
+        let files = self
+            .join_corpus
+            .iter()
+            .map(|p| logits::local_input(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Some(Arc::new(Join::open(ds, &files, input, by)?)))
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct EvalArgs {
+    /// The dataset: a directory or a URL.
+    pub(crate) dataset: PathBuf,
+    /// The student.safetensors to evaluate.
+    #[arg(long)]
+    pub(crate) student: PathBuf,
+    /// Its exported ONNX file, to check and time through ONNX Runtime.
+    #[arg(long)]
+    pub(crate) onnx: Option<PathBuf>,
+    /// The teacher's ONNX file, to time it.
+    #[arg(long)]
+    pub(crate) teacher: Option<PathBuf>,
+    /// Rows with id ≥ N are evaluated (default: the dataset's split; all rows without one).
+    #[arg(long)]
+    pub(crate) holdout_from: Option<u64>,
+    #[command(flatten)]
+    pub(crate) join: JoinArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Parses a choice flag by its configuration name, or says which names exist.
+pub(crate) fn name<T: serde::de::DeserializeOwned>(
+    what: &str,
+    s: &str,
+    choices: &str,
+) -> anyhow::Result<T> {
+    parse_name(s).ok_or_else(|| logits::usage(format!("--{what} {s:?}: expected one of {choices}")))
+}
+
+/// The run configuration: the TOML file (or the saved one on --resume), then the flags.
+pub(crate) fn resolve(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    let saved = a.out.join("config.toml");
+    let base = match (&a.config, a.resume && saved.is_file()) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => Some(saved),
+        (None, false) => None,
+    };
+    let mut c: TrainConfig = match base {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("{}", p.display()))?
+        }
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($flag:expr, $field:expr) => {
+            if let Some(v) = $flag.clone() {
+                $field = v;
+            }
+        };
+    }
+    set!(a.seed, c.seed);
+    set!(a.hidden, c.model.hidden);
+    if let Some(s) = &a.activation {
+        c.model.activation = name("activation", s, "relu, gelu, tanh")?;
+    }
+    c.model.layer_norm |= a.layer_norm;
+    set!(a.dropout, c.model.dropout);
+    if a.input.is_some() {
+        c.model.input = a.input.clone();
+    }
+    if let Some(e) = &a.embed {
+        let parsed = e
+            .split_once(':')
+            .and_then(|(v, d)| Some([v.trim().parse().ok()?, d.trim().parse().ok()?]));
+        c.model.embed = Some(parsed.ok_or_else(|| {
+            logits::usage(format!(
+                "--embed {e:?}: expected VOCAB:DIM, e.g. 256:16 for byte inputs"
+            ))
+        })?);
+    }
+    set!(a.lm_dim, c.lm.dim);
+    set!(a.lm_layers, c.lm.layers);
+    set!(a.lm_heads, c.lm.heads);
+    if a.lm_untied {
+        c.lm.tied = false;
+    }
+    set!(a.kd, c.loss.kd);
+    set!(a.ce, c.loss.ce);
+    set!(a.sampled, c.loss.sampled);
+    set!(a.temperature, c.loss.temperature);
+    if let Some(s) = &a.divergence {
+        c.loss.divergence = name("divergence", s, "forward_kl, reverse_kl, jsd")?;
+    }
+    set!(a.jsd_beta, c.loss.jsd_beta);
+    if let Some(s) = &a.topk {
+        c.loss.topk = name("topk", s, "tail, renormalize")?;
+    }
+    if !a.feature_loss.is_empty() {
+        c.loss.features = a
+            .feature_loss
+            .iter()
+            .map(|s| FeatureLoss::parse(s))
+            .collect::<Result<_, _>>()
+            .map_err(|e| logits::usage(e.to_string()))?;
+    }
+    if let Some(s) = &a.optimizer {
+        c.optim.method = name("optimizer", s, "adamw, sgd")?;
+    }
+    set!(a.lr, c.optim.lr);
+    set!(a.momentum, c.optim.momentum);
+    c.optim.nesterov |= a.nesterov;
+    set!(a.weight_decay, c.optim.weight_decay);
+    if let Some(v) = a.clip_norm {
+        // 0 turns clipping off; anything else must be a valid norm (checked below).
+        c.optim.clip_norm = (v != 0.0).then_some(v);
+    }
+    set!(a.warmup, c.optim.warmup);
+    if let Some(s) = &a.decay {
+        c.optim.decay = name("decay", s, "cosine, linear, constant")?;
+    }
+    set!(a.batch_size, c.data.batch_size);
+    set!(a.epochs, c.data.epochs);
+    if a.steps.is_some() {
+        c.data.steps = a.steps;
+    }
+    if a.holdout_from.is_some() {
+        c.data.holdout_from = a.holdout_from;
+    }
+    c.data.in_memory |= a.in_memory;
+    if a.no_standardize {
+        c.data.standardize = false;
+    }
+    set!(a.checkpoint_every, c.run.checkpoint_every);
+    set!(a.log_every, c.run.log_every);
+    c.check().map_err(|e| logits::usage(e.to_string()))?;
+    Ok(c)
+}

@@ -1,0 +1,304 @@
+//! `logits-train`: train a student from a logits dataset, evaluate it against the teacher and
+//! export it. A thin front door over `logits_student` (training, export) and
+//! `logits::student_eval` (evaluation, the report, the ONNX check): this file runs the
+//! subcommands; `args` holds the command line, `print` what is printed.
+//!
+//! Exit codes: 0 success; 1 error (the message names the dataset, column, file or step);
+//! 2 usage error; 3 the exported ONNX disagrees with the ndarray forward beyond 1e-5 × max(1, |logit|)
+//! (the trained student and its files are kept); 130/143 stopped by SIGINT/SIGTERM (a
+//! checkpoint is written first: `--resume` continues).
+
+mod args;
+mod print;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use logits::student_eval::{describe_losses, evaluate, lm_evaluate};
+use logits_format::Dataset;
+use logits_student::config::TrainConfig;
+use logits_student::export::Opset;
+use logits_student::train;
+
+use args::{Cli, Command, EvalArgs, GenerateArgs, TrainArgs, resolve};
+use print::{finish, table};
+
+fn main() -> ExitCode {
+    // SAFETY: setting a signal disposition before any other thread exists.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    logits::keep_freed_memory();
+    let cli = Cli::parse();
+    let stop = logits::stop_on_signals();
+    match run(cli, stop) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("logits-train: error: {}", logits::error_text(&e));
+            use logits_student::StudentError as E;
+            match e.downcast_ref::<E>() {
+                Some(E::Interrupted { .. }) => {
+                    eprintln!("logits-train: stopped by {}", logits::stop_signal_name());
+                    return ExitCode::from(logits::stop_exit_code());
+                }
+                // A model too large, or settings that contradict each other or the model
+                // (lm shape, feature-loss layers): usage errors, as out-of-range options are.
+                Some(E::TooLarge { .. } | E::Config(_)) => return ExitCode::from(2),
+                _ => {}
+            }
+            if e.downcast_ref::<logits::UsageError>().is_some() {
+                return ExitCode::from(2);
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs one subcommand.
+fn run(cli: Cli, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Train(mut a) => {
+            let out = a.out.clone();
+            logits::with_output_dir(&out, |dir| {
+                a.out = dir.to_path_buf();
+                train_cmd(*a, stop)
+            })
+        }
+        Command::Eval(a) => eval_cmd(a),
+        Command::Export {
+            student,
+            out,
+            opset,
+            tokenizer,
+        } => {
+            let opset = Opset::new(opset).map_err(|e| logits::usage(e.to_string()))?;
+            let kind: serde_json::Value = logits_student::student::read_info(&student)?;
+            if kind["kind"] == "gpt" {
+                let (gpt, info) = logits_student::lm::load(&student)?;
+                let (o, st) = logits_student::export::export_gpt(&gpt, &info, &out, opset)?;
+                let hf = out.join("hf");
+                logits::hf_dir::write(&gpt, &info, &hf, tokenizer.as_deref(), None)?;
+                println!(
+                    "wrote {}, {} and {}/",
+                    o.display(),
+                    st.display(),
+                    hf.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (s, info) = logits_student::student::load(&student, None)?;
+            let (o, st) = logits_student::export::export(&s.mlp, &info, &out, opset)?;
+            println!("wrote {} and {}", o.display(), st.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Table { runs } => table(&runs),
+        Command::Generate(g) => generate_cmd(g),
+    }
+}
+
+/// `train`: an MLP run (or a language-model run on a per-token dataset), then evaluate and export.
+fn train_cmd(
+    a: TrainArgs,
+    stop: &'static std::sync::atomic::AtomicBool,
+) -> anyhow::Result<ExitCode> {
+    let opset = Opset::new(a.opset).map_err(|e| logits::usage(e.to_string()))?;
+    let mut cfg = resolve(&a)?;
+    cfg.run.stop = logits_student::config::StopFlag(Some(stop));
+    let ds = Dataset::open(&a.dataset)?;
+    let lic = &ds.manifest().license;
+    eprintln!(
+        "dataset {} (teacher {}): license/terms: {lic}",
+        a.dataset.display(),
+        ds.manifest().teacher.file,
+    );
+    if !a.resume && train::RunDir(a.out.clone()).latest()?.is_some() {
+        bail!(
+            "{} already holds a training run; pass --resume to continue it or choose another --out",
+            a.out.display()
+        );
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
+    let cfg_path = a.out.join("config.toml");
+    if !a.resume || !cfg_path.is_file() {
+        logits_student::student::write_atomic(&cfg_path, toml::to_string(&cfg)?.as_bytes())?;
+    }
+    let bar = if a.quiet || a.json {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed}<{eta}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    };
+    let per_token = ds
+        .manifest()
+        .targets
+        .as_ref()
+        .is_some_and(|t| t.granularity == logits_format::manifest::Granularity::Position);
+    if per_token {
+        return lm_train_cmd(&a, &cfg, &ds, bar, opset);
+    }
+    let join = a.join.open(&ds, cfg.model.input.as_deref())?;
+    let t0 = Instant::now();
+    let run = train::train(
+        &ds,
+        &cfg,
+        &a.out,
+        a.resume,
+        join.clone(),
+        &mut |step, total, line| {
+            bar.set_length(total);
+            bar.set_position(step);
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} rows/s",
+                line["loss"].as_f64().unwrap_or(f64::NAN),
+                line["lr"].as_f64().unwrap_or(0.0),
+                line["samples_per_s"].as_f64().unwrap_or(0.0)
+            ));
+        },
+    )?;
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let (onnx, st) = logits_student::export::export(&run.student.mlp, &run.info, &a.out, opset)?;
+    let mut report = evaluate(
+        &ds,
+        &st,
+        Some(&onnx),
+        a.teacher.as_deref(),
+        cfg.data.holdout_from,
+        join,
+    )?;
+    report.steps = Some(run.steps);
+    report.train_seconds = Some(secs);
+    report.losses = Some(describe_losses(&cfg));
+    logits_student::student::write_atomic(
+        &a.out.join("report.json"),
+        &serde_json::to_vec_pretty(&report)?,
+    )?;
+    finish(&report, a.json, Some(&a.out))
+}
+
+/// `eval`: re-evaluate a student file.
+fn eval_cmd(a: EvalArgs) -> anyhow::Result<ExitCode> {
+    let ds = Dataset::open(&a.dataset)?;
+    let kind: serde_json::Value = logits_student::student::read_info(&a.student)?;
+    if kind["kind"] == "gpt" {
+        let r = lm_evaluate(
+            &ds,
+            &a.student,
+            a.onnx.as_deref(),
+            a.teacher.as_deref(),
+            a.holdout_from,
+        )?;
+        return finish(&r, a.json, None);
+    }
+    let (_, info) = logits_student::student::load(&a.student, None)?;
+    let join = a.join.open(&ds, Some(&info.input))?;
+    let report = evaluate(
+        &ds,
+        &a.student,
+        a.onnx.as_deref(),
+        a.teacher.as_deref(),
+        a.holdout_from,
+        join,
+    )?;
+    finish(&report, a.json, None)
+}
+
+/// `train` on a per-token dataset: the transformer student, its ONNX and Hugging Face exports.
+fn lm_train_cmd(
+    a: &TrainArgs,
+    cfg: &TrainConfig,
+    ds: &Dataset,
+    bar: ProgressBar,
+    opset: Opset,
+) -> anyhow::Result<ExitCode> {
+    let tokenizer = a
+        .tokenizer
+        .as_deref()
+        .map(logits::local_input)
+        .transpose()?;
+    let tokenizer_sha = ds.manifest().tokenizer.as_ref().map(|t| t.sha256.clone());
+    if let Some(t) = &tokenizer {
+        logits::hf_dir::check_tokenizer(t, tokenizer_sha.as_deref())?;
+    }
+    let t0 = Instant::now();
+    let run = logits_student::lm::train(ds, cfg, &a.out, a.resume, &mut |step, total, line| {
+        bar.set_length(total);
+        bar.set_position(step);
+        bar.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} tokens/s",
+            line["loss"].as_f64().unwrap_or(f64::NAN),
+            line["lr"].as_f64().unwrap_or(0.0),
+            line["tokens_per_s"].as_f64().unwrap_or(0.0)
+        ));
+    })?;
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let (onnx, st) =
+        logits_student::export::export_gpt(&run.student.gpt, &run.info, &a.out, opset)?;
+    logits::hf_dir::write(
+        &run.student.gpt,
+        &run.info,
+        &a.out.join("hf"),
+        tokenizer.as_deref(),
+        tokenizer_sha.as_deref(),
+    )?;
+    let mut report = lm_evaluate(
+        ds,
+        &st,
+        Some(&onnx),
+        a.teacher.as_deref(),
+        cfg.data.holdout_from,
+    )?;
+    report.steps = Some(run.steps);
+    report.train_seconds = Some(secs);
+    report.losses = Some(describe_losses(cfg));
+    logits_student::student::write_atomic(
+        &a.out.join("report.json"),
+        &serde_json::to_vec_pretty(&report)?,
+    )?;
+    finish(&report, a.json, Some(&a.out))
+}
+
+/// `generate`: sample text from a language-model student.
+fn generate_cmd(a: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let (gpt, _) = logits_student::lm::load(&a.student)?;
+    let tok = tokenizers::Tokenizer::from_file(logits::local_input(&a.tokenizer)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.tokenizer.display()))?;
+    let enc = tok
+        .encode(a.prompt.as_str(), false)
+        .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?;
+    let mut ids: Vec<u32> = Vec::new();
+    if let Some(bos) = tok.token_to_id("<bos>") {
+        ids.push(bos);
+    }
+    ids.extend(enc.get_ids());
+    if let Some(&big) = ids.iter().find(|&&i| i as usize >= gpt.spec.vocab) {
+        bail!(
+            "{}: token id {big} is outside the student's vocabulary of {}: is this the dataset's tokenizer?",
+            a.tokenizer.display(),
+            gpt.spec.vocab
+        );
+    }
+    let s = logits_student::lm::Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        max_tokens: a.max_tokens,
+        stop: tok.token_to_id("<eos>"),
+    };
+    let out = logits_student::lm::generate(&gpt, &ids, &s);
+    let text = tok
+        .decode(&out, true)
+        .map_err(|e| anyhow::anyhow!("detokenizing: {e}"))?;
+    println!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
