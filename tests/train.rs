@@ -33,6 +33,22 @@ fn train(out: &Path, extra: &[&str]) -> Output {
     common::logits_train(&args)
 }
 
+/// `logits-train eval --json` of the student.safetensors and student.onnx in `dir`, on the
+/// shared dataset.
+fn eval_run_files(dir: &Path) -> serde_json::Value {
+    let ev = common::logits_train(&[
+        "eval",
+        &dataset().display().to_string(),
+        "--student",
+        &dir.join("student.safetensors").display().to_string(),
+        "--onnx",
+        &dir.join("student.onnx").display().to_string(),
+        "--json",
+    ]);
+    assert!(ev.status.success(), "{}", text(&ev));
+    serde_json::from_slice(&ev.stdout).unwrap()
+}
+
 fn report(out: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(out.join("report.json")).expect("report.json"))
         .expect("report json")
@@ -68,17 +84,7 @@ fn distils_evaluates_and_exports_a_student_that_onnx_runtime_agrees_with() {
     let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(cfg.contains("temperature = 4.0"), "{cfg}");
     // eval and export work from the files alone.
-    let ev = common::logits_train(&[
-        "eval",
-        &dataset().display().to_string(),
-        "--student",
-        &out.join("student.safetensors").display().to_string(),
-        "--onnx",
-        &out.join("student.onnx").display().to_string(),
-        "--json",
-    ]);
-    assert!(ev.status.success(), "{}", text(&ev));
-    let er: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    let er = eval_run_files(&out);
     assert_eq!(er["evaluation"]["accuracy"], e["accuracy"]);
 }
 
@@ -548,17 +554,7 @@ fn exports_load_as_pytorch_state_dicts_and_in_older_opsets() {
         bytes,
         "a PyTorch-layout file round-trips byte for byte"
     );
-    let ev = common::logits_train(&[
-        "eval",
-        &dataset().display().to_string(),
-        "--student",
-        &again.join("student.safetensors").display().to_string(),
-        "--onnx",
-        &again.join("student.onnx").display().to_string(),
-        "--json",
-    ]);
-    assert!(ev.status.success(), "{}", text(&ev));
-    let er: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    let er = eval_run_files(&again);
     assert_eq!(
         er["evaluation"]["accuracy"],
         report(&out)["evaluation"]["accuracy"]

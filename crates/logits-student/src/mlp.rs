@@ -530,6 +530,30 @@ mod tests {
         }
     }
 
+    /// Every parameter's gradient in `g` against central finite differences of `loss` at `m`.
+    fn check_against_finite_differences(m: &Mlp, g: &Mlp, loss: impl Fn(&Mlp) -> f64, what: &str) {
+        let analytic: Vec<Vec<f32>> = g
+            .tensors()
+            .into_iter()
+            .map(|(_, _, v)| v.to_vec())
+            .collect();
+        let names: Vec<String> = m.tensors().into_iter().map(|(n, _, _)| n).collect();
+        for (ti, name) in names.iter().enumerate() {
+            for (k, &an) in analytic[ti].iter().enumerate() {
+                let h = 2e-3f32;
+                let (mut a, mut b) = (m.clone(), m.clone());
+                a.tensors_mut()[ti][k] += h;
+                b.tensors_mut()[ti][k] -= h;
+                let fd = (loss(&a) - loss(&b)) / (2.0 * h as f64);
+                let an = an as f64;
+                assert!(
+                    (fd - an).abs() < 2e-2 * (1.0 + fd.abs()),
+                    "{what} {name}[{k}]: fd {fd} vs {an}"
+                );
+            }
+        }
+    }
+
     /// L = Σ logits ⊙ R + Σ h_0 ⊙ S for fixed R, S: checks every parameter's gradient against
     /// central finite differences, for each activation, with and without layer norm, and with
     /// dropout (the same mask on every evaluation, from the same seed).
@@ -557,26 +581,7 @@ mod tests {
                 let (_, cache) = m.forward(x.view(), Some(&mut rng));
                 let mut g = m.zeros_like();
                 m.backward(&cache, r.clone(), &[Some(s.clone()), None], &mut g);
-                let analytic: Vec<Vec<f32>> = g
-                    .tensors()
-                    .into_iter()
-                    .map(|(_, _, v)| v.to_vec())
-                    .collect();
-                let names: Vec<String> = m.tensors().into_iter().map(|(n, _, _)| n).collect();
-                for (ti, name) in names.iter().enumerate() {
-                    for (k, &an) in analytic[ti].iter().enumerate() {
-                        let h = 2e-3f32;
-                        let (mut a, mut b) = (m.clone(), m.clone());
-                        a.tensors_mut()[ti][k] += h;
-                        b.tensors_mut()[ti][k] -= h;
-                        let fd = (loss(&a) - loss(&b)) / (2.0 * h as f64);
-                        let an = an as f64;
-                        assert!(
-                            (fd - an).abs() < 2e-2 * (1.0 + fd.abs()),
-                            "{act:?} ln={ln} p={p} {name}[{k}]: fd {fd} vs {an}"
-                        );
-                    }
-                }
+                check_against_finite_differences(&m, &g, loss, &format!("{act:?} ln={ln} p={p}"));
             }
         }
     }
@@ -603,28 +608,11 @@ mod tests {
         let (_, cache) = m.forward(x.view(), None);
         let mut g = m.zeros_like();
         m.backward(&cache, r.clone(), &[], &mut g);
-        let analytic: Vec<Vec<f32>> = g
-            .tensors()
-            .into_iter()
-            .map(|(_, _, v)| v.to_vec())
-            .collect();
-        let names: Vec<String> = m.tensors().into_iter().map(|(n, _, _)| n).collect();
-        assert_eq!(names[0], "embed.weight");
+        let t = g.tensors();
+        assert_eq!(t[0].0, "embed.weight");
         // Id 3 is never looked up: its row gets no gradient.
-        assert!(analytic[0][9..12].iter().all(|v| *v == 0.0));
-        for (ti, name) in names.iter().enumerate() {
-            for (k, &an) in analytic[ti].iter().enumerate() {
-                let h = 2e-3f32;
-                let (mut a, mut b) = (m.clone(), m.clone());
-                a.tensors_mut()[ti][k] += h;
-                b.tensors_mut()[ti][k] -= h;
-                let fd = (loss(&a) - loss(&b)) / (2.0 * h as f64);
-                assert!(
-                    (fd - an as f64).abs() < 2e-2 * (1.0 + fd.abs()),
-                    "{name}[{k}]: fd {fd} vs {an}"
-                );
-            }
-        }
+        assert!(t[0].2[9..12].iter().all(|v| *v == 0.0));
+        check_against_finite_differences(&m, &g, loss, "embedding");
         let bad = Array2::from_shape_vec((1, 2), vec![1.0, 5.0]).unwrap();
         assert_eq!(m.invalid_id(bad.view()), Some((0, 1, 5.0)));
         let frac = Array2::from_shape_vec((1, 2), vec![1.5, 0.0]).unwrap();
