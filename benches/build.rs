@@ -243,6 +243,7 @@ fn wide_classifier(tmp: &Path) {
         MlpSpec {
             widths: widths.clone(),
             embed: None,
+            conv: None,
             activation: Activation::Relu,
             layer_norm: false,
             dropout: 0.0,
@@ -253,6 +254,7 @@ fn wide_classifier(tmp: &Path) {
         kind: "mlp".into(),
         widths,
         embed: None,
+        conv: None,
         activation: "relu".into(),
         layer_norm: false,
         input: "input".into(),

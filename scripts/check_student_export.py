@@ -41,10 +41,34 @@ def act(name, x):
     raise SystemExit(f"unknown activation {name!r}")
 
 
+def conv_front(t, conv, x):
+    """nn.Conv2d(3, padding=1) -> ReLU -> MaxPool2d(2) blocks on per-channel standardised
+    images, flattened as torch.flatten(x, 1) does, written with NumPy."""
+    c, h, w = conv["image"]
+    img = x.astype(np.float64).reshape(len(x), c, h, w)
+    img = (img - t["input.mean"].reshape(1, c, 1, 1)) * t["input.scale"].reshape(1, c, 1, 1)
+    for i in range(len(conv["channels"])):
+        k = t[f"conv.{i}.weight"].astype(np.float64)  # (O, C, 3, 3)
+        b, cin, hh, ww = img.shape
+        p = np.pad(img, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        out = np.zeros((b, k.shape[0], hh, ww))
+        for ky in range(3):
+            for kx in range(3):
+                out += np.einsum("bchw,oc->bohw", p[:, :, ky:ky + hh, kx:kx + ww], k[:, :, ky, kx])
+        out = np.maximum(out + t[f"conv.{i}.bias"].reshape(1, -1, 1, 1), 0)
+        if hh >= 2 and ww >= 2:
+            h2, w2 = hh // 2, ww // 2
+            out = out[:, :, :2 * h2, :2 * w2].reshape(b, -1, h2, 2, w2, 2).max(axis=(3, 5))
+        img = out
+    return img.reshape(len(x), -1)
+
+
 def torch_forward(t, info, x):
     """The MLP as torch.nn.Linear / LayerNorm / activation compute it."""
     n = len(info["widths"]) - 1
-    if info.get("embed"):
+    if info.get("conv"):
+        h = conv_front(t, info["conv"], x)
+    elif info.get("embed"):
         # nn.Embedding on the ids, rows concatenated.
         h = t["embed.weight"].astype(np.float64)[x.astype(np.int64)].reshape(len(x), -1)
     else:
@@ -86,7 +110,12 @@ def main():
     info = json.loads(meta["logits.student"])
     widths = info["widths"]
     check(meta.get("format") == "pt", f"safetensors metadata format=pt ({meta.get('format')})")
-    inputs = widths[0] // info["embed"][1] if info.get("embed") else widths[0]
+    if info.get("conv"):
+        inputs = int(np.prod(info["conv"]["image"]))
+    elif info.get("embed"):
+        inputs = widths[0] // info["embed"][1]
+    else:
+        inputs = widths[0]
     shapes_ok = all(
         t[f"layers.{i}.weight"].shape == (widths[i + 1], widths[i])
         and t[f"layers.{i}.bias"].shape == (widths[i + 1],)

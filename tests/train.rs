@@ -670,3 +670,65 @@ fn byte_inputs_train_through_an_embedding() {
         assert!(text(&o).contains("embed"), "{}", text(&o));
     }
 }
+
+/// A convolutional student (`--conv`) on the digits images (64 values read as `--image 1,8,8`):
+/// trains, its ONNX (Reshape, per-channel standardisation, Conv/Relu/MaxPool, Flatten) matches
+/// the ndarray forward, and with the test command's Python the PyTorch-layout safetensors
+/// (`conv.{i}.weight` as `nn.Conv2d`'s `(O, C, 3, 3)`) computed with NumPy matches ONNX Runtime;
+/// a row that is not an image without `--image`, a wrong `--image` and `--conv` with `--embed`
+/// are refused.
+#[test]
+fn convolutional_students_train_on_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cnn");
+    let o = train(
+        &out,
+        &[
+            "--conv", "4,8", "--image", "1,8,8", "--steps", "60", "--lr", "1e-2",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let r = report(&out);
+    assert!(r["onnx_max_abs_diff"].as_f64().unwrap() <= 1e-5, "{r}");
+    // 60 steps from 100-odd rows per step: well above chance (10%).
+    assert!(r["evaluation"]["agreement"].as_f64().unwrap() > 0.5, "{r}");
+    let info = student_info(&out.join("student.safetensors"));
+    assert_eq!(info["kind"], "cnn", "{info}");
+    assert_eq!(info["conv"]["image"], serde_json::json!([1, 8, 8]));
+    // 8 channels of 2 × 2 after two poolings feed the hidden layer.
+    assert_eq!(info["widths"], serde_json::json!([32, 32, 10]));
+    let onnx = logits_onnx::load(&out.join("student.onnx")).unwrap();
+    let ops: Vec<String> = onnx
+        .graph
+        .unwrap()
+        .node
+        .iter()
+        .filter_map(|n| n.op_type.clone())
+        .collect();
+    for op in ["Conv", "MaxPool", "Flatten"] {
+        assert!(ops.iter().any(|o| o == op), "{op} missing: {ops:?}");
+    }
+    if let Ok(py) = std::env::var("LOGITS_ORACLE_PY") {
+        let mut c = std::process::Command::new(py);
+        c.arg(fixture("scripts/check_student_export.py")).args([
+            &out.display().to_string(),
+            "--input",
+            "pixels",
+        ]);
+        let o = common::output_within(c, 120, "the exported-student check");
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let cases: &[(&[&str], &str, i32)] = &[
+        (&["--conv", "4"], "pass --image C,H,W", 1),
+        (&["--conv", "4", "--image", "1,8,9"], "72 values", 1),
+        (&["--conv", "4", "--embed", "17:2"], "cannot be combined", 2),
+        (&["--conv", "4", "--image", "8,8"], "expected C,H,W", 2),
+    ];
+    for (i, (args, want, code)) in cases.iter().enumerate() {
+        let mut a = args.to_vec();
+        a.extend(["--steps", "1"]);
+        let o = train(&tmp.path().join(format!("bad{i}")), &a);
+        assert_eq!(o.status.code(), Some(*code), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+    }
+}

@@ -44,7 +44,7 @@ const FAMILIES: &[Family] = &[
         text: false,
         target: "/head/Gemm_output_0",
         args: &["-k", "4", "--feature", "pooled=/ReduceMean_output_0"],
-        student: false,
+        student: true,
     },
     Family {
         name: "vit",
@@ -242,6 +242,11 @@ fn every_family_builds_as_exported_and_matches_onnx_runtime() {
                         "0",
                         "--quiet",
                     ]);
+                    // Image teachers as PyTorch exports them ([C, H, W]) get a convolutional
+                    // student, its image shape read from the dataset.
+                    if f.name.starts_with("cnn") {
+                        c.args(["--conv", "4"]);
+                    }
                     c
                 },
                 300,

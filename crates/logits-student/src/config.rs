@@ -48,6 +48,12 @@ pub struct ModelConfig {
     /// `[vocab, dim]`: the inputs are ids below `vocab`, each embedded in `dim` values
     /// (bytes: `[256, 16]`); such inputs are not standardised.
     pub embed: Option<[usize; 2]>,
+    /// Output channels of convolution blocks (3×3 conv, ReLU, 2×2 max-pool) before the
+    /// hidden layers; empty: none.
+    pub conv: Vec<usize>,
+    /// `[C, H, W]` of an input row for the convolutions (default: the stored input's shape,
+    /// `[H, W]` read as one channel).
+    pub image: Option<[usize; 3]>,
 }
 
 /// The transformer student's shape (vocabulary and context come from the dataset).
@@ -335,6 +341,8 @@ impl Default for ModelConfig {
             dropout: 0.0,
             input: None,
             embed: None,
+            conv: Vec::new(),
+            image: None,
         }
     }
 }
@@ -522,6 +530,17 @@ impl TrainConfig {
                 "model.embed (--embed VOCAB:DIM) needs a vocabulary of at least 2 ids and a width of at least 1, got {vocab}:{dim}"
             )));
         }
+        if !self.model.conv.is_empty() && self.model.embed.is_some() {
+            return Err(StudentError::Config(
+                "model.conv (--conv) and model.embed (--embed) cannot be combined: convolutions read image values, an embedding reads ids".into(),
+            ));
+        }
+        if self.model.conv.contains(&0) {
+            return Err(StudentError::Config(format!(
+                "model.conv (--conv) needs at least one channel per block, got {:?}",
+                self.model.conv
+            )));
+        }
         for f in &self.loss.features {
             if f.layer >= self.model.hidden.len() {
                 return Err(StudentError::Config(format!(
@@ -566,12 +585,21 @@ impl TrainConfig {
             .model
             .embed
             .map(|[vocab, dim]| crate::mlp::EmbedSpec { vocab, dim });
-        let mut widths = vec![inputs * embed.map_or(1, |e| e.dim)];
+        let conv = (!self.model.conv.is_empty()).then(|| crate::conv::ConvSpec {
+            image: self.model.image.unwrap_or([1, 1, inputs]),
+            channels: self.model.conv.clone(),
+        });
+        let first = match &conv {
+            Some(c) => c.out_width(),
+            None => inputs * embed.map_or(1, |e| e.dim),
+        };
+        let mut widths = vec![first];
         widths.extend(&self.model.hidden);
         widths.push(outputs);
         MlpSpec {
             widths,
             embed,
+            conv,
             activation: match self.model.activation {
                 ActivationName::Relu => Activation::Relu,
                 ActivationName::Gelu => Activation::Gelu,

@@ -4,7 +4,9 @@
 //! then Relu, Tanh or Gelu (tanh approximation), and no dropout. The input keeps the name of
 //! the teacher input it was trained from (`batch × inputs`, f32, raw values: the training
 //! standardisation is folded into the first layer; with an embedding, ids as float values,
-//! cast and looked up in the graph); output `logits` (`batch × classes`).
+//! cast and looked up in the graph; with a convolutional front, reshaped to `[C, H, W]`,
+//! standardised per channel, Conv/Relu/MaxPool per block, flattened); output `logits`
+//! (`batch × classes`).
 //!
 //! Any opset from 13 on ([`Opset`]): where the opset lacks an op (LayerNormalization before
 //! 17, Gelu before 20) the export writes the same arithmetic with older ops. The student's
@@ -157,6 +159,43 @@ pub fn onnx_bytes(mlp: &Mlp, info: &StudentInfo, opset: Opset) -> Vec<u8> {
         ElemType::Float32,
         &[batch.clone(), Dim::Fixed(mlp.input_width() as i64)],
     );
+    if let Some(conv) = &mlp.conv {
+        // Rows as images, standardised per channel, then Conv → Relu → MaxPool per block and
+        // Flatten (channel, row, column), as the ndarray front computes them.
+        let [c, hh, ww] = conv.spec.image;
+        let shape = g.ints("image_shape", &[4], &[0, c as i64, hh as i64, ww as i64]);
+        let img = g.node("Reshape", &[&h, &shape], &[]);
+        let mean = g.weight("input.mean", &[c, 1, 1], slice1(&conv.mean));
+        let scale = g.weight("input.scale", &[c, 1, 1], slice1(&conv.scale));
+        let centred = g.node("Sub", &[&img, &mean], &[]);
+        let mut x = g.node("Mul", &[&centred, &scale], &[]);
+        let shapes = conv.spec.shapes();
+        for (i, l) in conv.layers.iter().enumerate() {
+            let (o, k) = l.w.dim();
+            let w = g.weight(&format!("conv.{i}.weight"), &[o, k / 9, 3, 3], slice(&l.w));
+            let b = g.weight(&format!("conv.{i}.bias"), &[o], slice1(&l.b));
+            let y = g.node(
+                "Conv",
+                &[&x, &w, &b],
+                &[
+                    ("kernel_shape", Attr::Ints(vec![3, 3])),
+                    ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+                ],
+            );
+            x = g.node("Relu", &[&y], &[]);
+            if shapes[i + 1][1] != shapes[i][1] {
+                x = g.node(
+                    "MaxPool",
+                    &[&x],
+                    &[
+                        ("kernel_shape", Attr::Ints(vec![2, 2])),
+                        ("strides", Attr::Ints(vec![2, 2])),
+                    ],
+                );
+            }
+        }
+        h = g.node("Flatten", &[&x], &[("axis", Attr::Int(1))]);
+    }
     if let Some(table) = &mlp.embed {
         // Ids arrive as float values (as the dataset stores them for the student): Cast,
         // look up (batch × n × dim), flatten to the first layer's n·dim inputs.

@@ -27,6 +27,7 @@
 //! errors).
 
 pub mod config;
+pub mod conv;
 pub mod data;
 pub mod error;
 pub mod eval;

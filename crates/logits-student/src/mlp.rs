@@ -218,6 +218,8 @@ pub struct MlpSpec {
     pub widths: Vec<usize>,
     /// An embedding per input value, when the inputs are ids.
     pub embed: Option<EmbedSpec>,
+    /// A convolutional front, when the inputs are images.
+    pub conv: Option<crate::conv::ConvSpec>,
     /// Nonlinearity after every hidden layer.
     pub activation: Activation,
     /// Layer norm before each hidden nonlinearity.
@@ -237,6 +239,8 @@ pub struct Mlp {
     pub norms: Vec<LayerNorm>,
     /// The `vocab × dim` embedding table when `spec.embed`.
     pub embed: Option<Array2<f32>>,
+    /// The convolutional front when `spec.conv`.
+    pub conv: Option<crate::conv::ConvStack>,
 }
 
 /// What the forward pass keeps for the backward pass.
@@ -254,6 +258,8 @@ pub struct Cache {
     masks: Vec<Option<Array2<f32>>>,
     /// The looked-up ids, row-major, with an embedding.
     ids: Vec<usize>,
+    /// The convolutional front's cache.
+    conv: Option<crate::conv::ConvCache>,
 }
 
 impl Mlp {
@@ -283,17 +289,25 @@ impl Mlp {
                 (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
             })
         });
+        let conv = spec
+            .conv
+            .clone()
+            .map(|c| crate::conv::ConvStack::new(c, &mut rng));
         Mlp {
             spec,
             layers,
             norms,
             embed,
+            conv,
         }
     }
 
     /// Input values the student reads per row (the first layer's width without an embedding,
     /// the number of ids with one).
     pub fn input_width(&self) -> usize {
+        if let Some(c) = &self.spec.conv {
+            return c.in_width();
+        }
         let w = self.spec.widths.first().copied().unwrap_or(0);
         match self.spec.embed {
             Some(e) => w / e.dim.max(1),
@@ -335,6 +349,7 @@ impl Mlp {
             layers: self.layers.iter().map(Linear::zeros_like).collect(),
             norms: self.norms.iter().map(LayerNorm::zeros_like).collect(),
             embed: self.embed.as_ref().map(|t| Array2::zeros(t.raw_dim())),
+            conv: self.conv.as_ref().map(crate::conv::ConvStack::zeros_like),
         }
     }
 
@@ -355,13 +370,18 @@ impl Mlp {
         mut dropout_rng: Option<&mut rand_chacha::ChaCha8Rng>,
     ) -> (Array2<f32>, Cache) {
         let mut cache = Cache::default();
-        let mut input = match &self.embed {
-            Some(table) => {
+        let mut input = match (&self.embed, &self.conv) {
+            (Some(table), _) => {
                 let (h, ids) = self.embed_rows(table, x);
                 cache.ids = ids;
                 h
             }
-            None => x.to_owned(),
+            (None, Some(conv)) => {
+                let (h, c) = conv.forward(x);
+                cache.conv = Some(c);
+                h
+            }
+            (None, None) => x.to_owned(),
         };
         let last = self.layers.len().saturating_sub(1);
         for (i, l) in self.layers.iter().enumerate() {
@@ -409,6 +429,17 @@ impl Mlp {
         let mut d = dlogits;
         for i in (0..self.layers.len()).rev() {
             if i == 0 {
+                if let (Some(conv), Some(g), Some(c)) =
+                    (&self.conv, grad.conv.as_mut(), &cache.conv)
+                {
+                    let dx = self.layers[0].backward(
+                        cache.inputs[0].view(),
+                        d.view(),
+                        &mut grad.layers[0],
+                    );
+                    conv.backward(c, dx, g);
+                    break;
+                }
                 match (&self.embed, grad.embed.as_mut()) {
                     (Some(table), Some(g)) => {
                         let dx = self.layers[0].backward(
@@ -461,6 +492,27 @@ impl Params for Mlp {
         if let Some(t) = &self.embed {
             out.push(("embed.weight".to_string(), t.shape().to_vec(), slice(t)));
         }
+        if let Some(c) = &self.conv {
+            // Buffers first: they never receive a gradient, so no optimizer moves them.
+            out.push((
+                "input.mean".to_string(),
+                vec![c.mean.len()],
+                slice1(&c.mean),
+            ));
+            out.push((
+                "input.scale".to_string(),
+                vec![c.scale.len()],
+                slice1(&c.scale),
+            ));
+            for (i, l) in c.layers.iter().enumerate() {
+                out.push((
+                    format!("conv.{i}.weight"),
+                    l.w.shape().to_vec(),
+                    slice(&l.w),
+                ));
+                out.push((format!("conv.{i}.bias"), vec![l.b.len()], slice1(&l.b)));
+            }
+        }
         for (i, l) in self.layers.iter().enumerate() {
             out.push((
                 format!("layers.{i}.weight"),
@@ -488,6 +540,14 @@ impl Params for Mlp {
         let mut out: Vec<&mut [f32]> = Vec::new();
         if let Some(t) = &mut self.embed {
             out.push(slice_mut(t));
+        }
+        if let Some(c) = &mut self.conv {
+            out.push(slice1_mut(&mut c.mean));
+            out.push(slice1_mut(&mut c.scale));
+            for l in &mut c.layers {
+                out.push(slice_mut(&mut l.w));
+                out.push(slice1_mut(&mut l.b));
+            }
         }
         for l in &mut self.layers {
             out.push(slice_mut(&mut l.w));
@@ -524,6 +584,7 @@ mod tests {
         MlpSpec {
             widths: vec![5, 7, 6, 3],
             embed: None,
+            conv: None,
             activation: act,
             layer_norm: ln,
             dropout,
@@ -594,6 +655,7 @@ mod tests {
             MlpSpec {
                 widths: vec![6, 4, 3],
                 embed: Some(EmbedSpec { vocab: 5, dim: 3 }),
+                conv: None,
                 activation: Activation::Tanh,
                 layer_norm: true,
                 dropout: 0.0,
@@ -624,6 +686,7 @@ mod tests {
         let s = MlpSpec {
             widths: vec![64, 32, 10],
             embed: None,
+            conv: None,
             activation: Activation::Relu,
             layer_norm: false,
             dropout: 0.0,

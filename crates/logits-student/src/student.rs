@@ -39,6 +39,9 @@ pub struct StudentInfo {
     /// reads `widths[0] / dim` ids).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embed: Option<[usize; 2]>,
+    /// The convolutional front (`kind = cnn`): the input image and each block's channels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<crate::conv::ConvSpec>,
     /// Activation name.
     pub activation: String,
     /// Layer norm before hidden nonlinearities.
@@ -218,6 +221,20 @@ pub fn save_torch(path: &Path, mlp: &Mlp, info: &impl Serialize) -> Result<()> {
         // nn.Embedding holds vocab × dim, as here.
         tensors.push(("embed.weight".to_string(), t.shape().to_vec(), slice(t)));
     }
+    if let Some(c) = &mlp.conv {
+        // Buffers, then nn.Conv2d's (O, C, 3, 3): the same memory order as O × C·9.
+        tensors.push(("input.mean".into(), vec![c.mean.len()], slice1(&c.mean)));
+        tensors.push(("input.scale".into(), vec![c.scale.len()], slice1(&c.scale)));
+        for (i, l) in c.layers.iter().enumerate() {
+            let (o, k) = l.w.dim();
+            tensors.push((
+                format!("conv.{i}.weight"),
+                vec![o, k / 9, 3, 3],
+                slice(&l.w),
+            ));
+            tensors.push((format!("conv.{i}.bias"), vec![l.b.len()], slice1(&l.b)));
+        }
+    }
     for (i, (l, wt)) in mlp.layers.iter().zip(&transposed).enumerate() {
         tensors.push((format!("layers.{i}.weight"), wt.shape().to_vec(), slice(wt)));
         tensors.push((format!("layers.{i}.bias"), vec![l.b.len()], slice1(&l.b)));
@@ -294,7 +311,7 @@ pub fn load(path: &Path, template: Option<&Student>) -> Result<(Student, Student
         })?;
     let activation = Activation::parse(&info.activation)
         .ok_or_else(|| bad(format!("unknown activation {:?}", info.activation)))?;
-    if info.kind != "mlp" || info.widths.len() < 2 {
+    if !(info.kind == "mlp" || info.kind == "cnn") || info.widths.len() < 2 {
         return Err(bad(format!(
             "unsupported student {:?} with widths {:?}",
             info.kind, info.widths
@@ -372,6 +389,28 @@ pub fn load(path: &Path, template: Option<&Student>) -> Result<(Student, Student
         ),
         None => None,
     };
+    let conv = match &info.conv {
+        Some(spec) => {
+            let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+            let mut stack = crate::conv::ConvStack::new(spec.clone(), &mut rng);
+            let c = spec.image[0];
+            stack.mean = Array1::from(take("input.mean".into(), &[c])?);
+            stack.scale = Array1::from(take("input.scale".into(), &[c])?);
+            for (i, l) in stack.layers.iter_mut().enumerate() {
+                let (o, k) = l.w.dim();
+                let shape = if torch {
+                    vec![o, k / 9, 3, 3]
+                } else {
+                    vec![o, k]
+                };
+                l.w = Array2::from_shape_vec((o, k), take(format!("conv.{i}.weight"), &shape)?)
+                    .map_err(|e| bad(e.to_string()))?;
+                l.b = Array1::from(take(format!("conv.{i}.bias"), &[o])?);
+            }
+            Some(stack)
+        }
+        None => None,
+    };
     let (gain, shift) = if torch {
         ("weight", "bias")
     } else {
@@ -402,6 +441,7 @@ pub fn load(path: &Path, template: Option<&Student>) -> Result<(Student, Student
         spec: MlpSpec {
             widths: w.clone(),
             embed: embed_spec,
+            conv: info.conv.clone(),
             activation,
             layer_norm: info.layer_norm,
             dropout: 0.0,
@@ -409,6 +449,7 @@ pub fn load(path: &Path, template: Option<&Student>) -> Result<(Student, Student
         layers,
         norms,
         embed,
+        conv,
     };
     Ok((Student { mlp, projections }, info))
 }
@@ -422,6 +463,7 @@ mod tests {
             MlpSpec {
                 widths: vec![3, 4, 2],
                 embed: None,
+                conv: None,
                 activation: Activation::Gelu,
                 layer_norm: true,
                 dropout: 0.0,
@@ -435,6 +477,7 @@ mod tests {
             kind: "mlp".into(),
             widths: vec![3, 4, 2],
             embed: None,
+            conv: None,
             activation: "gelu".into(),
             layer_norm: true,
             input: "x".into(),

@@ -842,14 +842,25 @@ pub fn train(
         None => Loader::new(ds, cfg.model.input.as_deref(), needs(cfg))?,
     };
     let m = ds.manifest();
+    // A convolutional student reads each row as an image: its shape settled here, once.
+    let resolved;
+    let cfg = if cfg.model.conv.is_empty() {
+        cfg
+    } else {
+        let mut c = cfg.clone();
+        c.model.image = Some(image_shape(ds, cfg, &loader)?);
+        resolved = c;
+        &resolved
+    };
     let (dir, latest, _lock) = open_run_dir(out, resume)?;
     let in_memory = if cfg.data.in_memory {
         Some(loader.load(split.train.clone())?)
     } else {
         None
     };
-    // Ids that an embedding looks up are not standardised.
-    let norm = if cfg.data.standardize && cfg.model.embed.is_none() {
+    // Ids that an embedding looks up are not standardised; images are, per channel, inside
+    // the convolutional front.
+    let norm = if cfg.data.standardize && cfg.model.embed.is_none() && cfg.model.conv.is_empty() {
         fit_norm(&loader, in_memory.as_ref(), split.train.clone(), cfg)?
     } else {
         None
@@ -861,9 +872,15 @@ pub fn train(
         all
     });
     let mut info = StudentInfo {
-        kind: "mlp".into(),
+        kind: if cfg.model.conv.is_empty() {
+            "mlp"
+        } else {
+            "cnn"
+        }
+        .into(),
         widths: cfg.mlp_spec(loader.input_width, loader.classes).widths,
         embed: cfg.model.embed,
+        conv: cfg.mlp_spec(loader.input_width, loader.classes).conv,
         activation: cfg.mlp_spec(1, 1).activation.name().into(),
         layer_norm: cfg.model.layer_norm,
         input: loader.input.clone(),
@@ -884,7 +901,19 @@ pub fn train(
     let bs = cfg.data.batch_size as u64;
     let per_epoch = train_rows.div_ceil(bs);
     let total = cfg.data.steps.unwrap_or(per_epoch * cfg.data.epochs);
-    let fresh = init_student(ds, cfg, loader.input_width, loader.classes)?;
+    let mut fresh = init_student(ds, cfg, loader.input_width, loader.classes)?;
+    if let Some(c) = fresh.mlp.conv.as_mut()
+        && cfg.data.standardize
+        && let Some(n) = fit_channel_norm(
+            &loader,
+            in_memory.as_ref(),
+            split.train.clone(),
+            cfg,
+            c.spec.image,
+        )?
+    {
+        c.set_standardisation(&n);
+    }
     let mut opt = Optimizer::new(
         cfg.method(),
         cfg.schedule(total),
@@ -956,6 +985,79 @@ pub fn train(
         train_rows,
         last: rec.last,
     })
+}
+
+/// The `[C, H, W]` a convolutional student reads each row as: `model.image`, else the stored
+/// input's shape (`[H, W]` as one channel); it must hold the row's values exactly.
+fn image_shape(ds: &Dataset, cfg: &TrainConfig, loader: &Loader) -> Result<[usize; 3]> {
+    let bad = |what: String| StudentError::Dataset {
+        dataset: ds.root().to_path_buf(),
+        what,
+    };
+    let image = match cfg.model.image {
+        Some(i) => i,
+        None => {
+            let spec = ds.manifest().inputs.iter().find(|i| i.name == loader.input);
+            let dims: Vec<usize> = spec
+                .map(|s| {
+                    s.shape
+                        .iter()
+                        .filter_map(|d| match d {
+                            logits_format::manifest::Dim::Fixed(n) => Some(*n as usize),
+                            logits_format::manifest::Dim::Named(_) => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            match dims[..] {
+                [c, h, w] => [c, h, w],
+                [h, w] => [1, h, w],
+                _ => {
+                    return Err(bad(format!(
+                        "input {:?} has shape {dims:?}, not an image: pass --image C,H,W for the convolutions (e.g. --image 1,8,8 for 64 values)",
+                        loader.input
+                    )));
+                }
+            }
+        }
+    };
+    if image.iter().product::<usize>() != loader.input_width || image.contains(&0) {
+        return Err(bad(format!(
+            "--image {}: {} values, but input {:?} holds {} per row",
+            image.map(|d| d.to_string()).join(","),
+            image.iter().product::<usize>(),
+            loader.input,
+            loader.input_width
+        )));
+    }
+    Ok(image)
+}
+
+/// The per-channel standardisation of a convolutional student: every pixel of the training
+/// rows a sample of its channel, in one pass (or from the rows in memory).
+fn fit_channel_norm(
+    loader: &Loader,
+    in_memory: Option<&Batch>,
+    train: Option<std::ops::Range<u64>>,
+    cfg: &TrainConfig,
+    image: [usize; 3],
+) -> Result<Option<InputNorm>> {
+    let mut moments = Moments::new(image[0]);
+    match in_memory {
+        Some(all) => moments.add(crate::conv::pixels_by_channel(all.x.view(), image).view()),
+        None => {
+            for b in loader.stream(
+                train,
+                cfg.data.batch_size.max(256),
+                None,
+                0,
+                cfg.data.prefetch,
+            )? {
+                moments.add(crate::conv::pixels_by_channel(b?.x.view(), image).view());
+            }
+        }
+    }
+    Ok(moments.finish())
 }
 
 /// Refuses a batch whose inputs are not ids of the student's embedding, naming the row.

@@ -116,6 +116,12 @@ pub(crate) struct TrainArgs {
     /// values before the first layer (not standardised).
     #[arg(long)]
     pub(crate) embed: Option<String>,
+    /// Convolution blocks' channels, comma-separated (3×3 conv, ReLU, 2×2 max-pool each).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) conv: Option<Vec<usize>>,
+    /// C,H,W of an input row for --conv (default: the stored input's shape).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) image: Option<Vec<usize>>,
     /// The stored input to train from (default: the only one).
     #[arg(long)]
     pub(crate) input: Option<String>,
@@ -322,6 +328,13 @@ pub(crate) fn resolve(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     set!(a.dropout, c.model.dropout);
     if a.input.is_some() {
         c.model.input = a.input.clone();
+    }
+    set!(a.conv, c.model.conv);
+    if let Some(i) = &a.image {
+        c.model.image = Some(
+            <[usize; 3]>::try_from(i.as_slice())
+                .map_err(|_| logits::usage(format!("--image {i:?}: expected C,H,W")))?,
+        );
     }
     if let Some(e) = &a.embed {
         let parsed = e

@@ -1,0 +1,439 @@
+//! The convolutional front of the classifier student, for image-shaped inputs (`[C, H, W]`, or
+//! a flat row read as one): a fixed per-channel standardisation, then blocks of 3×3
+//! convolution (stride 1, zero padding 1) → ReLU → 2×2 max-pooling (stride 2, dropped when a
+//! side is below 2), flattened (channel, row, column) into the MLP layers that follow.
+//!
+//! Convolutions run as im2col + one GEMM per block over the whole batch (`O × C·9` times
+//! `C·9 × B·H·W`), their gradients as two GEMMs and col2im. Weights are stored `O × C·9`,
+//! which is PyTorch's `Conv2d` `(O, C, 3, 3)` in memory order; initialisation is Glorot
+//! uniform over fan-in C·9 and fan-out O·9, biases 0.
+//!
+//! The per-channel mean and scale (1/std) are buffers, not parameters: fitted on the training
+//! rows before the first step (standardising per channel keeps the convolution a convolution,
+//! which a per-pixel standardisation folded into it would not), listed with the parameters so
+//! checkpoints and exports carry them, and never given a gradient, so no optimizer moves them.
+
+use ndarray::{Array1, Array2, ArrayView2, Axis};
+use rand::RngExt;
+
+/// The image a row holds and the convolution blocks' output channels.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConvSpec {
+    /// Input channels, height, width.
+    pub image: [usize; 3],
+    /// Output channels of each block.
+    pub channels: Vec<usize>,
+}
+
+impl ConvSpec {
+    /// `[C, H, W]` at the input of each block and after the last.
+    pub fn shapes(&self) -> Vec<[usize; 3]> {
+        let mut s = vec![self.image];
+        for &o in &self.channels {
+            let [_, h, w] = *s.last().unwrap_or(&self.image);
+            s.push(if h >= 2 && w >= 2 {
+                [o, h / 2, w / 2]
+            } else {
+                [o, h, w]
+            });
+        }
+        s
+    }
+
+    /// Values per row after the last block (the first linear layer's inputs).
+    pub fn out_width(&self) -> usize {
+        let [c, h, w] = self.shapes().last().copied().unwrap_or(self.image);
+        c * h * w
+    }
+
+    /// Values per input row.
+    pub fn in_width(&self) -> usize {
+        self.image.iter().product()
+    }
+}
+
+/// One 3×3 convolution: `w` is `O × C·9`, `b` is `O`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conv2d {
+    /// Weights, `O × C·9` (PyTorch's `(O, C, 3, 3)` flattened).
+    pub w: Array2<f32>,
+    /// Bias, `O`.
+    pub b: Array1<f32>,
+}
+
+/// The convolutional front: the fixed input standardisation and the blocks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvStack {
+    /// Its shape.
+    pub spec: ConvSpec,
+    /// Per-channel mean subtracted from the raw input (a buffer).
+    pub mean: Array1<f32>,
+    /// Per-channel 1/std the centred input is multiplied by (a buffer).
+    pub scale: Array1<f32>,
+    /// The blocks' convolutions.
+    pub layers: Vec<Conv2d>,
+}
+
+/// What the forward pass keeps for the backward pass.
+#[derive(Debug, Clone, Default)]
+pub struct ConvCache {
+    cols: Vec<Array2<f32>>,
+    pre: Vec<Array2<f32>>,
+    /// Per block, for every output value, the flat index in the activation it came from.
+    argmax: Vec<Vec<usize>>,
+    batch: usize,
+}
+
+/// `x` (`B × C·H·W`) as im2col columns `C·9 × B·H·W` for a 3×3 kernel with padding 1.
+fn im2col(x: ArrayView2<f32>, [c, h, w]: [usize; 3]) -> Array2<f32> {
+    let b = x.nrows();
+    let hw = h * w;
+    let mut cols = Array2::zeros((c * 9, b * hw));
+    let out = cols.as_slice_mut().unwrap_or(&mut []);
+    let n = b * hw;
+    for (bi, row) in x.rows().into_iter().enumerate() {
+        for ci in 0..c {
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let r = (ci * 9 + ky * 3 + kx) * n + bi * hw;
+                    for y in 0..h {
+                        let sy = y as isize + ky as isize - 1;
+                        if sy < 0 || sy >= h as isize {
+                            continue;
+                        }
+                        for xx in 0..w {
+                            let sx = xx as isize + kx as isize - 1;
+                            if sx >= 0 && sx < w as isize {
+                                out[r + y * w + xx] = row[ci * hw + sy as usize * w + sx as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    cols
+}
+
+/// The adjoint of [`im2col`]: columns' gradients summed back into `B × C·H·W`.
+fn col2im(cols: &Array2<f32>, b: usize, [c, h, w]: [usize; 3]) -> Array2<f32> {
+    let hw = h * w;
+    let n = b * hw;
+    let mut x = Array2::zeros((b, c * hw));
+    let src = cols.as_slice().unwrap_or(&[]);
+    for (bi, mut row) in x.rows_mut().into_iter().enumerate() {
+        for ci in 0..c {
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let r = (ci * 9 + ky * 3 + kx) * n + bi * hw;
+                    for y in 0..h {
+                        let sy = y as isize + ky as isize - 1;
+                        if sy < 0 || sy >= h as isize {
+                            continue;
+                        }
+                        for xx in 0..w {
+                            let sx = xx as isize + kx as isize - 1;
+                            if sx >= 0 && sx < w as isize {
+                                row[ci * hw + sy as usize * w + sx as usize] += src[r + y * w + xx];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    x
+}
+
+impl ConvStack {
+    /// A seeded stack (identity standardisation until fitted).
+    pub fn new(spec: ConvSpec, rng: &mut rand_chacha::ChaCha8Rng) -> ConvStack {
+        let shapes = spec.shapes();
+        let layers = spec
+            .channels
+            .iter()
+            .zip(&shapes)
+            .map(|(&o, &[c, _, _])| {
+                let a = (6.0 / ((c + o) * 9).max(1) as f32).sqrt();
+                Conv2d {
+                    w: Array2::from_shape_fn((o, c * 9), |_| rng.random_range(-a..=a)),
+                    b: Array1::zeros(o),
+                }
+            })
+            .collect();
+        let c = spec.image[0];
+        ConvStack {
+            spec,
+            mean: Array1::zeros(c),
+            scale: Array1::ones(c),
+            layers,
+        }
+    }
+
+    /// A zero stack of the same shape (gradient accumulator; buffers get no gradient).
+    pub fn zeros_like(&self) -> ConvStack {
+        ConvStack {
+            spec: self.spec.clone(),
+            mean: Array1::zeros(self.mean.len()),
+            scale: Array1::zeros(self.scale.len()),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| Conv2d {
+                    w: Array2::zeros(l.w.raw_dim()),
+                    b: Array1::zeros(l.b.len()),
+                })
+                .collect(),
+        }
+    }
+
+    /// Raw rows (`B × C·H·W`) to the flattened output of the last block.
+    pub fn forward(&self, x: ArrayView2<f32>) -> (Array2<f32>, ConvCache) {
+        let shapes = self.spec.shapes();
+        let [c0, h0, w0] = self.spec.image;
+        let batch = x.nrows();
+        let mut cache = ConvCache {
+            batch,
+            ..Default::default()
+        };
+        let mut h = x.to_owned();
+        let hw0 = h0 * w0;
+        for mut row in h.rows_mut() {
+            for c in 0..c0 {
+                let (m, sc) = (self.mean[c], self.scale[c]);
+                row.slice_mut(ndarray::s![c * hw0..(c + 1) * hw0])
+                    .mapv_inplace(|v| (v - m) * sc);
+            }
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let [c, hh, ww] = shapes[i];
+            let [o, ph, pw] = shapes[i + 1];
+            let cols = im2col(h.view(), [c, hh, ww]);
+            let mut pre = l.w.dot(&cols);
+            for (mut r, &bias) in pre.rows_mut().into_iter().zip(&l.b) {
+                r += bias;
+            }
+            let act = pre.mapv(|v| v.max(0.0));
+            let act_s = act.as_slice().unwrap_or(&[]);
+            let n = batch * hh * ww;
+            let pooled = ph != hh;
+            let mut out = Array2::zeros((batch, o * ph * pw));
+            let mut arg = vec![0usize; batch * o * ph * pw];
+            for bi in 0..batch {
+                for oc in 0..o {
+                    for y in 0..ph {
+                        for xx in 0..pw {
+                            let best = if pooled {
+                                let mut best = oc * n + bi * hh * ww + 2 * y * ww + 2 * xx;
+                                for (dy, dx) in [(0, 1), (1, 0), (1, 1)] {
+                                    let k = oc * n + bi * hh * ww + (2 * y + dy) * ww + 2 * xx + dx;
+                                    if act_s[k] > act_s[best] {
+                                        best = k;
+                                    }
+                                }
+                                best
+                            } else {
+                                oc * n + bi * hh * ww + y * ww + xx
+                            };
+                            let j = (oc * ph + y) * pw + xx;
+                            out[[bi, j]] = act_s[best];
+                            arg[bi * o * ph * pw + j] = best;
+                        }
+                    }
+                }
+            }
+            cache.cols.push(cols);
+            cache.pre.push(pre);
+            cache.argmax.push(arg);
+            h = out;
+        }
+        (h, cache)
+    }
+
+    /// Backward from ∂L/∂output; accumulates the convolutions' gradients into `grad`.
+    pub fn backward(&self, cache: &ConvCache, d_out: Array2<f32>, grad: &mut ConvStack) {
+        let shapes = self.spec.shapes();
+        let batch = cache.batch;
+        let mut d = d_out;
+        for i in (0..self.layers.len()).rev() {
+            let [c, hh, ww] = shapes[i];
+            let l = &self.layers[i];
+            let pre = &cache.pre[i];
+            let mut d_pre = Array2::<f32>::zeros(pre.raw_dim());
+            {
+                let dp = d_pre.as_slice_mut().unwrap_or(&mut []);
+                for (k, &src) in d.iter().zip(&cache.argmax[i]) {
+                    dp[src] += *k;
+                }
+            }
+            ndarray::Zip::from(&mut d_pre)
+                .and(pre)
+                .for_each(|g, &z| *g = if z > 0.0 { *g } else { 0.0 });
+            let g = &mut grad.layers[i];
+            ndarray::linalg::general_mat_mul(1.0, &d_pre, &cache.cols[i].t(), 1.0, &mut g.w);
+            g.b += &d_pre.sum_axis(Axis(1));
+            if i == 0 {
+                break;
+            }
+            let dcols = l.w.t().dot(&d_pre);
+            d = col2im(&dcols, batch, [c, hh, ww]);
+        }
+    }
+
+    /// Sets the per-channel standardisation (fitted over every pixel of the training rows).
+    pub fn set_standardisation(&mut self, norm: &crate::norm::InputNorm) {
+        for (c, (&m, &sd)) in norm.mean.iter().zip(&norm.std).enumerate() {
+            if c < self.mean.len() {
+                self.mean[c] = m;
+                self.scale[c] = 1.0 / sd;
+            }
+        }
+    }
+}
+
+/// Rows `B × C·H·W` seen as one sample of `C` values per pixel: `B·H·W × C` (for fitting the
+/// per-channel standardisation with the per-feature moments).
+pub fn pixels_by_channel(x: ArrayView2<f32>, [c, h, w]: [usize; 3]) -> Array2<f32> {
+    let hw = h * w;
+    Array2::from_shape_fn((x.nrows() * hw, c), |(r, ci)| x[[r / hw, ci * hw + r % hw]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn stack(image: [usize; 3], channels: Vec<usize>) -> ConvStack {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut s = ConvStack::new(ConvSpec { image, channels }, &mut rng);
+        for l in &mut s.layers {
+            l.b.iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = 0.05 * i as f32);
+        }
+        s.mean.fill(0.3);
+        s.scale.fill(1.7);
+        s
+    }
+
+    /// A direct (loop) convolution + ReLU + pool as the reference for im2col + GEMM.
+    #[test]
+    fn forward_matches_a_direct_convolution() {
+        let s = stack([2, 5, 4], vec![3]);
+        let x = Array2::from_shape_fn((2, 40), |(i, j)| ((i * 40 + j) as f32 * 0.37).sin());
+        let (y, _) = s.forward(x.view());
+        assert_eq!(y.dim(), (2, 3 * 2 * 2));
+        let l = &s.layers[0];
+        for b in 0..2 {
+            let px = |c: usize, yy: isize, xx: isize| -> f32 {
+                if !(0..5).contains(&yy) || !(0..4).contains(&xx) {
+                    0.0
+                } else {
+                    (x[[b, c * 20 + yy as usize * 4 + xx as usize]] - 0.3) * 1.7
+                }
+            };
+            for o in 0..3 {
+                let conv = |yy: usize, xx: usize| -> f32 {
+                    let mut v = l.b[o];
+                    for c in 0..2 {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                v += l.w[[o, c * 9 + ky * 3 + kx]]
+                                    * px(
+                                        c,
+                                        yy as isize + ky as isize - 1,
+                                        xx as isize + kx as isize - 1,
+                                    );
+                            }
+                        }
+                    }
+                    v.max(0.0)
+                };
+                for py in 0..2 {
+                    for pxx in 0..2 {
+                        let want = [(0, 0), (0, 1), (1, 0), (1, 1)]
+                            .iter()
+                            .map(|(dy, dx)| conv(2 * py + dy, 2 * pxx + dx))
+                            .fold(f32::MIN, f32::max);
+                        let got = y[[b, (o * 2 + py) * 2 + pxx]];
+                        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every weight and bias gradient of two blocks against central finite differences.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let s = stack([2, 6, 5], vec![3, 2]);
+        let x = Array2::from_shape_fn((2, 60), |(i, j)| ((i * 60 + j) as f32 * 0.91).cos());
+        let out_w = s.spec.out_width();
+        assert_eq!(out_w, 2, "2 channels of 1 × 1 after two poolings");
+        let r = Array2::from_shape_fn((2, out_w), |(i, j)| 0.5 + (i + j) as f32 * 0.3);
+        let loss = |s: &ConvStack| -> f64 { (&s.forward(x.view()).0 * &r).sum() as f64 };
+        let (_, cache) = s.forward(x.view());
+        let mut g = s.zeros_like();
+        s.backward(&cache, r.clone(), &mut g);
+        // ReLU and max-pooling have kinks: a coordinate whose finite differences at two step
+        // sizes disagree sits next to one and is skipped; at most a tenth may be.
+        let (mut checked, mut skipped) = (0, 0);
+        for li in 0..2 {
+            for k in 0..s.layers[li].w.len() + s.layers[li].b.len() {
+                let bump = |s: &mut ConvStack, v: f32| {
+                    let l = &mut s.layers[li];
+                    let nw = l.w.len();
+                    if k < nw {
+                        l.w.as_slice_mut().unwrap()[k] += v;
+                    } else {
+                        l.b[k - nw] += v;
+                    }
+                };
+                let fd = |h: f32| {
+                    let (mut a, mut b) = (s.clone(), s.clone());
+                    bump(&mut a, h);
+                    bump(&mut b, -h);
+                    (loss(&a) - loss(&b)) / (2.0 * h as f64)
+                };
+                let (coarse, fine) = (fd(2e-3), fd(5e-4));
+                if (coarse - fine).abs() > 1e-2 * (1.0 + fine.abs()) {
+                    skipped += 1;
+                    continue;
+                }
+                let l = &g.layers[li];
+                let an = if k < l.w.len() {
+                    l.w.as_slice().unwrap()[k]
+                } else {
+                    l.b[k - l.w.len()]
+                } as f64;
+                assert!(
+                    (fine - an).abs() < 2e-2 * (1.0 + fine.abs()),
+                    "block {li} [{k}]: fd {fine} vs {an}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(
+            skipped * 10 <= checked + skipped,
+            "{skipped} kinks of {}",
+            checked + skipped
+        );
+    }
+
+    #[test]
+    fn shapes_pool_while_both_sides_allow() {
+        let s = ConvSpec {
+            image: [1, 8, 8],
+            channels: vec![4, 8, 8, 8],
+        };
+        assert_eq!(
+            s.shapes(),
+            vec![[1, 8, 8], [4, 4, 4], [8, 2, 2], [8, 1, 1], [8, 1, 1]]
+        );
+        assert_eq!(s.out_width(), 8);
+        let x = Array2::from_shape_fn((2, 12), |(i, j)| (i * 12 + j) as f32);
+        let p = pixels_by_channel(x.view(), [3, 2, 2]);
+        assert_eq!(p.dim(), (8, 3));
+        assert_eq!(p.row(5).to_vec(), vec![13.0, 17.0, 21.0]);
+    }
+}
