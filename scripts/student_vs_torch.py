@@ -128,8 +128,25 @@ def train_torch(cfg, x_tr, y_tr, t_tr, classes, seed):
     act = {"relu": torch.nn.ReLU, "gelu": lambda: torch.nn.GELU(approximate="tanh"),
            "tanh": torch.nn.Tanh}[model_cfg.get("activation", "relu")]
     embed = model_cfg.get("embed")
+    conv = model_cfg.get("conv") or []
     layers = []
-    if embed:
+    if conv:
+        # --conv: Conv2d(3, padding=1) -> ReLU -> MaxPool2d(2) blocks on images standardised per
+        # channel (done on the data below), Glorot-uniform kernels, zero biases.
+        c, h, w = model_cfg["image"]
+        layers.append(torch.nn.Unflatten(1, (c, h, w)))
+        for o in conv:
+            k = torch.nn.Conv2d(c, o, 3, padding=1)
+            torch.nn.init.xavier_uniform_(k.weight)
+            torch.nn.init.zeros_(k.bias)
+            layers += [k, torch.nn.ReLU()]
+            if h >= 2 and w >= 2:
+                layers.append(torch.nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            c = o
+        layers.append(torch.nn.Flatten())
+        widths = [c * h * w] + list(model_cfg["hidden"]) + [classes]
+    elif embed:
         # --embed V:D: an nn.Embedding per input id, concatenated (N(0, 1) init, as both).
         vocab, dim = embed
 
@@ -205,6 +222,11 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
     cfg = tomllib.loads((a.run / "config.toml").read_text())
+    if cfg["model"].get("conv") and not cfg["model"].get("image"):
+        # The image shape came from the dataset: the student file says which.
+        raw = (a.run / "student.safetensors").read_bytes()
+        header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+        cfg["model"]["image"] = json.loads(header["__metadata__"]["logits.student"])["conv"]["image"]
     report = json.loads((a.run / "report.json").read_text())
     t = cfg["loss"]["temperature"]
     manifest, ids, x, labels, targets = load(a.dataset, t)
@@ -213,7 +235,17 @@ def main():
     ho = ~tr if hold is not None else tr
     classes = manifest["targets"]["axis_size"]
     x_tr, x_ho = x[tr], x[ho]
-    if cfg["data"].get("standardize", True) and not cfg["model"].get("embed"):
+    if cfg["model"].get("conv") and cfg["data"].get("standardize", True):
+        # Per channel: every pixel a sample of its channel.
+        c = cfg["model"]["image"][0]
+        pix = x_tr.reshape(len(x_tr), c, -1).astype(np.float64)
+        mean = pix.mean(axis=(0, 2))
+        std = pix.std(axis=(0, 2))
+        std[std < 1e-6] = 1.0
+        def chan(a):
+            return ((a.reshape(len(a), c, -1) - mean[None, :, None]) / std[None, :, None]).reshape(len(a), -1).astype(np.float32)
+        x_tr, x_ho = chan(x_tr), chan(x_ho)
+    elif cfg["data"].get("standardize", True) and not cfg["model"].get("embed"):
         mean = x_tr.astype(np.float64).mean(0)
         std = x_tr.astype(np.float64).std(0)
         std[std < 1e-6] = 1.0
@@ -243,6 +275,7 @@ def main():
         "rows_evaluated": int(ho.sum()),
         "standardize": cfg["data"].get("standardize", True) and not cfg["model"].get("embed"),
         "embed": cfg["model"].get("embed"),
+        "conv": cfg["model"].get("conv"),
         "logits_train": {"agreement": e.get("agreement"), "accuracy": e.get("accuracy"), "kl": e.get("kl"),
                          "rows_per_s": ours},
         "pytorch": runs,
