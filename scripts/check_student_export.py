@@ -42,31 +42,36 @@ def act(name, x):
 
 
 def conv_front(t, conv, x):
-    """nn.Conv2d(3, padding=1) -> ReLU -> MaxPool2d(2) blocks on per-channel standardised
-    images, flattened as torch.flatten(x, 1) does, written with NumPy."""
+    """nn.Conv2d(kernel 3, or 1 along a side of length 1; 'same' padding) -> ReLU ->
+    MaxPool2d(2 per side that has 2) blocks on per-channel standardised images, flattened as
+    torch.flatten(x, 1) does, written with NumPy."""
     c, h, w = conv["image"]
     img = x.astype(np.float64).reshape(len(x), c, h, w)
     img = (img - t["input.mean"].reshape(1, c, 1, 1)) * t["input.scale"].reshape(1, c, 1, 1)
     for i in range(len(conv["channels"])):
-        k = t[f"conv.{i}.weight"].astype(np.float64)  # (O, C, 3, 3)
+        k = t[f"conv.{i}.weight"].astype(np.float64)  # (O, C, kh, kw)
+        kh, kw = k.shape[2], k.shape[3]
         b, cin, hh, ww = img.shape
-        p = np.pad(img, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        p = np.pad(img, ((0, 0), (0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)))
         out = np.zeros((b, k.shape[0], hh, ww))
-        for ky in range(3):
-            for kx in range(3):
+        for ky in range(kh):
+            for kx in range(kw):
                 out += np.einsum("bchw,oc->bohw", p[:, :, ky:ky + hh, kx:kx + ww], k[:, :, ky, kx])
         out = np.maximum(out + t[f"conv.{i}.bias"].reshape(1, -1, 1, 1), 0)
-        if hh >= 2 and ww >= 2:
-            h2, w2 = hh // 2, ww // 2
-            out = out[:, :, :2 * h2, :2 * w2].reshape(b, -1, h2, 2, w2, 2).max(axis=(3, 5))
-        img = out
+        sy, sx = (2 if hh >= 2 else 1), (2 if ww >= 2 else 1)
+        h2, w2 = hh // sy, ww // sx
+        img = out[:, :, :sy * h2, :sx * w2].reshape(b, -1, h2, sy, w2, sx).max(axis=(3, 5))
     return img.reshape(len(x), -1)
 
 
 def torch_forward(t, info, x):
     """The MLP as torch.nn.Linear / LayerNorm / activation compute it."""
     n = len(info["widths"]) - 1
-    if info.get("conv"):
+    if info.get("conv") and info.get("embed"):
+        # Embedded ids, transposed to dim × n channels, through the convolutions.
+        e = t["embed.weight"].astype(np.float64)[x.astype(np.int64)]  # (b, n, dim)
+        h = conv_front(t, info["conv"], e.transpose(0, 2, 1).reshape(len(x), -1))
+    elif info.get("conv"):
         h = conv_front(t, info["conv"], x)
     elif info.get("embed"):
         # nn.Embedding on the ids, rows concatenated.
@@ -110,7 +115,9 @@ def main():
     info = json.loads(meta["logits.student"])
     widths = info["widths"]
     check(meta.get("format") == "pt", f"safetensors metadata format=pt ({meta.get('format')})")
-    if info.get("conv"):
+    if info.get("conv") and info.get("embed"):
+        inputs = info["conv"]["image"][2]
+    elif info.get("conv"):
         inputs = int(np.prod(info["conv"]["image"]))
     elif info.get("embed"):
         inputs = widths[0] // info["embed"][1]

@@ -130,19 +130,35 @@ def train_torch(cfg, x_tr, y_tr, t_tr, classes, seed):
     embed = model_cfg.get("embed")
     conv = model_cfg.get("conv") or []
     layers = []
+    if conv and embed:
+        # Embedded ids as dim channels of an n-long sequence.
+        vocab, dim = embed
+
+        class EmbedChannels(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.e = torch.nn.Embedding(vocab, dim)
+
+            def forward(self, x):
+                return self.e(x.long()).transpose(1, 2).flatten(1)
+
+        layers.append(EmbedChannels())
+        model_cfg = dict(model_cfg, image=[dim, 1, x_tr.shape[1]])
     if conv:
         # --conv: Conv2d(3, padding=1) -> ReLU -> MaxPool2d(2) blocks on images standardised per
         # channel (done on the data below), Glorot-uniform kernels, zero biases.
         c, h, w = model_cfg["image"]
         layers.append(torch.nn.Unflatten(1, (c, h, w)))
         for o in conv:
-            k = torch.nn.Conv2d(c, o, 3, padding=1)
+            kh, kw = (3 if h > 1 else 1), (3 if w > 1 else 1)
+            k = torch.nn.Conv2d(c, o, (kh, kw), padding=(kh // 2, kw // 2))
             torch.nn.init.xavier_uniform_(k.weight)
             torch.nn.init.zeros_(k.bias)
             layers += [k, torch.nn.ReLU()]
-            if h >= 2 and w >= 2:
-                layers.append(torch.nn.MaxPool2d(2))
-                h, w = h // 2, w // 2
+            sy, sx = (2 if h >= 2 else 1), (2 if w >= 2 else 1)
+            if (sy, sx) != (1, 1):
+                layers.append(torch.nn.MaxPool2d((sy, sx)))
+                h, w = h // sy, w // sx
             c = o
         layers.append(torch.nn.Flatten())
         widths = [c * h * w] + list(model_cfg["hidden"]) + [classes]
@@ -222,7 +238,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
     cfg = tomllib.loads((a.run / "config.toml").read_text())
-    if cfg["model"].get("conv") and not cfg["model"].get("image"):
+    if cfg["model"].get("conv") and not cfg["model"].get("image") and not cfg["model"].get("embed"):
         # The image shape came from the dataset: the student file says which.
         raw = (a.run / "student.safetensors").read_bytes()
         header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
@@ -235,7 +251,7 @@ def main():
     ho = ~tr if hold is not None else tr
     classes = manifest["targets"]["axis_size"]
     x_tr, x_ho = x[tr], x[ho]
-    if cfg["model"].get("conv") and cfg["data"].get("standardize", True):
+    if cfg["model"].get("conv") and cfg["data"].get("standardize", True) and not cfg["model"].get("embed"):
         # Per channel: every pixel a sample of its channel.
         c = cfg["model"]["image"][0]
         pix = x_tr.reshape(len(x_tr), c, -1).astype(np.float64)

@@ -656,6 +656,28 @@ fn byte_inputs_train_through_an_embedding() {
         let o = common::output_within(c, 120, "the exported-student check");
         assert!(o.status.success(), "{}", text(&o));
     }
+    // Embedded bytes read by 1-D convolutions: 4 channels × 1 × 128 positions.
+    let seq = tmp.path().join("embed_conv");
+    let o = run(&seq, &["--embed", "256:4", "--conv", "8"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(report(&seq)["onnx_max_abs_diff"].as_f64().unwrap() <= 1e-5);
+    let info = student_info(&seq.join("student.safetensors"));
+    assert_eq!(
+        info["conv"]["image"],
+        serde_json::json!([4, 1, 128]),
+        "{info}"
+    );
+    assert_eq!(info["widths"][0], 8 * 64, "{info}");
+    if let Ok(py) = std::env::var("LOGITS_ORACLE_PY") {
+        let mut c = std::process::Command::new(py);
+        c.arg(fixture("scripts/check_student_export.py")).args([
+            &seq.display().to_string(),
+            "--input",
+            "bytes",
+        ]);
+        let o = common::output_within(c, 120, "the exported-student check");
+        assert!(o.status.success(), "{}", text(&o));
+    }
     // Text bytes go past 100: the first such value is named with its row.
     let o = run(&tmp.path().join("small"), &["--embed", "100:4"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -721,7 +743,7 @@ fn convolutional_students_train_on_images() {
     let cases: &[(&[&str], &str, i32)] = &[
         (&["--conv", "4"], "pass --image C,H,W", 1),
         (&["--conv", "4", "--image", "1,8,9"], "72 values", 1),
-        (&["--conv", "4", "--embed", "17:2"], "cannot be combined", 2),
+        (&["--conv", "4", "--embed", "10:2"], "not an id below 10", 1),
         (&["--conv", "4", "--image", "8,8"], "expected C,H,W", 2),
     ];
     for (i, (args, want, code)) in cases.iter().enumerate() {

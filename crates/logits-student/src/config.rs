@@ -49,7 +49,8 @@ pub struct ModelConfig {
     /// (bytes: `[256, 16]`); such inputs are not standardised.
     pub embed: Option<[usize; 2]>,
     /// Output channels of convolution blocks (3×3 conv, ReLU, 2×2 max-pool) before the
-    /// hidden layers; empty: none.
+    /// hidden layers; empty: none. With `embed`, they read the embedded ids as a
+    /// `dim × 1 × n` sequence (1-D convolutions).
     pub conv: Vec<usize>,
     /// `[C, H, W]` of an input row for the convolutions (default: the stored input's shape,
     /// `[H, W]` read as one channel).
@@ -530,11 +531,6 @@ impl TrainConfig {
                 "model.embed (--embed VOCAB:DIM) needs a vocabulary of at least 2 ids and a width of at least 1, got {vocab}:{dim}"
             )));
         }
-        if !self.model.conv.is_empty() && self.model.embed.is_some() {
-            return Err(StudentError::Config(
-                "model.conv (--conv) and model.embed (--embed) cannot be combined: convolutions read image values, an embedding reads ids".into(),
-            ));
-        }
         if self.model.conv.contains(&0) {
             return Err(StudentError::Config(format!(
                 "model.conv (--conv) needs at least one channel per block, got {:?}",
@@ -586,7 +582,11 @@ impl TrainConfig {
             .embed
             .map(|[vocab, dim]| crate::mlp::EmbedSpec { vocab, dim });
         let conv = (!self.model.conv.is_empty()).then(|| crate::conv::ConvSpec {
-            image: self.model.image.unwrap_or([1, 1, inputs]),
+            // Embedded ids are a dim × 1 × n sequence to the convolutions.
+            image: self
+                .model
+                .image
+                .unwrap_or([embed.map_or(1, |e| e.dim), 1, inputs]),
             channels: self.model.conv.clone(),
         });
         let first = match &conv {

@@ -1,12 +1,13 @@
 //! The convolutional front of the classifier student, for image-shaped inputs (`[C, H, W]`, or
-//! a flat row read as one): a fixed per-channel standardisation, then blocks of 3×3
-//! convolution (stride 1, zero padding 1) → ReLU → 2×2 max-pooling (stride 2, dropped when a
-//! side is below 2), flattened (channel, row, column) into the MLP layers that follow.
+//! a flat row read as one) and sequences (`[C, 1, L]`: the same code is a 1-D convolution): a
+//! fixed per-channel standardisation, then blocks of 3×3 convolution (stride 1, zero padding
+//! 1; a side of length 1 gets a kernel side of 1) → ReLU → 2×2 max-pooling (stride 2; a side
+//! below 2 is not pooled), flattened (channel, row, column) into the MLP layers that follow.
 //!
-//! Convolutions run as im2col + one GEMM per block over the whole batch (`O × C·9` times
-//! `C·9 × B·H·W`), their gradients as two GEMMs and col2im. Weights are stored `O × C·9`,
-//! which is PyTorch's `Conv2d` `(O, C, 3, 3)` in memory order; initialisation is Glorot
-//! uniform over fan-in C·9 and fan-out O·9, biases 0.
+//! Convolutions run as im2col + one GEMM per block over the whole batch (`O × C·kh·kw` times
+//! `C·kh·kw × B·H·W`), their gradients as two GEMMs and col2im. Weights are stored
+//! `O × C·kh·kw`, which is PyTorch's `Conv2d` `(O, C, kh, kw)` in memory order;
+//! initialisation is Glorot uniform over fan-in C·kh·kw and fan-out O·kh·kw, biases 0.
 //!
 //! The per-channel mean and scale (1/std) are buffers, not parameters: fitted on the training
 //! rows before the first step (standardising per channel keeps the convolution a convolution,
@@ -31,11 +32,7 @@ impl ConvSpec {
         let mut s = vec![self.image];
         for &o in &self.channels {
             let [_, h, w] = *s.last().unwrap_or(&self.image);
-            s.push(if h >= 2 && w >= 2 {
-                [o, h / 2, w / 2]
-            } else {
-                [o, h, w]
-            });
+            s.push([o, h / pool(h), w / pool(w)]);
         }
         s
     }
@@ -50,12 +47,23 @@ impl ConvSpec {
     pub fn in_width(&self) -> usize {
         self.image.iter().product()
     }
+
+    /// The kernel `(kh, kw)` of block `i`: 3 along a side longer than 1, else 1.
+    pub fn kernel(&self, i: usize) -> (usize, usize) {
+        let [_, h, w] = self.shapes().get(i).copied().unwrap_or(self.image);
+        (if h > 1 { 3 } else { 1 }, if w > 1 { 3 } else { 1 })
+    }
 }
 
-/// One 3×3 convolution: `w` is `O × C·9`, `b` is `O`.
+/// The pooling window (and stride) along a side of length `n`: 2, or 1 (none) below 2.
+pub fn pool(n: usize) -> usize {
+    if n >= 2 { 2 } else { 1 }
+}
+
+/// One convolution: `w` is `O × C·kh·kw`, `b` is `O`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conv2d {
-    /// Weights, `O × C·9` (PyTorch's `(O, C, 3, 3)` flattened).
+    /// Weights, `O × C·kh·kw` (PyTorch's `(O, C, kh, kw)` flattened).
     pub w: Array2<f32>,
     /// Bias, `O`.
     pub b: Array1<f32>,
@@ -84,63 +92,66 @@ pub struct ConvCache {
     batch: usize,
 }
 
-/// `x` (`B × C·H·W`) as im2col columns `C·9 × B·H·W` for a 3×3 kernel with padding 1.
-fn im2col(x: ArrayView2<f32>, [c, h, w]: [usize; 3]) -> Array2<f32> {
+/// `x` (`B × C·H·W`) as im2col columns `C·kh·kw × B·H·W` for a `kh × kw` kernel with
+/// padding `kh/2`, `kw/2` (the output keeps H × W).
+fn im2col(x: ArrayView2<f32>, [c, h, w]: [usize; 3], (kh, kw): (usize, usize)) -> Array2<f32> {
     let b = x.nrows();
     let hw = h * w;
-    let mut cols = Array2::zeros((c * 9, b * hw));
-    let out = cols.as_slice_mut().unwrap_or(&mut []);
     let n = b * hw;
+    let mut cols = Array2::zeros((c * kh * kw, n));
+    let out = cols.as_slice_mut().unwrap_or(&mut []);
     for (bi, row) in x.rows().into_iter().enumerate() {
-        for ci in 0..c {
-            for ky in 0..3 {
-                for kx in 0..3 {
-                    let r = (ci * 9 + ky * 3 + kx) * n + bi * hw;
-                    for y in 0..h {
-                        let sy = y as isize + ky as isize - 1;
-                        if sy < 0 || sy >= h as isize {
-                            continue;
-                        }
-                        for xx in 0..w {
-                            let sx = xx as isize + kx as isize - 1;
-                            if sx >= 0 && sx < w as isize {
-                                out[r + y * w + xx] = row[ci * hw + sy as usize * w + sx as usize];
-                            }
+        each_tap([c, h, w], (kh, kw), |r, dst, src| {
+            out[r * n + bi * hw + dst] = row[src];
+        });
+    }
+    cols
+}
+
+/// Calls `f(column row, output pixel, input value index)` for every kernel tap that reads
+/// inside the image (padding reads zeros and is skipped).
+fn each_tap(
+    [c, h, w]: [usize; 3],
+    (kh, kw): (usize, usize),
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let (py, px) = ((kh / 2) as isize, (kw / 2) as isize);
+    for ci in 0..c {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let r = (ci * kh + ky) * kw + kx;
+                for y in 0..h {
+                    let sy = y as isize + ky as isize - py;
+                    if sy < 0 || sy >= h as isize {
+                        continue;
+                    }
+                    for xx in 0..w {
+                        let sx = xx as isize + kx as isize - px;
+                        if sx >= 0 && sx < w as isize {
+                            f(r, y * w + xx, ci * h * w + sy as usize * w + sx as usize);
                         }
                     }
                 }
             }
         }
     }
-    cols
 }
 
 /// The adjoint of [`im2col`]: columns' gradients summed back into `B × C·H·W`.
-fn col2im(cols: &Array2<f32>, b: usize, [c, h, w]: [usize; 3]) -> Array2<f32> {
+fn col2im(
+    cols: &Array2<f32>,
+    b: usize,
+    [c, h, w]: [usize; 3],
+    (kh, kw): (usize, usize),
+) -> Array2<f32> {
     let hw = h * w;
     let n = b * hw;
     let mut x = Array2::zeros((b, c * hw));
     let src = cols.as_slice().unwrap_or(&[]);
     for (bi, mut row) in x.rows_mut().into_iter().enumerate() {
-        for ci in 0..c {
-            for ky in 0..3 {
-                for kx in 0..3 {
-                    let r = (ci * 9 + ky * 3 + kx) * n + bi * hw;
-                    for y in 0..h {
-                        let sy = y as isize + ky as isize - 1;
-                        if sy < 0 || sy >= h as isize {
-                            continue;
-                        }
-                        for xx in 0..w {
-                            let sx = xx as isize + kx as isize - 1;
-                            if sx >= 0 && sx < w as isize {
-                                row[ci * hw + sy as usize * w + sx as usize] += src[r + y * w + xx];
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        each_tap([c, h, w], (kh, kw), |r, dst, at| {
+            row[at] += src[r * n + bi * hw + dst];
+        });
     }
     x
 }
@@ -153,10 +164,13 @@ impl ConvStack {
             .channels
             .iter()
             .zip(&shapes)
-            .map(|(&o, &[c, _, _])| {
-                let a = (6.0 / ((c + o) * 9).max(1) as f32).sqrt();
+            .enumerate()
+            .map(|(i, (&o, &[c, _, _]))| {
+                let (kh, kw) = spec.kernel(i);
+                let k = kh * kw;
+                let a = (6.0 / ((c + o) * k).max(1) as f32).sqrt();
                 Conv2d {
-                    w: Array2::from_shape_fn((o, c * 9), |_| rng.random_range(-a..=a)),
+                    w: Array2::from_shape_fn((o, c * k), |_| rng.random_range(-a..=a)),
                     b: Array1::zeros(o),
                 }
             })
@@ -208,7 +222,7 @@ impl ConvStack {
         for (i, l) in self.layers.iter().enumerate() {
             let [c, hh, ww] = shapes[i];
             let [o, ph, pw] = shapes[i + 1];
-            let cols = im2col(h.view(), [c, hh, ww]);
+            let cols = im2col(h.view(), [c, hh, ww], self.spec.kernel(i));
             let mut pre = l.w.dot(&cols);
             for (mut r, &bias) in pre.rows_mut().into_iter().zip(&l.b) {
                 r += bias;
@@ -216,25 +230,25 @@ impl ConvStack {
             let act = pre.mapv(|v| v.max(0.0));
             let act_s = act.as_slice().unwrap_or(&[]);
             let n = batch * hh * ww;
-            let pooled = ph != hh;
+            // The window (and stride) per side: 2, or 1 on a side too short to pool; a last odd
+            // row or column is dropped, as MaxPool2d(2) does.
+            let (sy, sx) = (pool(hh), pool(ww));
             let mut out = Array2::zeros((batch, o * ph * pw));
             let mut arg = vec![0usize; batch * o * ph * pw];
             for bi in 0..batch {
                 for oc in 0..o {
                     for y in 0..ph {
                         for xx in 0..pw {
-                            let best = if pooled {
-                                let mut best = oc * n + bi * hh * ww + 2 * y * ww + 2 * xx;
-                                for (dy, dx) in [(0, 1), (1, 0), (1, 1)] {
-                                    let k = oc * n + bi * hh * ww + (2 * y + dy) * ww + 2 * xx + dx;
+                            let base = oc * n + bi * hh * ww;
+                            let mut best = base + sy * y * ww + sx * xx;
+                            for dy in 0..sy {
+                                for dx in 0..sx {
+                                    let k = base + (sy * y + dy) * ww + sx * xx + dx;
                                     if act_s[k] > act_s[best] {
                                         best = k;
                                     }
                                 }
-                                best
-                            } else {
-                                oc * n + bi * hh * ww + y * ww + xx
-                            };
+                            }
                             let j = (oc * ph + y) * pw + xx;
                             out[[bi, j]] = act_s[best];
                             arg[bi * o * ph * pw + j] = best;
@@ -250,8 +264,15 @@ impl ConvStack {
         (h, cache)
     }
 
-    /// Backward from ∂L/∂output; accumulates the convolutions' gradients into `grad`.
-    pub fn backward(&self, cache: &ConvCache, d_out: Array2<f32>, grad: &mut ConvStack) {
+    /// Backward from ∂L/∂output; accumulates the convolutions' gradients into `grad` and, with
+    /// `input_grad`, returns ∂L/∂(standardised input) (what an embedding before it needs).
+    pub fn backward(
+        &self,
+        cache: &ConvCache,
+        d_out: Array2<f32>,
+        grad: &mut ConvStack,
+        input_grad: bool,
+    ) -> Option<Array2<f32>> {
         let shapes = self.spec.shapes();
         let batch = cache.batch;
         let mut d = d_out;
@@ -272,12 +293,14 @@ impl ConvStack {
             let g = &mut grad.layers[i];
             ndarray::linalg::general_mat_mul(1.0, &d_pre, &cache.cols[i].t(), 1.0, &mut g.w);
             g.b += &d_pre.sum_axis(Axis(1));
-            if i == 0 {
-                break;
+            if i == 0 && !input_grad {
+                return None;
             }
             let dcols = l.w.t().dot(&d_pre);
-            d = col2im(&dcols, batch, [c, hh, ww]);
+            d = col2im(&dcols, batch, [c, hh, ww], self.spec.kernel(i));
         }
+        // The standardisation is a per-channel scale of the raw input.
+        Some(d)
     }
 
     /// Sets the per-channel standardisation (fitted over every pixel of the training rows).
@@ -374,7 +397,7 @@ mod tests {
         let loss = |s: &ConvStack| -> f64 { (&s.forward(x.view()).0 * &r).sum() as f64 };
         let (_, cache) = s.forward(x.view());
         let mut g = s.zeros_like();
-        s.backward(&cache, r.clone(), &mut g);
+        s.backward(&cache, r.clone(), &mut g, false);
         // ReLU and max-pooling have kinks: a coordinate whose finite differences at two step
         // sizes disagree sits next to one and is skipped; at most a tenth may be.
         let (mut checked, mut skipped) = (0, 0);
@@ -418,6 +441,53 @@ mod tests {
             "{skipped} kinks of {}",
             checked + skipped
         );
+    }
+
+    /// A `[C, 1, L]` row is a 1-D sequence: kernel 1×3, pooling 1×2 (odd last column dropped),
+    /// against a direct computation; and its gradients against finite differences.
+    #[test]
+    fn one_dimensional_sequences() {
+        let s = stack([2, 1, 7], vec![3]);
+        assert_eq!(s.spec.kernel(0), (1, 3));
+        assert_eq!(s.layers[0].w.dim(), (3, 6));
+        assert_eq!(s.spec.shapes()[1], [3, 1, 3]);
+        let x = Array2::from_shape_fn((2, 14), |(i, j)| ((i * 14 + j) as f32 * 0.53).sin());
+        let (y, cache) = s.forward(x.view());
+        let l = &s.layers[0];
+        for b in 0..2 {
+            let px = |c: usize, t: isize| -> f32 {
+                if (0..7).contains(&t) {
+                    (x[[b, c * 7 + t as usize]] - 0.3) * 1.7
+                } else {
+                    0.0
+                }
+            };
+            for o in 0..3 {
+                let conv = |t: usize| -> f32 {
+                    let mut v = l.b[o];
+                    for c in 0..2 {
+                        for k in 0..3 {
+                            v += l.w[[o, c * 3 + k]] * px(c, t as isize + k as isize - 1);
+                        }
+                    }
+                    v.max(0.0)
+                };
+                for p in 0..3 {
+                    let want = conv(2 * p).max(conv(2 * p + 1));
+                    assert!((y[[b, o * 3 + p]] - want).abs() < 1e-5);
+                }
+            }
+        }
+        let r = Array2::from_shape_fn((2, 9), |(i, j)| 0.5 + (i + j) as f32 * 0.3);
+        let mut g = s.zeros_like();
+        s.backward(&cache, r.clone(), &mut g, false);
+        let loss = |s: &ConvStack| -> f64 { (&s.forward(x.view()).0 * &r).sum() as f64 };
+        let mut bumped = s.clone();
+        bumped.layers[0].w[[1, 4]] += 1e-3;
+        let mut down = s.clone();
+        down.layers[0].w[[1, 4]] -= 1e-3;
+        let fd = (loss(&bumped) - loss(&down)) / 2e-3;
+        assert!((fd - g.layers[0].w[[1, 4]] as f64).abs() < 2e-2 * (1.0 + fd.abs()));
     }
 
     #[test]

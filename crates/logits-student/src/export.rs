@@ -159,6 +159,27 @@ pub fn onnx_bytes(mlp: &Mlp, info: &StudentInfo, opset: Opset) -> Vec<u8> {
         ElemType::Float32,
         &[batch.clone(), Dim::Fixed(mlp.input_width() as i64)],
     );
+    if let Some(table) = &mlp.embed {
+        // Ids arrive as float values (as the dataset stores them for the student): Cast,
+        // look up (batch × n × dim), flatten to the first layer's n·dim inputs.
+        let ids = g.node(
+            "Cast",
+            &[&h],
+            &[("to", Attr::Int(ElemType::Int64.to_onnx() as i64))],
+        );
+        let t = g.weight("embed.weight", table.shape(), slice(table));
+        let mut e = g.node("Gather", &[&t, &ids], &[("axis", Attr::Int(0))]);
+        if mlp.conv.is_some() {
+            // Convolutions read the embedding's values as channels: batch × dim × n.
+            e = g.node("Transpose", &[&e], &[("perm", Attr::Ints(vec![0, 2, 1]))]);
+        }
+        let flat = g.ints(
+            "embed_flat_shape",
+            &[2],
+            &[0, (table.ncols() * mlp.input_width()) as i64],
+        );
+        h = g.node("Reshape", &[&e, &flat], &[]);
+    }
     if let Some(conv) = &mlp.conv {
         // Rows as images, standardised per channel, then Conv → Relu → MaxPool per block and
         // Flatten (channel, row, column), as the ndarray front computes them.
@@ -171,43 +192,38 @@ pub fn onnx_bytes(mlp: &Mlp, info: &StudentInfo, opset: Opset) -> Vec<u8> {
         let mut x = g.node("Mul", &[&centred, &scale], &[]);
         let shapes = conv.spec.shapes();
         for (i, l) in conv.layers.iter().enumerate() {
+            let (kh, kw) = conv.spec.kernel(i);
             let (o, k) = l.w.dim();
-            let w = g.weight(&format!("conv.{i}.weight"), &[o, k / 9, 3, 3], slice(&l.w));
+            let w = g.weight(
+                &format!("conv.{i}.weight"),
+                &[o, k / (kh * kw), kh, kw],
+                slice(&l.w),
+            );
             let b = g.weight(&format!("conv.{i}.bias"), &[o], slice1(&l.b));
+            let (py, px) = ((kh / 2) as i64, (kw / 2) as i64);
             let y = g.node(
                 "Conv",
                 &[&x, &w, &b],
                 &[
-                    ("kernel_shape", Attr::Ints(vec![3, 3])),
-                    ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+                    ("kernel_shape", Attr::Ints(vec![kh as i64, kw as i64])),
+                    ("pads", Attr::Ints(vec![py, px, py, px])),
                 ],
             );
             x = g.node("Relu", &[&y], &[]);
-            if shapes[i + 1][1] != shapes[i][1] {
+            let [_, h0, w0] = shapes[i];
+            let window = vec![crate::conv::pool(h0) as i64, crate::conv::pool(w0) as i64];
+            if window != [1, 1] {
                 x = g.node(
                     "MaxPool",
                     &[&x],
                     &[
-                        ("kernel_shape", Attr::Ints(vec![2, 2])),
-                        ("strides", Attr::Ints(vec![2, 2])),
+                        ("kernel_shape", Attr::Ints(window.clone())),
+                        ("strides", Attr::Ints(window)),
                     ],
                 );
             }
         }
         h = g.node("Flatten", &[&x], &[("axis", Attr::Int(1))]);
-    }
-    if let Some(table) = &mlp.embed {
-        // Ids arrive as float values (as the dataset stores them for the student): Cast,
-        // look up (batch × n × dim), flatten to the first layer's n·dim inputs.
-        let ids = g.node(
-            "Cast",
-            &[&h],
-            &[("to", Attr::Int(ElemType::Int64.to_onnx() as i64))],
-        );
-        let t = g.weight("embed.weight", table.shape(), slice(table));
-        let e = g.node("Gather", &[&t, &ids], &[("axis", Attr::Int(0))]);
-        let flat = g.ints("embed_flat_shape", &[2], &[0, widths[0] as i64]);
-        h = g.node("Reshape", &[&e, &flat], &[]);
     }
     let last = mlp.layers.len().saturating_sub(1);
     for (i, l) in mlp.layers.iter().enumerate() {

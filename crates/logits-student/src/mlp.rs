@@ -305,8 +305,11 @@ impl Mlp {
     /// Input values the student reads per row (the first layer's width without an embedding,
     /// the number of ids with one).
     pub fn input_width(&self) -> usize {
-        if let Some(c) = &self.spec.conv {
-            return c.in_width();
+        match (&self.spec.conv, &self.spec.embed) {
+            // Embedded ids as a D × 1 × n image: n ids per row.
+            (Some(c), Some(_)) => return c.image[2],
+            (Some(c), None) => return c.in_width(),
+            _ => {}
         }
         let w = self.spec.widths.first().copied().unwrap_or(0);
         match self.spec.embed {
@@ -370,19 +373,23 @@ impl Mlp {
         mut dropout_rng: Option<&mut rand_chacha::ChaCha8Rng>,
     ) -> (Array2<f32>, Cache) {
         let mut cache = Cache::default();
-        let mut input = match (&self.embed, &self.conv) {
-            (Some(table), _) => {
+        let mut input = match &self.embed {
+            Some(table) => {
                 let (h, ids) = self.embed_rows(table, x);
                 cache.ids = ids;
-                h
+                match &self.conv {
+                    // Convolutions read the embedding's values as channels.
+                    Some(_) => channels_first(&h, table.ncols()),
+                    None => h,
+                }
             }
-            (None, Some(conv)) => {
-                let (h, c) = conv.forward(x);
-                cache.conv = Some(c);
-                h
-            }
-            (None, None) => x.to_owned(),
+            None => x.to_owned(),
         };
+        if let Some(conv) = &self.conv {
+            let (h, c) = conv.forward(input.view());
+            cache.conv = Some(c);
+            input = h;
+        }
         let last = self.layers.len().saturating_sub(1);
         for (i, l) in self.layers.iter().enumerate() {
             let mut z = l.forward(input.view());
@@ -429,6 +436,7 @@ impl Mlp {
         let mut d = dlogits;
         for i in (0..self.layers.len()).rev() {
             if i == 0 {
+                let mut dx_conv = None;
                 if let (Some(conv), Some(g), Some(c)) =
                     (&self.conv, grad.conv.as_mut(), &cache.conv)
                 {
@@ -437,16 +445,24 @@ impl Mlp {
                         d.view(),
                         &mut grad.layers[0],
                     );
-                    conv.backward(c, dx, g);
-                    break;
+                    let dim = self.embed.as_ref().map_or(1, |t| t.ncols());
+                    dx_conv = conv
+                        .backward(c, dx, g, self.embed.is_some())
+                        .map(|dx| positions_first(&dx, dim));
+                    if dx_conv.is_none() {
+                        break;
+                    }
                 }
                 match (&self.embed, grad.embed.as_mut()) {
                     (Some(table), Some(g)) => {
-                        let dx = self.layers[0].backward(
-                            cache.inputs[0].view(),
-                            d.view(),
-                            &mut grad.layers[0],
-                        );
+                        let dx = match dx_conv {
+                            Some(dx) => dx,
+                            None => self.layers[0].backward(
+                                cache.inputs[0].view(),
+                                d.view(),
+                                &mut grad.layers[0],
+                            ),
+                        };
                         // Each looked-up row receives its slice of ∂L/∂input.
                         let dim = table.ncols();
                         let n = dx.ncols() / dim.max(1);
@@ -484,6 +500,19 @@ impl Mlp {
             }
         }
     }
+}
+
+/// Embedded rows `B × (n · dim)` (position-major) as `B × (dim · n)` (channel-major: the
+/// `dim × 1 × n` image a convolution reads).
+fn channels_first(h: &Array2<f32>, dim: usize) -> Array2<f32> {
+    let n = h.ncols() / dim.max(1);
+    Array2::from_shape_fn(h.raw_dim(), |(b, j)| h[[b, (j % n) * dim + j / n]])
+}
+
+/// The inverse of [`channels_first`].
+fn positions_first(h: &Array2<f32>, dim: usize) -> Array2<f32> {
+    let n = h.ncols() / dim.max(1);
+    Array2::from_shape_fn(h.raw_dim(), |(b, j)| h[[b, (j % dim) * n + j / dim]])
 }
 
 impl Params for Mlp {
@@ -592,6 +621,8 @@ mod tests {
     }
 
     /// Every parameter's gradient in `g` against central finite differences of `loss` at `m`.
+    /// A coordinate whose differences at two step sizes disagree sits next to a kink (ReLU,
+    /// max-pooling) and is skipped; at most a tenth may be.
     fn check_against_finite_differences(m: &Mlp, g: &Mlp, loss: impl Fn(&Mlp) -> f64, what: &str) {
         let analytic: Vec<Vec<f32>> = g
             .tensors()
@@ -599,20 +630,73 @@ mod tests {
             .map(|(_, _, v)| v.to_vec())
             .collect();
         let names: Vec<String> = m.tensors().into_iter().map(|(n, _, _)| n).collect();
+        let (mut checked, mut skipped) = (0, 0);
         for (ti, name) in names.iter().enumerate() {
+            if name.starts_with("input.") {
+                // Buffers (the convolutions' fixed standardisation): no gradient by design.
+                assert!(analytic[ti].iter().all(|v| *v == 0.0), "{what} {name}");
+                continue;
+            }
             for (k, &an) in analytic[ti].iter().enumerate() {
-                let h = 2e-3f32;
-                let (mut a, mut b) = (m.clone(), m.clone());
-                a.tensors_mut()[ti][k] += h;
-                b.tensors_mut()[ti][k] -= h;
-                let fd = (loss(&a) - loss(&b)) / (2.0 * h as f64);
+                let fd = |h: f32| {
+                    let (mut a, mut b) = (m.clone(), m.clone());
+                    a.tensors_mut()[ti][k] += h;
+                    b.tensors_mut()[ti][k] -= h;
+                    (loss(&a) - loss(&b)) / (2.0 * h as f64)
+                };
+                let (coarse, fine) = (fd(2e-3), fd(5e-4));
+                if (coarse - fine).abs() > 1e-2 * (1.0 + fine.abs()) {
+                    skipped += 1;
+                    continue;
+                }
                 let an = an as f64;
                 assert!(
-                    (fd - an).abs() < 2e-2 * (1.0 + fd.abs()),
-                    "{what} {name}[{k}]: fd {fd} vs {an}"
+                    (coarse - an).abs() < 2e-2 * (1.0 + coarse.abs()),
+                    "{what} {name}[{k}]: fd {coarse} vs {an}"
                 );
+                checked += 1;
             }
         }
+        assert!(
+            skipped * 10 <= checked + skipped,
+            "{what}: {skipped} kinks of {}",
+            checked + skipped
+        );
+    }
+
+    /// An embedding read by 1-D convolutions (ids → dim channels × n positions): the table's,
+    /// the convolution's and the layers' gradients against finite differences.
+    #[test]
+    fn embedded_convolution_gradients_match_finite_differences() {
+        let m = Mlp::new(
+            MlpSpec {
+                widths: vec![6, 4, 3],
+                embed: Some(EmbedSpec { vocab: 5, dim: 2 }),
+                conv: Some(crate::conv::ConvSpec {
+                    image: [2, 1, 4],
+                    channels: vec![3],
+                }),
+                activation: Activation::Tanh,
+                layer_norm: false,
+                dropout: 0.0,
+            },
+            9,
+        );
+        assert_eq!(m.input_width(), 4);
+        let x =
+            Array2::from_shape_vec((2, 4), vec![0.0, 4.0, 2.0, 2.0, 1.0, 3.0, 0.0, 4.0]).unwrap();
+        let r = Array2::from_shape_fn((2, 3), |(i, j)| ((i + 2 * j) as f32 * 0.71).cos());
+        let loss = |m: &Mlp| -> f64 { (&m.predict(x.view()) * &r).sum() as f64 };
+        let (_, cache) = m.forward(x.view(), None);
+        let mut g = m.zeros_like();
+        m.backward(&cache, r.clone(), &[], &mut g);
+        let t = g.tensors();
+        assert_eq!(t[0].0, "embed.weight");
+        assert!(
+            t[0].2.iter().any(|v| *v != 0.0),
+            "the table gets a gradient"
+        );
+        check_against_finite_differences(&m, &g, loss, "embedded convolution");
     }
 
     /// L = Σ logits ⊙ R + Σ h_0 ⊙ S for fixed R, S: checks every parameter's gradient against

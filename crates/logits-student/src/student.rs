@@ -222,14 +222,15 @@ pub fn save_torch(path: &Path, mlp: &Mlp, info: &impl Serialize) -> Result<()> {
         tensors.push(("embed.weight".to_string(), t.shape().to_vec(), slice(t)));
     }
     if let Some(c) = &mlp.conv {
-        // Buffers, then nn.Conv2d's (O, C, 3, 3): the same memory order as O × C·9.
+        // Buffers, then nn.Conv2d's (O, C, kh, kw): the same memory order as O × C·kh·kw.
         tensors.push(("input.mean".into(), vec![c.mean.len()], slice1(&c.mean)));
         tensors.push(("input.scale".into(), vec![c.scale.len()], slice1(&c.scale)));
         for (i, l) in c.layers.iter().enumerate() {
             let (o, k) = l.w.dim();
+            let (kh, kw) = c.spec.kernel(i);
             tensors.push((
                 format!("conv.{i}.weight"),
-                vec![o, k / 9, 3, 3],
+                vec![o, k / (kh * kw), kh, kw],
                 slice(&l.w),
             ));
             tensors.push((format!("conv.{i}.bias"), vec![l.b.len()], slice1(&l.b)));
@@ -398,8 +399,9 @@ pub fn load(path: &Path, template: Option<&Student>) -> Result<(Student, Student
             stack.scale = Array1::from(take("input.scale".into(), &[c])?);
             for (i, l) in stack.layers.iter_mut().enumerate() {
                 let (o, k) = l.w.dim();
+                let (kh, kw) = spec.kernel(i);
                 let shape = if torch {
-                    vec![o, k / 9, 3, 3]
+                    vec![o, k / (kh * kw), kh, kw]
                 } else {
                     vec![o, k]
                 };

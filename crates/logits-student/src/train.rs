@@ -904,6 +904,7 @@ pub fn train(
     let mut fresh = init_student(ds, cfg, loader.input_width, loader.classes)?;
     if let Some(c) = fresh.mlp.conv.as_mut()
         && cfg.data.standardize
+        && cfg.model.embed.is_none()
         && let Some(n) = fit_channel_norm(
             &loader,
             in_memory.as_ref(),
@@ -994,6 +995,19 @@ fn image_shape(ds: &Dataset, cfg: &TrainConfig, loader: &Loader) -> Result<[usiz
         dataset: ds.root().to_path_buf(),
         what,
     };
+    if let Some([_, dim]) = cfg.model.embed {
+        // Embedded ids: a dim × 1 × n sequence, whatever --image says.
+        let seq = [dim, 1, loader.input_width];
+        return match cfg.model.image {
+            Some(i) if i != seq => Err(bad(format!(
+                "--image {}: with --embed the convolutions read {} × 1 × {} (embedding width × 1 × ids per row); leave --image out",
+                i.map(|d| d.to_string()).join(","),
+                dim,
+                loader.input_width
+            ))),
+            _ => Ok(seq),
+        };
+    }
     let image = match cfg.model.image {
         Some(i) => i,
         None => {
