@@ -100,37 +100,43 @@ fn im2col(x: ArrayView2<f32>, [c, h, w]: [usize; 3], (kh, kw): (usize, usize)) -
     let n = b * hw;
     let mut cols = Array2::zeros((c * kh * kw, n));
     let out = cols.as_slice_mut().unwrap_or(&mut []);
+    let x = x.as_standard_layout();
     for (bi, row) in x.rows().into_iter().enumerate() {
-        each_tap([c, h, w], (kh, kw), |r, dst, src| {
-            out[r * n + bi * hw + dst] = row[src];
+        let row = row.to_slice().unwrap_or(&[]);
+        each_run([c, h, w], (kh, kw), |r, dst, src, len| {
+            let d = r * n + bi * hw + dst;
+            out[d..d + len].copy_from_slice(&row[src..src + len]);
         });
     }
     cols
 }
 
-/// Calls `f(column row, output pixel, input value index)` for every kernel tap that reads
-/// inside the image (padding reads zeros and is skipped).
-fn each_tap(
+/// Calls `f(column row, first output pixel, first input value, run length)` for every run
+/// of output pixels along a row that one kernel tap reads inside the image (padding reads
+/// zeros and is skipped): im2col and col2im copy or add whole runs, not single values.
+fn each_run(
     [c, h, w]: [usize; 3],
     (kh, kw): (usize, usize),
-    mut f: impl FnMut(usize, usize, usize),
+    mut f: impl FnMut(usize, usize, usize, usize),
 ) {
-    let (py, px) = ((kh / 2) as isize, (kw / 2) as isize);
+    let (py, px) = (kh / 2, kw / 2);
     for ci in 0..c {
         for ky in 0..kh {
             for kx in 0..kw {
                 let r = (ci * kh + ky) * kw + kx;
+                // Output columns whose input column xx + kx − px lies in 0..w.
+                let x0 = px.saturating_sub(kx);
+                let x1 = (w + px).saturating_sub(kx).min(w);
+                if x0 >= x1 {
+                    continue;
+                }
                 for y in 0..h {
-                    let sy = y as isize + ky as isize - py;
-                    if sy < 0 || sy >= h as isize {
+                    let sy = y + ky;
+                    if sy < py || sy - py >= h {
                         continue;
                     }
-                    for xx in 0..w {
-                        let sx = xx as isize + kx as isize - px;
-                        if sx >= 0 && sx < w as isize {
-                            f(r, y * w + xx, ci * h * w + sy as usize * w + sx as usize);
-                        }
-                    }
+                    let src = ci * h * w + (sy - py) * w + x0 + kx - px;
+                    f(r, y * w + x0, src, x1 - x0);
                 }
             }
         }
@@ -146,11 +152,15 @@ fn col2im(
 ) -> Array2<f32> {
     let hw = h * w;
     let n = b * hw;
-    let mut x = Array2::zeros((b, c * hw));
+    let mut x = Array2::<f32>::zeros((b, c * hw));
     let src = cols.as_slice().unwrap_or(&[]);
     for (bi, mut row) in x.rows_mut().into_iter().enumerate() {
-        each_tap([c, h, w], (kh, kw), |r, dst, at| {
-            row[at] += src[r * n + bi * hw + dst];
+        let row = row.as_slice_mut().unwrap_or(&mut []);
+        each_run([c, h, w], (kh, kw), |r, dst, at, len| {
+            let s = r * n + bi * hw + dst;
+            for (a, v) in row[at..at + len].iter_mut().zip(&src[s..s + len]) {
+                *a += v;
+            }
         });
     }
     x
@@ -233,25 +243,27 @@ impl ConvStack {
             // The window (and stride) per side: 2, or 1 on a side too short to pool; a last odd
             // row or column is dropped, as MaxPool2d(2) does.
             let (sy, sx) = (pool(hh), pool(ww));
-            let mut out = Array2::zeros((batch, o * ph * pw));
-            let mut arg = vec![0usize; batch * o * ph * pw];
+            let mut out = Array2::<f32>::zeros((batch, o * ph * pw));
+            let out_s = out.as_slice_mut().unwrap_or(&mut []);
+            let per_row = o * ph * pw;
+            let mut arg = vec![0usize; batch * per_row];
             for bi in 0..batch {
                 for oc in 0..o {
+                    let base = oc * n + bi * hh * ww;
                     for y in 0..ph {
                         for xx in 0..pw {
-                            let base = oc * n + bi * hh * ww;
                             let mut best = base + sy * y * ww + sx * xx;
                             for dy in 0..sy {
-                                for dx in 0..sx {
-                                    let k = base + (sy * y + dy) * ww + sx * xx + dx;
+                                let line = base + (sy * y + dy) * ww + sx * xx;
+                                for k in line..line + sx {
                                     if act_s[k] > act_s[best] {
                                         best = k;
                                     }
                                 }
                             }
-                            let j = (oc * ph + y) * pw + xx;
-                            out[[bi, j]] = act_s[best];
-                            arg[bi * o * ph * pw + j] = best;
+                            let j = bi * per_row + (oc * ph + y) * pw + xx;
+                            out_s[j] = act_s[best];
+                            arg[j] = best;
                         }
                     }
                 }

@@ -335,12 +335,15 @@ impl Mlp {
             .iter()
             .map(|v| (v.max(0.0) as usize).min(vocab.saturating_sub(1)))
             .collect();
-        let mut h = Array2::zeros((rows, n * dim));
-        for (r, mut row) in h.axis_iter_mut(Axis(0)).enumerate() {
-            for p in 0..n {
-                row.slice_mut(ndarray::s![p * dim..(p + 1) * dim])
-                    .assign(&table.row(ids[r * n + p]));
-            }
+        let mut h = Array2::<f32>::zeros((rows, n * dim));
+        let t = slice(table);
+        for (out, id) in h
+            .as_slice_mut()
+            .unwrap_or(&mut [])
+            .chunks_exact_mut(dim.max(1))
+            .zip(&ids)
+        {
+            out.copy_from_slice(&t[id * dim..(id + 1) * dim]);
         }
         (h, ids)
     }
@@ -505,14 +508,24 @@ impl Mlp {
 /// Embedded rows `B × (n · dim)` (position-major) as `B × (dim · n)` (channel-major: the
 /// `dim × 1 × n` image a convolution reads).
 fn channels_first(h: &Array2<f32>, dim: usize) -> Array2<f32> {
-    let n = h.ncols() / dim.max(1);
-    Array2::from_shape_fn(h.raw_dim(), |(b, j)| h[[b, (j % n) * dim + j / n]])
+    transpose_rows(h, h.ncols() / dim.max(1), dim)
 }
 
 /// The inverse of [`channels_first`].
 fn positions_first(h: &Array2<f32>, dim: usize) -> Array2<f32> {
-    let n = h.ncols() / dim.max(1);
-    Array2::from_shape_fn(h.raw_dim(), |(b, j)| h[[b, (j % dim) * n + j / dim]])
+    transpose_rows(h, dim, h.ncols() / dim.max(1))
+}
+
+/// Each row read as an `a × b` matrix (row-major), written transposed (`b × a`).
+fn transpose_rows(h: &Array2<f32>, a: usize, b: usize) -> Array2<f32> {
+    let mut out = Array2::<f32>::zeros(h.raw_dim());
+    for (src, mut dst) in h.rows().into_iter().zip(out.rows_mut()) {
+        let dst = dst.as_slice_mut().unwrap_or(&mut []);
+        for (i, &v) in src.iter().enumerate() {
+            dst[(i % b) * a + i / b] = v;
+        }
+    }
+    out
 }
 
 impl Params for Mlp {
