@@ -188,15 +188,7 @@ pub fn evaluate(
             .inputs
             .iter()
             .find(|i| i.name == info.input)
-            .map(|i| {
-                i.shape
-                    .iter()
-                    .filter_map(|d| match d {
-                        logits_format::manifest::Dim::Fixed(n) => Some(*n as usize),
-                        logits_format::manifest::Dim::Named(_) => None,
-                    })
-                    .collect()
-            })
+            .map(|i| i.fixed_dims())
             .unwrap_or_default();
         t.latency_onnx_us = Some(tm.latency_us(&row, Some(&shape), 2000)?);
     }

@@ -444,6 +444,19 @@ pub struct InputSpec {
     pub shape: Vec<Dim>,
 }
 
+impl InputSpec {
+    /// The fixed dimensions of a row's shape, in order (named ones left out).
+    pub fn fixed_dims(&self) -> Vec<usize> {
+        self.shape
+            .iter()
+            .filter_map(|d| match d {
+                Dim::Fixed(n) => Some(*n as usize),
+                Dim::Named(_) => None,
+            })
+            .collect()
+    }
+}
+
 /// What kind of label a dataset stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

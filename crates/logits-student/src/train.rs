@@ -1012,17 +1012,7 @@ fn image_shape(ds: &Dataset, cfg: &TrainConfig, loader: &Loader) -> Result<[usiz
         Some(i) => i,
         None => {
             let spec = ds.manifest().inputs.iter().find(|i| i.name == loader.input);
-            let dims: Vec<usize> = spec
-                .map(|s| {
-                    s.shape
-                        .iter()
-                        .filter_map(|d| match d {
-                            logits_format::manifest::Dim::Fixed(n) => Some(*n as usize),
-                            logits_format::manifest::Dim::Named(_) => None,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let dims = spec.map(|s| s.fixed_dims()).unwrap_or_default();
             match dims[..] {
                 [c, h, w] => [c, h, w],
                 [h, w] => [1, h, w],
@@ -1045,33 +1035,6 @@ fn image_shape(ds: &Dataset, cfg: &TrainConfig, loader: &Loader) -> Result<[usiz
         )));
     }
     Ok(image)
-}
-
-/// The per-channel standardisation of a convolutional student: every pixel of the training
-/// rows a sample of its channel, in one pass (or from the rows in memory).
-fn fit_channel_norm(
-    loader: &Loader,
-    in_memory: Option<&Batch>,
-    train: Option<std::ops::Range<u64>>,
-    cfg: &TrainConfig,
-    image: [usize; 3],
-) -> Result<Option<InputNorm>> {
-    let mut moments = Moments::new(image[0]);
-    match in_memory {
-        Some(all) => moments.add(crate::conv::pixels_by_channel(all.x.view(), image).view()),
-        None => {
-            for b in loader.stream(
-                train,
-                cfg.data.batch_size.max(256),
-                None,
-                0,
-                cfg.data.prefetch,
-            )? {
-                moments.add(crate::conv::pixels_by_channel(b?.x.view(), image).view());
-            }
-        }
-    }
-    Ok(moments.finish())
 }
 
 /// Refuses a batch whose inputs are not ids of the student's embedding, naming the row.
@@ -1099,9 +1062,38 @@ fn fit_norm(
     train: Option<std::ops::Range<u64>>,
     cfg: &TrainConfig,
 ) -> Result<Option<InputNorm>> {
-    let mut moments = Moments::new(loader.input_width);
+    fit_moments(loader, in_memory, train, cfg, loader.input_width, |m, x| {
+        m.add(x)
+    })
+}
+
+/// The per-channel standardisation of a convolutional student: every pixel of the training
+/// rows a sample of its channel.
+fn fit_channel_norm(
+    loader: &Loader,
+    in_memory: Option<&Batch>,
+    train: Option<std::ops::Range<u64>>,
+    cfg: &TrainConfig,
+    image: [usize; 3],
+) -> Result<Option<InputNorm>> {
+    fit_moments(loader, in_memory, train, cfg, image[0], |m, x| {
+        m.add(crate::conv::pixels_by_channel(x, image).view())
+    })
+}
+
+/// Moments of `width` values, each batch of training rows given to `add` (from memory, or one
+/// streaming pass).
+fn fit_moments(
+    loader: &Loader,
+    in_memory: Option<&Batch>,
+    train: Option<std::ops::Range<u64>>,
+    cfg: &TrainConfig,
+    width: usize,
+    add: impl Fn(&mut Moments, ndarray::ArrayView2<f32>),
+) -> Result<Option<InputNorm>> {
+    let mut moments = Moments::new(width);
     match in_memory {
-        Some(all) => moments.add(all.x.view()),
+        Some(all) => add(&mut moments, all.x.view()),
         None => {
             for b in loader.stream(
                 train,
@@ -1110,7 +1102,7 @@ fn fit_norm(
                 0,
                 cfg.data.prefetch,
             )? {
-                moments.add(b?.x.view());
+                add(&mut moments, b?.x.view());
             }
         }
     }
