@@ -46,7 +46,10 @@ def conv_front(t, conv, x):
     MaxPool2d(2 per side that has 2) blocks on per-channel standardised images, flattened as
     torch.flatten(x, 1) does, written with NumPy."""
     c, h, w = conv["image"]
-    img = x.astype(np.float64).reshape(len(x), c, h, w)
+    if conv.get("channels_last"):
+        img = x.astype(np.float64).reshape(len(x), h, w, c).transpose(0, 3, 1, 2)
+    else:
+        img = x.astype(np.float64).reshape(len(x), c, h, w)
     img = (img - t["input.mean"].reshape(1, c, 1, 1)) * t["input.scale"].reshape(1, c, 1, 1)
     for i in range(len(conv["channels"])):
         k = t[f"conv.{i}.weight"].astype(np.float64)  # (O, C, kh, kw)

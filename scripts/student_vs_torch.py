@@ -122,6 +122,13 @@ def kl_eval(logits, targets):
         return float(kd_loss(logits, targets, 1.0))
 
 
+class Permute(torch.nn.Module):
+    """[b, H, W, C] -> [b, C, H, W] (TensorFlow's layout to PyTorch's)."""
+
+    def forward(self, x):
+        return x.permute(0, 3, 1, 2)
+
+
 def train_torch(cfg, x_tr, y_tr, t_tr, classes, seed):
     torch.manual_seed(seed)
     model_cfg, loss, opt_cfg, data = cfg["model"], cfg["loss"], cfg["optim"], cfg["data"]
@@ -148,7 +155,10 @@ def train_torch(cfg, x_tr, y_tr, t_tr, classes, seed):
         # --conv: Conv2d(3, padding=1) -> ReLU -> MaxPool2d(2) blocks on images standardised per
         # channel (done on the data below), Glorot-uniform kernels, zero biases.
         c, h, w = model_cfg["image"]
-        layers.append(torch.nn.Unflatten(1, (c, h, w)))
+        if model_cfg.get("channels_last"):
+            layers += [torch.nn.Unflatten(1, (h, w, c)), Permute()]
+        else:
+            layers.append(torch.nn.Unflatten(1, (c, h, w)))
         for o in conv:
             kh, kw = (3 if h > 1 else 1), (3 if w > 1 else 1)
             k = torch.nn.Conv2d(c, o, (kh, kw), padding=(kh // 2, kw // 2))
@@ -254,12 +264,25 @@ def main():
     if cfg["model"].get("conv") and cfg["data"].get("standardize", True) and not cfg["model"].get("embed"):
         # Per channel: every pixel a sample of its channel.
         c = cfg["model"]["image"][0]
-        pix = x_tr.reshape(len(x_tr), c, -1).astype(np.float64)
+        if cfg["model"].get("channels_last"):
+            def split(a):  # rows as [b, C, H*W] views of [b, H*W, C]
+                return a.reshape(len(a), -1, c).transpose(0, 2, 1)
+
+            def join(a):
+                return a.transpose(0, 2, 1).reshape(len(a), -1)
+        else:
+            def split(a):
+                return a.reshape(len(a), c, -1)
+
+            def join(a):
+                return a.reshape(len(a), -1)
+        pix = split(x_tr).astype(np.float64)
         mean = pix.mean(axis=(0, 2))
         std = pix.std(axis=(0, 2))
         std[std < 1e-6] = 1.0
+
         def chan(a):
-            return ((a.reshape(len(a), c, -1) - mean[None, :, None]) / std[None, :, None]).reshape(len(a), -1).astype(np.float32)
+            return join((split(a) - mean[None, :, None]) / std[None, :, None]).astype(np.float32)
         x_tr, x_ho = chan(x_tr), chan(x_ho)
     elif cfg["data"].get("standardize", True) and not cfg["model"].get("embed"):
         mean = x_tr.astype(np.float64).mean(0)

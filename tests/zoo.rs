@@ -242,10 +242,14 @@ fn every_family_builds_as_exported_and_matches_onnx_runtime() {
                         "0",
                         "--quiet",
                     ]);
-                    // Image teachers as PyTorch exports them ([C, H, W]) get a convolutional
-                    // student, its image shape read from the dataset.
+                    // Image teachers get a convolutional student, its image shape read from
+                    // the dataset: [C, H, W] as PyTorch exports them.
                     if f.name.starts_with("cnn") {
                         c.args(["--conv", "4"]);
+                    }
+                    // TensorFlow's image teacher takes [H, W, C].
+                    if f.name == "tf_cnn" {
+                        c.args(["--conv", "4", "--channels-last"]);
                     }
                     c
                 },

@@ -55,6 +55,8 @@ pub struct ModelConfig {
     /// `[C, H, W]` of an input row for the convolutions (default: the stored input's shape,
     /// `[H, W]` read as one channel).
     pub image: Option<[usize; 3]>,
+    /// Rows hold `[H, W, C]` (TensorFlow's layout; the stored shape is read so too).
+    pub channels_last: bool,
 }
 
 /// The transformer student's shape (vocabulary and context come from the dataset).
@@ -344,6 +346,7 @@ impl Default for ModelConfig {
             embed: None,
             conv: Vec::new(),
             image: None,
+            channels_last: false,
         }
     }
 }
@@ -531,6 +534,11 @@ impl TrainConfig {
                 "model.embed (--embed VOCAB:DIM) needs a vocabulary of at least 2 ids and a width of at least 1, got {vocab}:{dim}"
             )));
         }
+        if self.model.channels_last && (self.model.conv.is_empty() || self.model.embed.is_some()) {
+            return Err(StudentError::Config(
+                "model.channels_last (--channels-last) is for images read by --conv, not with --embed".into(),
+            ));
+        }
         if self.model.conv.contains(&0) {
             return Err(StudentError::Config(format!(
                 "model.conv (--conv) needs at least one channel per block, got {:?}",
@@ -588,6 +596,7 @@ impl TrainConfig {
                 .image
                 .unwrap_or([embed.map_or(1, |e| e.dim), 1, inputs]),
             channels: self.model.conv.clone(),
+            channels_last: self.model.channels_last,
         });
         let first = match &conv {
             Some(c) => c.out_width(),

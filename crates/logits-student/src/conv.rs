@@ -24,6 +24,9 @@ pub struct ConvSpec {
     pub image: [usize; 3],
     /// Output channels of each block.
     pub channels: Vec<usize>,
+    /// Rows hold `[H, W, C]` (TensorFlow's layout) and are transposed to `[C, H, W]` first.
+    #[serde(default)]
+    pub channels_last: bool,
 }
 
 impl ConvSpec {
@@ -220,8 +223,20 @@ impl ConvStack {
             batch,
             ..Default::default()
         };
-        let mut h = x.to_owned();
         let hw0 = h0 * w0;
+        let mut h = if self.spec.channels_last {
+            // [H·W, C] per row to [C, H·W].
+            let mut t = Array2::<f32>::zeros(x.raw_dim());
+            for (src, mut dst) in x.rows().into_iter().zip(t.rows_mut()) {
+                let dst = dst.as_slice_mut().unwrap_or(&mut []);
+                for (i, &v) in src.iter().enumerate() {
+                    dst[(i % c0) * hw0 + i / c0] = v;
+                }
+            }
+            t
+        } else {
+            x.to_owned()
+        };
         for mut row in h.rows_mut() {
             for c in 0..c0 {
                 let (m, sc) = (self.mean[c], self.scale[c]);
@@ -340,7 +355,14 @@ mod tests {
 
     fn stack(image: [usize; 3], channels: Vec<usize>) -> ConvStack {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let mut s = ConvStack::new(ConvSpec { image, channels }, &mut rng);
+        let mut s = ConvStack::new(
+            ConvSpec {
+                image,
+                channels,
+                channels_last: false,
+            },
+            &mut rng,
+        );
         for l in &mut s.layers {
             l.b.iter_mut()
                 .enumerate()
@@ -502,11 +524,26 @@ mod tests {
         assert!((fd - g.layers[0].w[[1, 4]] as f64).abs() < 2e-2 * (1.0 + fd.abs()));
     }
 
+    /// A channels-last row gives what the same row in `[C, H, W]` order gives.
+    #[test]
+    fn channels_last_rows_are_transposed_first() {
+        let first = stack([3, 4, 2], vec![2]);
+        let mut last = first.clone();
+        last.spec.channels_last = true;
+        let x = Array2::from_shape_fn((2, 24), |(i, j)| ((i * 24 + j) as f32 * 0.29).sin());
+        // [C, H, W] → [H, W, C].
+        let hwc = Array2::from_shape_fn((2, 24), |(b, j)| x[[b, (j % 3) * 8 + j / 3]]);
+        let (a, _) = first.forward(x.view());
+        let (b, _) = last.forward(hwc.view());
+        assert_eq!(a, b);
+    }
+
     #[test]
     fn shapes_pool_while_both_sides_allow() {
         let s = ConvSpec {
             image: [1, 8, 8],
             channels: vec![4, 8, 8, 8],
+            channels_last: false,
         };
         assert_eq!(
             s.shapes(),

@@ -184,8 +184,18 @@ pub fn onnx_bytes(mlp: &Mlp, info: &StudentInfo, opset: Opset) -> Vec<u8> {
         // Rows as images, standardised per channel, then Conv → Relu → MaxPool per block and
         // Flatten (channel, row, column), as the ndarray front computes them.
         let [c, hh, ww] = conv.spec.image;
-        let shape = g.ints("image_shape", &[4], &[0, c as i64, hh as i64, ww as i64]);
-        let img = g.node("Reshape", &[&h, &shape], &[]);
+        let img = if conv.spec.channels_last {
+            let shape = g.ints("image_shape", &[4], &[0, hh as i64, ww as i64, c as i64]);
+            let hwc = g.node("Reshape", &[&h, &shape], &[]);
+            g.node(
+                "Transpose",
+                &[&hwc],
+                &[("perm", Attr::Ints(vec![0, 3, 1, 2]))],
+            )
+        } else {
+            let shape = g.ints("image_shape", &[4], &[0, c as i64, hh as i64, ww as i64]);
+            g.node("Reshape", &[&h, &shape], &[])
+        };
         let mean = g.weight("input.mean", &[c, 1, 1], slice1(&conv.mean));
         let scale = g.weight("input.scale", &[c, 1, 1], slice1(&conv.scale));
         let centred = g.node("Sub", &[&img, &mean], &[]);

@@ -688,6 +688,7 @@ mod tests {
                 conv: Some(crate::conv::ConvSpec {
                     image: [2, 1, 4],
                     channels: vec![3],
+                    channels_last: false,
                 }),
                 activation: Activation::Tanh,
                 layer_norm: false,

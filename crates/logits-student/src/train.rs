@@ -1014,6 +1014,7 @@ fn image_shape(ds: &Dataset, cfg: &TrainConfig, loader: &Loader) -> Result<[usiz
             let spec = ds.manifest().inputs.iter().find(|i| i.name == loader.input);
             let dims = spec.map(|s| s.fixed_dims()).unwrap_or_default();
             match dims[..] {
+                [h, w, c] if cfg.model.channels_last => [c, h, w],
                 [c, h, w] => [c, h, w],
                 [h, w] => [1, h, w],
                 _ => {

@@ -122,6 +122,9 @@ pub(crate) struct TrainArgs {
     /// C,H,W of an input row for --conv (default: the stored input's shape).
     #[arg(long, value_delimiter = ',')]
     pub(crate) image: Option<Vec<usize>>,
+    /// Rows are [H, W, C] (TensorFlow's layout) for --conv.
+    #[arg(long)]
+    pub(crate) channels_last: bool,
     /// The stored input to train from (default: the only one).
     #[arg(long)]
     pub(crate) input: Option<String>,
@@ -330,6 +333,7 @@ pub(crate) fn resolve(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         c.model.input = a.input.clone();
     }
     set!(a.conv, c.model.conv);
+    c.model.channels_last |= a.channels_last;
     if let Some(i) = &a.image {
         c.model.image = Some(
             <[usize; 3]>::try_from(i.as_slice())
