@@ -18,7 +18,7 @@ use logits_teacher::{BuildOptions, FeatureRequest, TeacherModel};
 
 /// Run an ONNX teacher over a corpus and store its top-k targets and features as a dataset.
 #[derive(Parser, Debug)]
-#[command(name = "logits-build", version, about)]
+#[command(name = "logits-build", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,7 +95,7 @@ struct BuildArgs {
     #[arg(long)]
     target: Option<String>,
     /// Top-k entries per position (the maximum with --adaptive-k).
-    #[arg(long, short, default_value_t = 8)]
+    #[arg(long = "top-k", short, alias = "k", default_value_t = 8)]
     k: u32,
     /// Adaptive k as MIN:MASS: the fewest entries from MIN up to k reaching MASS.
     #[arg(long, value_name = "MIN:MASS")]

@@ -15,7 +15,7 @@ use logits_format::{Dataset, validate};
 
 /// Summarise, validate and measure a logits dataset.
 #[derive(Parser, Debug)]
-#[command(name = "logits-inspect", version, about)]
+#[command(name = "logits-inspect", version)]
 struct Args {
     /// The dataset: a directory holding manifest.json, or an s3://, gs://, az:// or file://
     /// URL (read in place).

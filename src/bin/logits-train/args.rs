@@ -13,7 +13,7 @@ use logits_student::data::{Join, JoinBy};
 
 /// Train a small student from a logits dataset, without the teacher.
 #[derive(Parser, Debug)]
-#[command(name = "logits-train", version, about)]
+#[command(name = "logits-train", version)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,

@@ -110,8 +110,14 @@ fn train_cmd(
     cfg.run.stop = logits_student::config::StopFlag(Some(stop));
     let ds = Dataset::open(&a.dataset)?;
     let lic = &ds.manifest().license;
+    // The terms travel with the data: said on every run that has some, not when none exist.
+    let terms = if lic.terms.is_some() || lic.notes.is_some() {
+        format!(": license/terms: {lic}")
+    } else {
+        String::new()
+    };
     eprintln!(
-        "dataset {} (teacher {}): license/terms: {lic}",
+        "dataset {} (teacher {}){terms}",
         a.dataset.display(),
         ds.manifest().teacher.file,
     );
