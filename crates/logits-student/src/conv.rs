@@ -17,6 +17,9 @@
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand::RngExt;
 
+use crate::mlp::{slice, slice_mut, slice1, slice1_mut};
+use crate::params::Params;
+
 /// The image a row holds and the convolution blocks' output channels.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConvSpec {
@@ -341,6 +344,43 @@ impl ConvStack {
     }
 }
 
+impl Params for ConvStack {
+    /// Buffers first (`input.mean`, `input.scale`: they never receive a gradient, so no
+    /// optimizer moves them), then `conv.{i}.weight` (`O × C·kh·kw`) and `conv.{i}.bias`.
+    fn tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        let mut out = vec![
+            (
+                "input.mean".to_string(),
+                vec![self.mean.len()],
+                slice1(&self.mean),
+            ),
+            (
+                "input.scale".to_string(),
+                vec![self.scale.len()],
+                slice1(&self.scale),
+            ),
+        ];
+        for (i, l) in self.layers.iter().enumerate() {
+            out.push((
+                format!("conv.{i}.weight"),
+                l.w.shape().to_vec(),
+                slice(&l.w),
+            ));
+            out.push((format!("conv.{i}.bias"), vec![l.b.len()], slice1(&l.b)));
+        }
+        out
+    }
+
+    fn tensors_mut(&mut self) -> Vec<&mut [f32]> {
+        let mut out = vec![slice1_mut(&mut self.mean), slice1_mut(&mut self.scale)];
+        for l in &mut self.layers {
+            out.push(slice_mut(&mut l.w));
+            out.push(slice1_mut(&mut l.b));
+        }
+        out
+    }
+}
+
 /// Rows `B × C·H·W` seen as one sample of `C` values per pixel: `B·H·W × C` (for fitting the
 /// per-channel standardisation with the per-feature moments).
 pub fn pixels_by_channel(x: ArrayView2<f32>, [c, h, w]: [usize; 3]) -> Array2<f32> {
@@ -432,49 +472,7 @@ mod tests {
         let (_, cache) = s.forward(x.view());
         let mut g = s.zeros_like();
         s.backward(&cache, r.clone(), &mut g, false);
-        // ReLU and max-pooling have kinks: a coordinate whose finite differences at two step
-        // sizes disagree sits next to one and is skipped; at most a tenth may be.
-        let (mut checked, mut skipped) = (0, 0);
-        for li in 0..2 {
-            for k in 0..s.layers[li].w.len() + s.layers[li].b.len() {
-                let bump = |s: &mut ConvStack, v: f32| {
-                    let l = &mut s.layers[li];
-                    let nw = l.w.len();
-                    if k < nw {
-                        l.w.as_slice_mut().unwrap()[k] += v;
-                    } else {
-                        l.b[k - nw] += v;
-                    }
-                };
-                let fd = |h: f32| {
-                    let (mut a, mut b) = (s.clone(), s.clone());
-                    bump(&mut a, h);
-                    bump(&mut b, -h);
-                    (loss(&a) - loss(&b)) / (2.0 * h as f64)
-                };
-                let (coarse, fine) = (fd(2e-3), fd(5e-4));
-                if (coarse - fine).abs() > 1e-2 * (1.0 + fine.abs()) {
-                    skipped += 1;
-                    continue;
-                }
-                let l = &g.layers[li];
-                let an = if k < l.w.len() {
-                    l.w.as_slice().unwrap()[k]
-                } else {
-                    l.b[k - l.w.len()]
-                } as f64;
-                assert!(
-                    (fine - an).abs() < 2e-2 * (1.0 + fine.abs()),
-                    "block {li} [{k}]: fd {fine} vs {an}"
-                );
-                checked += 1;
-            }
-        }
-        assert!(
-            skipped * 10 <= checked + skipped,
-            "{skipped} kinks of {}",
-            checked + skipped
-        );
+        crate::gradcheck::check(&s, &g, loss, "two blocks");
     }
 
     /// A `[C, 1, L]` row is a 1-D sequence: kernel 1×3, pooling 1×2 (odd last column dropped),
@@ -516,12 +514,7 @@ mod tests {
         let mut g = s.zeros_like();
         s.backward(&cache, r.clone(), &mut g, false);
         let loss = |s: &ConvStack| -> f64 { (&s.forward(x.view()).0 * &r).sum() as f64 };
-        let mut bumped = s.clone();
-        bumped.layers[0].w[[1, 4]] += 1e-3;
-        let mut down = s.clone();
-        down.layers[0].w[[1, 4]] -= 1e-3;
-        let fd = (loss(&bumped) - loss(&down)) / 2e-3;
-        assert!((fd - g.layers[0].w[[1, 4]] as f64).abs() < 2e-2 * (1.0 + fd.abs()));
+        crate::gradcheck::check(&s, &g, loss, "1-D");
     }
 
     /// A channels-last row gives what the same row in `[C, H, W]` order gives.

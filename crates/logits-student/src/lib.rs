@@ -32,6 +32,8 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod export;
+#[cfg(test)]
+mod gradcheck;
 pub mod hf;
 pub mod lm;
 pub mod losses;

@@ -535,25 +535,7 @@ impl Params for Mlp {
             out.push(("embed.weight".to_string(), t.shape().to_vec(), slice(t)));
         }
         if let Some(c) = &self.conv {
-            // Buffers first: they never receive a gradient, so no optimizer moves them.
-            out.push((
-                "input.mean".to_string(),
-                vec![c.mean.len()],
-                slice1(&c.mean),
-            ));
-            out.push((
-                "input.scale".to_string(),
-                vec![c.scale.len()],
-                slice1(&c.scale),
-            ));
-            for (i, l) in c.layers.iter().enumerate() {
-                out.push((
-                    format!("conv.{i}.weight"),
-                    l.w.shape().to_vec(),
-                    slice(&l.w),
-                ));
-                out.push((format!("conv.{i}.bias"), vec![l.b.len()], slice1(&l.b)));
-            }
+            out.extend(c.tensors());
         }
         for (i, l) in self.layers.iter().enumerate() {
             out.push((
@@ -584,12 +566,7 @@ impl Params for Mlp {
             out.push(slice_mut(t));
         }
         if let Some(c) = &mut self.conv {
-            out.push(slice1_mut(&mut c.mean));
-            out.push(slice1_mut(&mut c.scale));
-            for l in &mut c.layers {
-                out.push(slice_mut(&mut l.w));
-                out.push(slice1_mut(&mut l.b));
-            }
+            out.extend(c.tensors_mut());
         }
         for l in &mut self.layers {
             out.push(slice_mut(&mut l.w));
@@ -633,50 +610,6 @@ mod tests {
         }
     }
 
-    /// Every parameter's gradient in `g` against central finite differences of `loss` at `m`.
-    /// A coordinate whose differences at two step sizes disagree sits next to a kink (ReLU,
-    /// max-pooling) and is skipped; at most a tenth may be.
-    fn check_against_finite_differences(m: &Mlp, g: &Mlp, loss: impl Fn(&Mlp) -> f64, what: &str) {
-        let analytic: Vec<Vec<f32>> = g
-            .tensors()
-            .into_iter()
-            .map(|(_, _, v)| v.to_vec())
-            .collect();
-        let names: Vec<String> = m.tensors().into_iter().map(|(n, _, _)| n).collect();
-        let (mut checked, mut skipped) = (0, 0);
-        for (ti, name) in names.iter().enumerate() {
-            if name.starts_with("input.") {
-                // Buffers (the convolutions' fixed standardisation): no gradient by design.
-                assert!(analytic[ti].iter().all(|v| *v == 0.0), "{what} {name}");
-                continue;
-            }
-            for (k, &an) in analytic[ti].iter().enumerate() {
-                let fd = |h: f32| {
-                    let (mut a, mut b) = (m.clone(), m.clone());
-                    a.tensors_mut()[ti][k] += h;
-                    b.tensors_mut()[ti][k] -= h;
-                    (loss(&a) - loss(&b)) / (2.0 * h as f64)
-                };
-                let (coarse, fine) = (fd(2e-3), fd(5e-4));
-                if (coarse - fine).abs() > 1e-2 * (1.0 + fine.abs()) {
-                    skipped += 1;
-                    continue;
-                }
-                let an = an as f64;
-                assert!(
-                    (coarse - an).abs() < 2e-2 * (1.0 + coarse.abs()),
-                    "{what} {name}[{k}]: fd {coarse} vs {an}"
-                );
-                checked += 1;
-            }
-        }
-        assert!(
-            skipped * 10 <= checked + skipped,
-            "{what}: {skipped} kinks of {}",
-            checked + skipped
-        );
-    }
-
     /// An embedding read by 1-D convolutions (ids → dim channels × n positions): the table's,
     /// the convolution's and the layers' gradients against finite differences.
     #[test]
@@ -710,7 +643,7 @@ mod tests {
             t[0].2.iter().any(|v| *v != 0.0),
             "the table gets a gradient"
         );
-        check_against_finite_differences(&m, &g, loss, "embedded convolution");
+        crate::gradcheck::check(&m, &g, loss, "embedded convolution");
     }
 
     /// L = Σ logits ⊙ R + Σ h_0 ⊙ S for fixed R, S: checks every parameter's gradient against
@@ -740,7 +673,7 @@ mod tests {
                 let (_, cache) = m.forward(x.view(), Some(&mut rng));
                 let mut g = m.zeros_like();
                 m.backward(&cache, r.clone(), &[Some(s.clone()), None], &mut g);
-                check_against_finite_differences(&m, &g, loss, &format!("{act:?} ln={ln} p={p}"));
+                crate::gradcheck::check(&m, &g, loss, &format!("{act:?} ln={ln} p={p}"));
             }
         }
     }
@@ -772,7 +705,7 @@ mod tests {
         assert_eq!(t[0].0, "embed.weight");
         // Id 3 is never looked up: its row gets no gradient.
         assert!(t[0].2[9..12].iter().all(|v| *v == 0.0));
-        check_against_finite_differences(&m, &g, loss, "embedding");
+        crate::gradcheck::check(&m, &g, loss, "embedding");
         let bad = Array2::from_shape_vec((1, 2), vec![1.0, 5.0]).unwrap();
         assert_eq!(m.invalid_id(bad.view()), Some((0, 1, 5.0)));
         let frac = Array2::from_shape_vec((1, 2), vec![1.5, 0.0]).unwrap();
