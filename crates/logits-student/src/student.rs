@@ -391,6 +391,16 @@ pub fn load(path: &Path, template: Option<&Student>) -> Result<(Student, Student
         None => None,
     };
     let conv = match &info.conv {
+        // The front must feed the first layer: a file that says otherwise is damaged.
+        Some(spec)
+            if spec.out_width() != w[0]
+                || embed_spec.is_some_and(|e| spec.image != [e.dim, 1, spec.image[2]]) =>
+        {
+            return Err(bad(format!(
+                "its convolutions ({:?} over {:?}) do not fit a first layer of {} inputs",
+                spec.channels, spec.image, w[0]
+            )));
+        }
         Some(spec) => {
             let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
             let mut stack = crate::conv::ConvStack::new(spec.clone(), &mut rng);
@@ -565,5 +575,21 @@ mod tests {
         assert_eq!(load(&torch, None).unwrap().0.mlp, e);
         save(&internal, &e, &info).unwrap();
         assert_eq!(load(&internal, None).unwrap().0.mlp, e);
+        // A description whose convolutions do not feed the first layer is refused, not run.
+        let wrong = StudentInfo {
+            conv: Some(crate::conv::ConvSpec {
+                image: [1, 4, 4],
+                channels: vec![2],
+                channels_last: false,
+            }),
+            embed: None,
+            ..info
+        };
+        save(&internal, &e, &wrong).unwrap();
+        let err = load(&internal, None).unwrap_err().to_string();
+        assert!(
+            err.contains("do not fit a first layer of 6 inputs"),
+            "{err}"
+        );
     }
 }

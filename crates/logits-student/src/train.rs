@@ -871,17 +871,13 @@ pub fn train(
         }
         all
     });
+    let spec = cfg.mlp_spec(loader.input_width, loader.classes);
     let mut info = StudentInfo {
-        kind: if cfg.model.conv.is_empty() {
-            "mlp"
-        } else {
-            "cnn"
-        }
-        .into(),
-        widths: cfg.mlp_spec(loader.input_width, loader.classes).widths,
+        kind: if spec.conv.is_none() { "mlp" } else { "cnn" }.into(),
+        activation: spec.activation.name().into(),
+        widths: spec.widths,
         embed: cfg.model.embed,
-        conv: cfg.mlp_spec(loader.input_width, loader.classes).conv,
-        activation: cfg.mlp_spec(1, 1).activation.name().into(),
+        conv: spec.conv,
         layer_norm: cfg.model.layer_norm,
         input: loader.input.clone(),
         dataset_id: m.dataset_id.clone(),

@@ -254,7 +254,8 @@ fn lm_train_cmd(
         &run.info,
         &a.out.join("hf"),
         tokenizer.as_deref(),
-        tokenizer_sha.as_deref(),
+        // Checked against the dataset before training.
+        None,
     )?;
     let mut report = lm_evaluate(
         ds,
