@@ -251,6 +251,11 @@ fn every_family_builds_as_exported_and_matches_onnx_runtime() {
                     if f.name == "tf_cnn" {
                         c.args(["--conv", "4", "--channels-last"]);
                     }
+                    // tf2onnx's byte classifier (int32 byte values): embedded bytes read by
+                    // 1-D convolutions.
+                    if f.name == "tf_bytes" {
+                        c.args(["--embed", "256:8", "--conv", "8"]);
+                    }
                     c
                 },
                 300,
