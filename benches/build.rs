@@ -343,6 +343,7 @@ fn lm_teacher(path: &Path, dim: usize, layers: usize, heads: usize) {
         layers,
         heads,
         tied: true,
+        encoder: None,
     };
     let gpt = logits_student::transformer::Gpt::new(spec, 7);
     let bytes = logits_student::export::gpt_onnx_bytes(

@@ -237,6 +237,7 @@ fn main() {
         layers: 12,
         heads: 12,
         tied: true,
+        encoder: None,
     };
     let big = logits_student::transformer::Gpt::new(spec.clone(), 1);
     let params = logits_student::params::Params::parameter_count(&big);

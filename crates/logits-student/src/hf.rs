@@ -202,6 +202,7 @@ mod tests {
                 layers: 2,
                 heads: 3,
                 tied,
+                encoder: None,
             },
             4,
         )

@@ -206,7 +206,11 @@ impl<'a> LmLoader<'a> {
             crate::data::feature_matrices(self.ds, &rb.features, &self.needs, pos.len())?;
         Ok(LmBatch {
             row_ids: rb.row_ids,
-            tokens: Tokens { ids, lens },
+            tokens: Tokens {
+                ids,
+                lens,
+                frames: None,
+            },
             pos,
             labels,
             teacher,
@@ -291,6 +295,7 @@ pub fn gpt_spec(cfg: &TrainConfig, vocab: usize, window: usize) -> GptSpec {
         layers: cfg.lm.layers,
         heads: cfg.lm.heads,
         tied: cfg.lm.tied,
+        encoder: None,
     }
 }
 
@@ -776,6 +781,7 @@ mod tests {
                 layers: 1,
                 heads: 2,
                 tied: true,
+                encoder: None,
             },
             1,
         );

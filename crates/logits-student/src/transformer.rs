@@ -1,5 +1,7 @@
-//! The language-model student: a GPT-2-style causal transformer, forward and backward written
-//! with ndarray (every matrix product through `ndarray::linalg`, i.e. matrixmultiply).
+//! The transformer students: a GPT-2-style causal language model and, with an
+//! [`EncoderSpec`], the same blocks as a bidirectional encoder (sequence or per-position
+//! classification over token ids or float frames). Forward and backward written with ndarray
+//! (every matrix product through `ndarray::linalg`, i.e. matrixmultiply).
 //!
 //! Shape (as GPT-2): token + learned position embeddings; N pre-LayerNorm blocks of multi-head
 //! causal self-attention and a 4× GELU (tanh) MLP, each added to the residual stream; a final
@@ -33,6 +35,104 @@ pub struct GptSpec {
     pub heads: usize,
     /// LM head tied to the token embedding.
     pub tied: bool,
+    /// A bidirectional encoder with a classification head (None: the causal LM).
+    #[serde(default)]
+    pub encoder: Option<EncoderSpec>,
+}
+
+/// What makes a [`Gpt`] an encoder: attention sees the whole sequence, the head maps to the
+/// teacher's classes, per position or (pooled) per sequence, and the input may be float frames.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EncoderSpec {
+    /// Output classes (the teacher's target axis).
+    pub classes: usize,
+    /// One output per sequence, from the mean of its real positions' final states.
+    pub pool: bool,
+    /// Float frames instead of token ids.
+    pub frames: Option<Frames>,
+}
+
+/// How a float input row becomes a sequence of frames: the sequence axis is cut into steps of
+/// `patch`, and each step's values (every other axis, in order) are one frame, projected to
+/// the residual width by `wte` (`width × dim`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Frames {
+    /// The teacher's input name (the export keeps it).
+    pub input: String,
+    /// Per-row shape; the sequence axis's entry is 0 (any length).
+    pub shape: Vec<usize>,
+    /// The sequence axis in `shape`.
+    pub axis: usize,
+    /// Consecutive steps of the sequence axis read as one frame.
+    pub patch: usize,
+}
+
+impl Frames {
+    /// Values per frame.
+    pub fn width(&self) -> usize {
+        self.shape
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != self.axis)
+            .map(|(_, &d)| d)
+            .product::<usize>()
+            * self.patch
+    }
+
+    /// Frames of one row of `values` (its sequence axis `len` steps long), `frames × width`;
+    /// `None` when `len` is not a whole number of patches.
+    pub fn of_row(&self, values: &[f32], len: usize) -> Option<Array2<f32>> {
+        let (before, after) = (
+            self.shape[..self.axis].iter().product::<usize>(),
+            self.shape[self.axis + 1..].iter().product::<usize>(),
+        );
+        if len == 0 || !len.is_multiple_of(self.patch) || values.len() != before * len * after {
+            return None;
+        }
+        let n = len / self.patch;
+        // Value (b, step, a) of the row sits at (b·len + step)·after + a; frame f holds steps
+        // f·patch.. in the order (b, j, a), as the export's Reshape/Transpose lays them out.
+        Some(Array2::from_shape_fn((n, self.width()), |(f, k)| {
+            let (b, rest) = (k / (self.patch * after), k % (self.patch * after));
+            let (j, a) = (rest / after, rest % after);
+            values[(b * len + f * self.patch + j) * after + a]
+        }))
+    }
+}
+
+impl GptSpec {
+    /// Rows of `wte`: the vocabulary, or a frame's width.
+    pub fn input_rows(&self) -> usize {
+        match self.encoder.as_ref().and_then(|e| e.frames.as_ref()) {
+            Some(f) => f.width(),
+            None => self.vocab,
+        }
+    }
+
+    /// Width of the output: the vocabulary (LM) or the classes (encoder).
+    pub fn outputs(&self) -> usize {
+        self.encoder.as_ref().map_or(self.vocab, |e| e.classes)
+    }
+
+    /// Attention sees only earlier positions.
+    pub fn causal(&self) -> bool {
+        self.encoder.is_none()
+    }
+
+    /// One output per sequence.
+    pub fn pooled(&self) -> bool {
+        self.encoder.as_ref().is_some_and(|e| e.pool)
+    }
+
+    /// The input is float frames.
+    pub fn frames(&self) -> Option<&Frames> {
+        self.encoder.as_ref().and_then(|e| e.frames.as_ref())
+    }
+
+    /// The head is the token embedding's transpose (only a language model's can be).
+    pub fn head_tied(&self) -> bool {
+        self.tied && self.encoder.is_none()
+    }
 }
 
 /// One pre-LayerNorm transformer block.
@@ -69,13 +169,16 @@ pub struct Gpt {
     pub head: Option<Array2<f32>>,
 }
 
-/// A batch of token sequences, right-padded to a common length.
+/// A batch of sequences, right-padded to a common length.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tokens {
-    /// Ids, `sequences × length` (padding positions hold any valid id).
+    /// Ids, `sequences × length` (padding positions hold any valid id); for a frames model
+    /// only its shape is read.
     pub ids: Array2<u32>,
     /// Real length of each sequence.
     pub lens: Vec<usize>,
+    /// Float frames, `(sequences·length) × width`, row `b·length + t` (padding rows zero).
+    pub frames: Option<Array2<f32>>,
 }
 
 struct BlockCache {
@@ -97,6 +200,8 @@ pub struct GptCache {
     /// Final hidden states (after `ln_f`), `(sequences·length) × D`: what hidden-state
     /// distillation compares with the teacher's.
     pub hidden: Array2<f32>,
+    /// A pooled encoder's per-sequence means of `hidden`, `sequences × D`.
+    pooled: Option<Array2<f32>>,
 }
 
 fn normal(rng: &mut rand_chacha::ChaCha8Rng, std: f32) -> f32 {
@@ -121,7 +226,7 @@ impl Gpt {
     pub fn new(spec: GptSpec, seed: u64) -> Gpt {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let d = spec.dim;
-        let wte = init(spec.vocab, d, &mut rng);
+        let wte = init(spec.input_rows(), d, &mut rng);
         let wpe = init(spec.context, d, &mut rng);
         let blocks = (0..spec.layers)
             .map(|_| Block {
@@ -133,7 +238,7 @@ impl Gpt {
                 fc_out: linear(4 * d, d, &mut rng),
             })
             .collect();
-        let head = (!spec.tied).then(|| init(d, spec.vocab, &mut rng));
+        let head = (!spec.head_tied()).then(|| init(d, spec.outputs(), &mut rng));
         Gpt {
             ln_f: LayerNorm::new(d),
             spec,
@@ -168,7 +273,8 @@ impl Gpt {
         }
     }
 
-    /// Logits, `(sequences·length) × V`, row `b·length + t` for token `t` of sequence `b`.
+    /// Logits, `(sequences·length) × V`, row `b·length + t` for token `t` of sequence `b`
+    /// (pooled encoder: `sequences × classes`).
     pub fn predict(&self, x: &Tokens) -> Array2<f32> {
         self.forward(x).0
     }
@@ -177,13 +283,18 @@ impl Gpt {
     pub fn forward(&self, x: &Tokens) -> (Array2<f32>, GptCache) {
         let (nb, t) = x.ids.dim();
         let d = self.spec.dim;
-        let mut h = Array2::<f32>::zeros((nb * t, d));
+        let mut h = match &x.frames {
+            Some(f) => f.dot(&self.wte),
+            None => Array2::<f32>::zeros((nb * t, d)),
+        };
         for b in 0..nb {
             for p in 0..t {
-                let id = (x.ids[[b, p]] as usize).min(self.spec.vocab - 1);
                 let pos = p.min(self.spec.context - 1);
                 let mut row = h.row_mut(b * t + p);
-                row += &self.wte.row(id);
+                if x.frames.is_none() {
+                    let id = (x.ids[[b, p]] as usize).min(self.spec.vocab.max(1) - 1);
+                    row += &self.wte.row(id);
+                }
                 row += &self.wpe.row(pos);
             }
         }
@@ -194,9 +305,21 @@ impl Gpt {
             h = h2;
         }
         let (xhat, inv, hidden) = self.ln_f.forward(&h);
+        let pooled = self.spec.pooled().then(|| {
+            let mut p = Array2::<f32>::zeros((nb, d));
+            for (b, mut row) in p.rows_mut().into_iter().enumerate() {
+                let len = x.lens[b].clamp(1, t);
+                for q in 0..len {
+                    row += &hidden.row(b * t + q);
+                }
+                row /= len as f32;
+            }
+            p
+        });
+        let top = pooled.as_ref().unwrap_or(&hidden);
         let logits = match &self.head {
-            Some(w) => hidden.dot(w),
-            None => hidden.dot(&self.wte.t()),
+            Some(w) => top.dot(w),
+            None => top.dot(&self.wte.t()),
         };
         (
             logits,
@@ -204,6 +327,7 @@ impl Gpt {
                 blocks: caches,
                 ln_f: (xhat, inv),
                 hidden,
+                pooled,
             },
         )
     }
@@ -231,9 +355,13 @@ impl Gpt {
                 let v = qkv.slice(s![rows.clone(), 2 * d + hh * hd..2 * d + (hh + 1) * hd]);
                 let mut sc = q.dot(&k.t());
                 for (i, mut r) in sc.rows_mut().into_iter().enumerate() {
-                    // Keys after the query, or past the sequence's end, are masked; key 0 is
-                    // always visible, so no row is empty.
-                    let visible = (i + 1).min(len.max(1));
+                    // Keys after the query (causal), or past the sequence's end, are masked;
+                    // key 0 is always visible, so no row is empty.
+                    let visible = if self.spec.causal() {
+                        (i + 1).min(len.max(1))
+                    } else {
+                        len.max(1)
+                    };
                     let m = r
                         .iter()
                         .take(visible)
@@ -287,22 +415,31 @@ impl Gpt {
         grad: &mut Gpt,
     ) {
         let (nb, t) = x.ids.dim();
-        // Head: logits = hidden · Wᵀ (tied) or hidden · W.
-        let mut dh = match (&self.head, grad.head.as_mut()) {
+        // Head: logits = top · Wᵀ (tied) or top · W, where top is the final hidden states or
+        // (pooled) their per-sequence means.
+        let top = cache.pooled.as_ref().unwrap_or(&cache.hidden);
+        let dtop = match (&self.head, grad.head.as_mut()) {
             (Some(w), Some(gw)) => {
-                ndarray::linalg::general_mat_mul(1.0, &cache.hidden.t(), &dlogits, 1.0, gw);
+                ndarray::linalg::general_mat_mul(1.0, &top.t(), &dlogits, 1.0, gw);
                 dlogits.dot(&w.t())
             }
             _ => {
-                ndarray::linalg::general_mat_mul(
-                    1.0,
-                    &dlogits.t(),
-                    &cache.hidden,
-                    1.0,
-                    &mut grad.wte,
-                );
+                ndarray::linalg::general_mat_mul(1.0, &dlogits.t(), top, 1.0, &mut grad.wte);
                 dlogits.dot(&self.wte)
             }
+        };
+        let mut dh = if cache.pooled.is_some() {
+            let mut dh = Array2::<f32>::zeros(cache.hidden.raw_dim());
+            for b in 0..nb {
+                let len = x.lens[b].clamp(1, t);
+                let r = dtop.row(b).mapv(|v| v / len as f32);
+                for q in 0..len {
+                    dh.row_mut(b * t + q).assign(&r);
+                }
+            }
+            dh
+        } else {
+            dtop
         };
         if let Some(e) = dhidden {
             dh += e;
@@ -313,13 +450,18 @@ impl Gpt {
         for (i, blk) in self.blocks.iter().enumerate().rev() {
             dx = self.block_backward(blk, &cache.blocks[i], dx, x, &mut grad.blocks[i]);
         }
+        if let Some(f) = &x.frames {
+            ndarray::linalg::general_mat_mul(1.0, &f.t(), &dx, 1.0, &mut grad.wte);
+        }
         for b in 0..nb {
             for p in 0..t {
-                let id = (x.ids[[b, p]] as usize).min(self.spec.vocab - 1);
                 let pos = p.min(self.spec.context - 1);
                 let r = dx.row(b * t + p);
-                let mut e = grad.wte.row_mut(id);
-                e += &r;
+                if x.frames.is_none() {
+                    let id = (x.ids[[b, p]] as usize).min(self.spec.vocab.max(1) - 1);
+                    let mut e = grad.wte.row_mut(id);
+                    e += &r;
+                }
                 let mut w = grad.wpe.row_mut(pos);
                 w += &r;
             }
@@ -395,6 +537,7 @@ impl Gpt {
         let tok = Tokens {
             ids: Array2::from_shape_fn((1, n), |(_, p)| window.get(p).copied().unwrap_or(0)),
             lens: vec![window.len()],
+            frames: None,
         };
         let logits = self.predict(&tok);
         logits.row(n - 1).to_vec()
@@ -497,6 +640,10 @@ mod tests {
     use super::*;
 
     fn tiny(tied: bool) -> (Gpt, Tokens) {
+        tiny_with(tied, None)
+    }
+
+    fn tiny_with(tied: bool, encoder: Option<EncoderSpec>) -> (Gpt, Tokens) {
         let spec = GptSpec {
             vocab: 11,
             context: 6,
@@ -504,6 +651,7 @@ mod tests {
             layers: 2,
             heads: 2,
             tied,
+            encoder,
         };
         let mut m = Gpt::new(spec, 3);
         // Larger weights than GPT-2's 0.02, so every path carries a visible gradient.
@@ -513,11 +661,22 @@ mod tests {
             }
         }
         let ids = Array2::from_shape_fn((2, 5), |(b, p)| ((b * 5 + p * 3) % 11) as u32);
+        let frames = m.spec.frames().map(|f| {
+            let mut x = Array2::from_shape_fn((10, f.width()), |(i, j)| {
+                ((i * 7 + j * 3) as f32 * 0.41).sin()
+            });
+            // Sequence 1's padding rows are zero, as the loader writes them.
+            for p in 8..10 {
+                x.row_mut(p).fill(0.0);
+            }
+            x
+        });
         (
             m,
             Tokens {
                 ids,
                 lens: vec![5, 3],
+                frames,
             },
         )
     }
@@ -525,50 +684,120 @@ mod tests {
     /// L = Σ logits ⊙ R + Σ hidden ⊙ S over real positions: every parameter of every block,
     /// the embeddings, the final LayerNorm and the head against central finite differences
     /// (computed in f64 from f32 forwards, so the tolerance is loose but the check is not).
+    fn check_gradients(m: &Gpt, tok: &Tokens, what: &str) {
+        let rows = 10;
+        let out_rows = if m.spec.pooled() { 2 } else { rows };
+        let mut r = Array2::from_shape_fn((out_rows, m.spec.outputs()), |(i, j)| {
+            ((i * 3 + j) as f32 * 0.7).sin()
+        });
+        let mut s = Array2::from_shape_fn((rows, 8), |(i, j)| ((i + 2 * j) as f32 * 0.3).cos());
+        // Padded positions (sequence 1, positions 3..5) carry no loss.
+        for p in 8..10 {
+            if !m.spec.pooled() {
+                r.row_mut(p).fill(0.0);
+            }
+            s.row_mut(p).fill(0.0);
+        }
+        let loss = |m: &Gpt| -> f64 {
+            let (y, c) = m.forward(tok);
+            (&y * &r).sum() as f64 + (&c.hidden * &s).sum() as f64
+        };
+        let (_, cache) = m.forward(tok);
+        let mut g = m.zeros_like();
+        m.backward(tok, &cache, r.view(), Some(&s), &mut g);
+        let analytic: Vec<(String, Vec<f32>)> = g
+            .tensors()
+            .into_iter()
+            .map(|(n, _, v)| (n, v.to_vec()))
+            .collect();
+        for (ti, (name, an)) in analytic.iter().enumerate() {
+            // Every entry of small tensors, a spread of entries of large ones.
+            let step = (an.len() / 24).max(1);
+            for k in (0..an.len()).step_by(step) {
+                let h = 1e-2f32;
+                let (mut a, mut b) = (m.clone(), m.clone());
+                a.tensors_mut()[ti][k] += h;
+                b.tensors_mut()[ti][k] -= h;
+                let fd = (loss(&a) - loss(&b)) / (2.0 * h as f64);
+                let x = an[k] as f64;
+                assert!(
+                    (fd - x).abs() < 1e-2 * (1.0 + fd.abs()),
+                    "{what} {name}[{k}]: fd {fd} vs {x}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn gradients_match_finite_differences() {
         for tied in [true, false] {
             let (m, tok) = tiny(tied);
-            let rows = 10;
-            let mut r =
-                Array2::from_shape_fn((rows, 11), |(i, j)| ((i * 3 + j) as f32 * 0.7).sin());
-            let s = Array2::from_shape_fn((rows, 8), |(i, j)| ((i + 2 * j) as f32 * 0.3).cos());
-            // Padded positions (sequence 1, positions 3..5) carry no loss.
-            for p in 8..10 {
-                r.row_mut(p).fill(0.0);
+            check_gradients(&m, &tok, &format!("tied={tied}"));
+        }
+    }
+
+    fn frames(patch: usize) -> Frames {
+        Frames {
+            input: "x".into(),
+            shape: vec![2, 0, 3],
+            axis: 1,
+            patch,
+        }
+    }
+
+    /// The encoder: bidirectional attention, an untied head to the classes, per position or
+    /// pooled, over ids or float frames.
+    #[test]
+    fn encoder_gradients_match_finite_differences() {
+        for pool in [false, true] {
+            for fr in [None, Some(frames(2))] {
+                let what = format!("pool={pool} frames={}", fr.is_some());
+                let enc = EncoderSpec {
+                    classes: 4,
+                    pool,
+                    frames: fr,
+                };
+                let (m, tok) = tiny_with(true, Some(enc));
+                assert!(m.head.is_some(), "{what}: an encoder's head is its own");
+                check_gradients(&m, &tok, &what);
             }
-            let mut s = s;
-            for p in 8..10 {
-                s.row_mut(p).fill(0.0);
-            }
-            let loss = |m: &Gpt| -> f64 {
-                let (y, c) = m.forward(&tok);
-                (&y * &r).sum() as f64 + (&c.hidden * &s).sum() as f64
-            };
-            let (_, cache) = m.forward(&tok);
-            let mut g = m.zeros_like();
-            m.backward(&tok, &cache, r.view(), Some(&s), &mut g);
-            let analytic: Vec<(String, Vec<f32>)> = g
-                .tensors()
-                .into_iter()
-                .map(|(n, _, v)| (n, v.to_vec()))
-                .collect();
-            for (ti, (name, an)) in analytic.iter().enumerate() {
-                // Every entry of small tensors, a spread of entries of large ones.
-                let step = (an.len() / 24).max(1);
-                for k in (0..an.len()).step_by(step) {
-                    let h = 1e-2f32;
-                    let (mut a, mut b) = (m.clone(), m.clone());
-                    a.tensors_mut()[ti][k] += h;
-                    b.tensors_mut()[ti][k] -= h;
-                    let fd = (loss(&a) - loss(&b)) / (2.0 * h as f64);
-                    let x = an[k] as f64;
-                    assert!(
-                        (fd - x).abs() < 1e-2 * (1.0 + fd.abs()),
-                        "tied={tied} {name}[{k}]: fd {fd} vs {x}"
-                    );
-                }
-            }
+        }
+    }
+
+    /// A frame is every non-sequence value of `patch` consecutive steps, in axis order.
+    #[test]
+    fn frames_cut_the_sequence_axis_into_patches() {
+        let f = frames(2);
+        assert_eq!(f.width(), 12);
+        // Row shape [2, 4, 3]: value (b, s, a) = 100·b + 10·s + a.
+        let row: Vec<f32> = (0..2)
+            .flat_map(|b| (0..4).flat_map(move |s| (0..3).map(move |a| (100 * b + 10 * s + a) as f32)))
+            .collect();
+        let x = f.of_row(&row, 4).unwrap();
+        assert_eq!(x.dim(), (2, 12));
+        // Frame 1 holds steps 2 and 3: (b=0,s=2,a..), (b=0,s=3,a..), (b=1,s=2,a..), ...
+        let want: Vec<f32> = [20., 21., 22., 30., 31., 32., 120., 121., 122., 130., 131., 132.].to_vec();
+        assert_eq!(x.row(1).to_vec(), want);
+        assert!(f.of_row(&row[..18], 3).is_none(), "3 steps are not whole patches of 2");
+    }
+
+    /// An encoder's position sees later tokens (it is not causal), never padding.
+    #[test]
+    fn the_encoder_sees_the_whole_sequence_but_not_padding() {
+        let enc = EncoderSpec {
+            classes: 4,
+            pool: false,
+            frames: None,
+        };
+        let (m, tok) = tiny_with(true, Some(enc));
+        let full = m.predict(&tok);
+        let mut t2 = tok.clone();
+        t2.ids[[0, 4]] = 7;
+        t2.ids[[1, 4]] = 9;
+        let other = m.predict(&t2);
+        assert_ne!(full.row(0), other.row(0), "position 0 did not see token 4");
+        for p in 5..8 {
+            assert_eq!(full.row(p), other.row(p), "real position {p} saw padding");
         }
     }
 
