@@ -146,7 +146,7 @@ fn offline_vs_online(ds: &Dataset, teacher_path: &std::path::Path) -> (f64, f64,
         .expect("train");
     let offline = t.elapsed().as_secs_f64();
     let cfg = config(per_epoch);
-    let loader = LmLoader::new(ds, logits_student::train::needs(&cfg)).expect("loader");
+    let loader = LmLoader::new(ds, None, logits_student::train::needs(&cfg)).expect("loader");
     let teacher = logits_teacher::TeacherModel::open(teacher_path, &[]).expect("teacher");
     let has_mask = teacher
         .summary

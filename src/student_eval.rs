@@ -217,10 +217,13 @@ pub fn lm_evaluate(
     holdout_from: Option<u64>,
 ) -> anyhow::Result<Report> {
     let (gpt, info) = logits_student::lm::load(student_file)?;
+    // Labels where there are any: next tokens (LM), a sequence classifier's stored labels.
+    let labelled =
+        gpt.spec.encoder.is_none() || (gpt.spec.pooled() && ds.manifest().labels.is_some());
     let cfg = TrainConfig {
         loss: logits_student::config::LossConfig {
             kd: 1.0,
-            ce: 1.0,
+            ce: if labelled { 1.0 } else { 0.0 },
             ..Default::default()
         },
         data: logits_student::config::DataConfig {
@@ -229,26 +232,22 @@ pub fn lm_evaluate(
         },
         ..Default::default()
     };
-    let loader = logits_student::lm::LmLoader::new(ds, train::needs(&cfg))?;
-    let (range, rows_label) = eval_rows(ds, &cfg, &info.dataset_id, "windows");
+    let loader = logits_student::lm::LmLoader::new(ds, info.input.as_deref(), train::needs(&cfg))?;
+    let unit = if gpt.spec.encoder.is_some() {
+        "rows"
+    } else {
+        "windows"
+    };
+    let (range, rows_label) = eval_rows(ds, &cfg, &info.dataset_id, unit);
     let batches = logits_student::lm::load_split(&loader, range)?;
     if batches.is_empty() {
         bail!(
-            "{}: no windows to evaluate in {rows_label}",
+            "{}: no {unit} to evaluate in {rows_label}",
             ds.root().display()
         );
     }
     let e = logits_student::lm::evaluate(&gpt, &batches);
-    let first = &batches[0];
-    let len0 = first.tokens.lens[0];
-    let one = logits_student::transformer::Tokens {
-        ids: first
-            .tokens
-            .ids
-            .slice(ndarray::s![0..1, 0..len0])
-            .to_owned(),
-        lens: vec![len0],
-    };
+    let one = one_sequence(&batches[0].tokens, 0);
     let t = Instant::now();
     let reps = 20;
     for _ in 0..reps {
@@ -265,27 +264,28 @@ pub fn lm_evaluate(
         let mut om = OnnxModel::open(o)?;
         let mut worst = 0.0f64;
         for b in batches.iter().take(4) {
-            let want = gpt.predict(&b.tokens);
-            let t = b.tokens.ids.ncols();
-            for (r, &len) in b.tokens.lens.iter().enumerate() {
-                let ids =
-                    ndarray::Array2::from_shape_fn((1, len), |(_, p)| b.tokens.ids[[r, p]] as i64);
-                let (_, got) = om.run_ids(&ids)?;
-                let v = want.ncols();
-                for p in 0..len {
-                    let w = want.row(r * t + p);
-                    let d = crate::onnx_run::max_scaled_diff(
-                        w.iter().enumerate().map(|(j, &x)| (got[p * v + j], x)),
+            for r in 0..b.tokens.lens.len() {
+                // Each sequence alone, unpadded, in both.
+                let x = one_sequence(&b.tokens, r);
+                let want = gpt.predict(&x);
+                let got = run_onnx(&mut om, &gpt.spec, &x)?;
+                let d =
+                    crate::onnx_run::max_scaled_diff(got.iter().copied().zip(want.iter().copied()));
+                if got.len() != want.len() {
+                    bail!(
+                        "{}: the exported ONNX gave {} values for a sequence, the ndarray student {}",
+                        o.display(),
+                        got.len(),
+                        want.len()
                     );
-                    worst = if d.is_nan() { d } else { worst.max(d) };
                 }
+                worst = if d.is_nan() { d } else { worst.max(d) };
             }
         }
         diff = Some(worst);
-        let ids = ndarray::Array2::from_shape_fn((1, len0), |(_, p)| one.ids[[0, p]] as i64);
         let t = Instant::now();
         for _ in 0..reps {
-            om.run_ids(&ids)?;
+            run_onnx(&mut om, &gpt.spec, &one)?;
         }
         student.latency_onnx_us = Some(t.elapsed().as_secs_f64() * 1e6 / reps as f64);
         student.bytes = std::fs::metadata(o).ok().map(|m| m.len());
@@ -312,6 +312,43 @@ pub fn lm_evaluate(
         losses: None,
         warnings: Vec::new(),
     })
+}
+
+/// Sequence `r` of a batch alone, without its padding.
+fn one_sequence(
+    t: &logits_student::transformer::Tokens,
+    r: usize,
+) -> logits_student::transformer::Tokens {
+    let (len, width) = (t.lens[r], t.ids.ncols());
+    logits_student::transformer::Tokens {
+        ids: t.ids.slice(ndarray::s![r..r + 1, 0..len]).to_owned(),
+        lens: vec![len],
+        frames: t.frames.as_ref().map(|f| {
+            f.slice(ndarray::s![r * width..r * width + len, ..])
+                .to_owned()
+        }),
+    }
+}
+
+/// One unpadded sequence through the exported ONNX: its ids, or its frames put back into
+/// the input row they were cut from; the first output, flattened.
+fn run_onnx(
+    om: &mut OnnxModel,
+    spec: &logits_student::transformer::GptSpec,
+    x: &logits_student::transformer::Tokens,
+) -> anyhow::Result<Vec<f32>> {
+    match (spec.frames(), &x.frames) {
+        (Some(f), Some(frames)) => {
+            let (row, shape) = f.to_row(frames.view());
+            let n = row.len();
+            let out = om.run(&ndarray::Array2::from_shape_vec((1, n), row)?, Some(&shape))?;
+            Ok(out.into_iter().collect())
+        }
+        _ => {
+            let ids = x.ids.mapv(|v| v as i64);
+            Ok(om.run_ids(&ids)?.1)
+        }
+    }
 }
 
 /// Which rows evaluation reads, and how the report names them: the held-out split when there

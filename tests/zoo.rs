@@ -62,7 +62,7 @@ const FAMILIES: &[Family] = &[
         text: true,
         target: "logits",
         args: &["-k", "3", "--window", "32", "--id-column", "id"],
-        student: false,
+        student: true,
     },
     Family {
         name: "bert_tok",
@@ -71,7 +71,7 @@ const FAMILIES: &[Family] = &[
         text: true,
         target: "logits",
         args: &["-k", "3", "--window", "32", "--stride", "24"],
-        student: false,
+        student: true,
     },
     Family {
         name: "llama",
@@ -89,7 +89,7 @@ const FAMILIES: &[Family] = &[
         text: false,
         target: "/head/Add_output_0",
         args: &["-k", "4"],
-        student: false,
+        student: true,
     },
     Family {
         name: "jaxlike",
@@ -134,7 +134,7 @@ const FAMILIES: &[Family] = &[
         text: false,
         target: "logits",
         args: &["-k", "3"],
-        student: false,
+        student: true,
     },
 ];
 
@@ -267,6 +267,40 @@ fn every_family_builds_as_exported_and_matches_onnx_runtime() {
                 "{}: no student.onnx",
                 f.name
             );
+            // Sequence teachers get the transformer encoder: pooled for one target per row
+            // (bert_seq, audio), per position for the token classifier and the CTC
+            // recogniser; the float ones read frames under the teacher's input name.
+            let encoder = [
+                ("bert_seq", "input_ids", true),
+                ("bert_tok", "input_ids", false),
+                ("ctc", "image", false),
+                ("audio", "spectrogram", true),
+            ];
+            if let Some(&(_, input, pooled)) = encoder.iter().find(|e| e.0 == f.name) {
+                let info: serde_json::Value =
+                    logits_student::student::read_info(&s.join("student.safetensors")).unwrap();
+                assert_eq!(info["kind"], "encoder", "{}: {info}", f.name);
+                assert_eq!(
+                    info["spec"]["encoder"]["pool"], pooled,
+                    "{}: {info}",
+                    f.name
+                );
+                let o = logits_build(&[
+                    "inspect-model",
+                    "--json",
+                    s.join("student.onnx").to_str().unwrap(),
+                ]);
+                let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+                assert_eq!(m["inputs"][0]["name"], input, "{}: {m}", f.name);
+                let r: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(s.join("report.json")).unwrap())
+                        .unwrap();
+                assert!(
+                    r["onnx_max_abs_diff"].as_f64().unwrap() <= 1e-4,
+                    "{}: {r}",
+                    f.name
+                );
+            }
         }
     }
 }

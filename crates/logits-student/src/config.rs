@@ -45,6 +45,10 @@ pub struct ModelConfig {
     pub dropout: f32,
     /// The stored input to train from (default: the dataset's only input).
     pub input: Option<String>,
+    /// Train the transformer student (an encoder over the input's sequence axis) on
+    /// per-example targets too; it is taken anyway for per-position targets and inputs whose
+    /// shape varies per row.
+    pub transformer: bool,
     /// `[vocab, dim]`: the inputs are ids below `vocab`, each embedded in `dim` values
     /// (bytes: `[256, 16]`); such inputs are not standardised.
     pub embed: Option<[usize; 2]>,
@@ -343,6 +347,7 @@ impl Default for ModelConfig {
             layer_norm: false,
             dropout: 0.0,
             input: None,
+            transformer: false,
             embed: None,
             conv: Vec::new(),
             image: None,

@@ -304,16 +304,55 @@ pub fn gpt_onnx_bytes(gpt: &Gpt, info: &impl serde::Serialize, opset: Opset) -> 
     let mut g = GraphBuilder::new();
     let batch = Dim::Named("batch".into());
     let seq = Dim::Named("sequence".into());
-    let ids = g.input("input_ids", ElemType::Int64, &[batch.clone(), seq.clone()]);
-    let attention = g.input(
-        "attention_mask",
-        ElemType::Int64,
-        &[batch.clone(), seq.clone()],
-    );
     let wte = g.weight("wte", gpt.wte.shape(), slice(&gpt.wte));
     let wpe = g.weight("wpe", gpt.wpe.shape(), slice(&gpt.wpe));
-    let tok = g.node("Gather", &[&wte, &ids], &[("axis", Attr::Int(0))]);
-    let shape = g.node("Shape", &[&ids], &[]);
+    // The input: token ids (and their attention mask), or float rows cut into frames along
+    // their sequence axis: [batch, ..., T·patch, ...] → [batch, T, width], as the student's
+    // loader cuts them.
+    let (tok, attention, shape) = match sp.frames() {
+        None => {
+            let ids = g.input("input_ids", ElemType::Int64, &[batch.clone(), seq.clone()]);
+            let attention = g.input(
+                "attention_mask",
+                ElemType::Int64,
+                &[batch.clone(), seq.clone()],
+            );
+            let tok = g.node("Gather", &[&wte, &ids], &[("axis", Attr::Int(0))]);
+            let shape = g.node("Shape", &[&ids], &[]);
+            (tok, Some(attention), shape)
+        }
+        Some(f) => {
+            let mut dims = vec![batch.clone()];
+            dims.extend(f.shape.iter().enumerate().map(|(i, &n)| {
+                if i == f.axis {
+                    seq.clone()
+                } else {
+                    Dim::Fixed(n as i64)
+                }
+            }));
+            let x = g.input(&f.input, ElemType::Float32, &dims);
+            let mut split = vec![0i64];
+            for (i, &n) in f.shape.iter().enumerate() {
+                if i == f.axis {
+                    split.extend([-1, f.patch as i64]);
+                } else {
+                    split.push(n as i64);
+                }
+            }
+            let split_shape = g.ints("frames_split", &[split.len()], &split);
+            let x = g.node("Reshape", &[&x, &split_shape], &[]);
+            // Move the frame axis (1 + axis) to 1, the rest in order.
+            let fa = 1 + f.axis as i64;
+            let mut perm = vec![0, fa];
+            perm.extend((1..split.len() as i64).filter(|&i| i != fa));
+            let x = g.node("Transpose", &[&x], &[("perm", Attr::Ints(perm))]);
+            let flat = g.ints("frames_flat", &[3], &[0, 0, f.width() as i64]);
+            let x = g.node("Reshape", &[&x, &flat], &[]);
+            let tok = g.node("MatMul", &[&x, &wte], &[]);
+            let shape = g.node("Shape", &[&x], &[]);
+            (tok, None, shape)
+        }
+    };
     let one_idx = g.ints("one_index", &[], &[1]);
     let t_ids = g.node("Gather", &[&shape, &one_idx], &[("axis", Attr::Int(0))]);
     let zero = g.ints("zero", &[], &[0]);
@@ -324,9 +363,14 @@ pub fn gpt_onnx_bytes(gpt: &Gpt, info: &impl serde::Serialize, opset: Opset) -> 
     // length (positions, the causal mask) reads it through this node, so it runs first.
     let zeros = g.ints("context_check", &[c], &vec![0; c]);
     let last = g.node("Sub", &[&t_ids, &one], &[]);
+    let unit = if sp.frames().is_some() {
+        "frames"
+    } else {
+        "tokens"
+    };
     let z = g.named_node(
         &format!(
-            "input longer than the student's context of {c} tokens: feed at most {c} (length check)"
+            "input longer than the student's context of {c} {unit}: feed at most {c} (length check)"
         ),
         "Gather",
         &[&zeros, &last],
@@ -336,30 +380,39 @@ pub fn gpt_onnx_bytes(gpt: &Gpt, info: &impl serde::Serialize, opset: Opset) -> 
     let pos = g.node("Range", &[&zero, &t, &one], &[]);
     let pe = g.node("Gather", &[&wpe, &pos], &[("axis", Attr::Int(0))]);
     let mut x = g.node("Add", &[&tok, &pe], &[]);
-    // Causal mask: 0 on and below the diagonal, −1e9 above, sliced to sequence × sequence.
-    let mask: Vec<f32> = (0..c * c)
-        .map(|i| if i % c > i / c { -1e9 } else { 0.0 })
-        .collect();
-    let mask_full = g.weight("causal_mask", &[c, c], &mask);
     let axis0 = g.ints("axis0", &[1], &[0]);
     let t1 = g.node("Unsqueeze", &[&t, &axis0], &[]);
-    let ends = g.node("Concat", &[&t1, &t1], &[("axis", Attr::Int(0))]);
-    let starts = g.ints("starts00", &[2], &[0, 0]);
-    let axes01 = g.ints("axes01", &[2], &[0, 1]);
-    let causal = g.node("Slice", &[&mask_full, &starts, &ends, &axes01], &[]);
+    // Causal mask: 0 on and below the diagonal, −1e9 above, sliced to sequence × sequence.
+    let causal = sp.causal().then(|| {
+        let mask: Vec<f32> = (0..c * c)
+            .map(|i| if i % c > i / c { -1e9 } else { 0.0 })
+            .collect();
+        let mask_full = g.weight("causal_mask", &[c, c], &mask);
+        let ends = g.node("Concat", &[&t1, &t1], &[("axis", Attr::Int(0))]);
+        let starts = g.ints("starts00", &[2], &[0, 0]);
+        let axes01 = g.ints("axes01", &[2], &[0, 1]);
+        g.node("Slice", &[&mask_full, &starts, &ends, &axes01], &[])
+    });
     // Padded keys: (attention_mask − 1) · 1e9, shaped batch × 1 × 1 × sequence.
-    let keep = g.node(
-        "Cast",
-        &[&attention],
-        &[("to", Attr::Int(ElemType::Float32.to_onnx() as i64))],
-    );
-    let one_f = g.weight("mask_one", &[], &[1.0]);
-    let big = g.weight("mask_big", &[], &[1e9]);
-    let dropped = g.node("Sub", &[&keep, &one_f], &[]);
-    let key_bias = g.node("Mul", &[&dropped, &big], &[]);
-    let axes12 = g.ints("axes12", &[2], &[1, 2]);
-    let key_bias = g.node("Unsqueeze", &[&key_bias, &axes12], &[]);
-    let mask_t = g.node("Add", &[&causal, &key_bias], &[]);
+    let keep = attention.as_ref().map(|a| {
+        g.node(
+            "Cast",
+            &[a],
+            &[("to", Attr::Int(ElemType::Float32.to_onnx() as i64))],
+        )
+    });
+    let key_bias = keep.as_ref().map(|keep| {
+        let one_f = g.weight("mask_one", &[], &[1.0]);
+        let big = g.weight("mask_big", &[], &[1e9]);
+        let dropped = g.node("Sub", &[keep, &one_f], &[]);
+        let key_bias = g.node("Mul", &[&dropped, &big], &[]);
+        let axes12 = g.ints("axes12", &[2], &[1, 2]);
+        g.node("Unsqueeze", &[&key_bias, &axes12], &[])
+    });
+    let mask_t = match (causal, key_bias) {
+        (Some(c), Some(k)) => Some(g.node("Add", &[&c, &k], &[])),
+        (c, k) => c.or(k),
+    };
     let heads_shape = g.ints("heads_shape", &[4], &[0, 0, nh as i64, hd as i64]);
     let merge_shape = g.ints("merge_shape", &[3], &[0, 0, d as i64]);
     let scale = g.weight("attn_scale", &[], &[1.0 / (hd as f32).sqrt()]);
@@ -406,8 +459,10 @@ pub fn gpt_onnx_bytes(gpt: &Gpt, info: &impl serde::Serialize, opset: Opset) -> 
             &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
         );
         let sc = g.node("MatMul", &[&qh, &kt], &[]);
-        let sc = g.node("Mul", &[&sc, &scale], &[]);
-        let sc = g.node("Add", &[&sc, &mask_t], &[]);
+        let mut sc = g.node("Mul", &[&sc, &scale], &[]);
+        if let Some(m) = &mask_t {
+            sc = g.node("Add", &[&sc, m], &[]);
+        }
         let p = g.node("Softmax", &[&sc], &[("axis", Attr::Int(-1))]);
         let o = g.node("MatMul", &[&p, &vh], &[]);
         let o = g.node(
@@ -424,7 +479,29 @@ pub fn gpt_onnx_bytes(gpt: &Gpt, info: &impl serde::Serialize, opset: Opset) -> 
         let f = lin(&mut g, &f, &format!("h.{i}.fc_out"), &blk.fc_out);
         x = g.node("Add", &[&x, &f], &[]);
     }
-    let h = ln(&mut g, &mut ops, &x, "ln_f", &gpt.ln_f);
+    let mut h = ln(&mut g, &mut ops, &x, "ln_f", &gpt.ln_f);
+    if sp.pooled() {
+        // The mean of the real positions' final states: Σ h·mask / Σ mask, or (frames, every
+        // position real) Σ h / T.
+        let axes1 = g.ints("axes1", &[1], &[1]);
+        let f32_type = ElemType::Float32.to_onnx() as i64;
+        let (sum, n) = match &keep {
+            Some(k) => {
+                let axis2 = g.ints("axis2_pool", &[1], &[2]);
+                let m = g.node("Unsqueeze", &[k, &axis2], &[]);
+                let hm = g.node("Mul", &[&h, &m], &[]);
+                let sum = g.node("ReduceSum", &[&hm, &axes1], &[("keepdims", Attr::Int(0))]);
+                let n = g.node("ReduceSum", &[&m, &axes1], &[("keepdims", Attr::Int(0))]);
+                (sum, n)
+            }
+            None => {
+                let sum = g.node("ReduceSum", &[&h, &axes1], &[("keepdims", Attr::Int(0))]);
+                let n = g.node("Cast", &[&t], &[("to", Attr::Int(f32_type))]);
+                (sum, n)
+            }
+        };
+        h = g.node("Div", &[&sum, &n], &[]);
+    }
     let head = match &gpt.head {
         Some(w) => g.weight("head", w.shape(), slice(w)),
         None => {
@@ -433,12 +510,14 @@ pub fn gpt_onnx_bytes(gpt: &Gpt, info: &impl serde::Serialize, opset: Opset) -> 
         }
     };
     let logits = g.node("MatMul", &[&h, &head], &[]);
-    g.output(
-        "logits",
-        &logits,
-        ElemType::Float32,
-        &[batch, seq, Dim::Fixed(sp.vocab as i64)],
-    );
+    let classes = Dim::Fixed(sp.outputs() as i64);
+    let dims = match sp.frames() {
+        _ if sp.pooled() => vec![batch, classes],
+        // Patches of several steps: fewer positions out than steps in.
+        Some(f) if f.patch > 1 => vec![batch, Dim::Named("frames".into()), classes],
+        _ => vec![batch, seq, classes],
+    };
+    g.output("logits", &logits, ElemType::Float32, &dims);
     let doc = describe(&mut g, info);
     logits_onnx::model::encode(&g.finish("logits_lm_student", opset.get(), "logits-train", &doc))
 }

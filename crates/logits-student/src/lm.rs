@@ -28,18 +28,19 @@ use crate::mlp::Linear;
 use crate::optim::Optimizer;
 use crate::params::Params;
 use crate::train::{Split, Terms, check_against, needs};
-use crate::transformer::{Gpt, GptSpec, Tokens};
+use crate::transformer::{EncoderSpec, Frames, Gpt, GptSpec, Tokens};
 
-/// A batch of token windows with their per-position targets.
+/// A batch of sequences with their targets (per position, or one per sequence).
 #[derive(Debug, Clone)]
 pub struct LmBatch {
     /// Row ids.
     pub row_ids: Vec<u64>,
-    /// The windows, right-padded.
+    /// The sequences, right-padded.
     pub tokens: Tokens,
-    /// For each stored position (row-major), its row in the logits (`sequence·length + t`).
+    /// For each stored position (row-major), its row in the logits (`sequence·length + t`;
+    /// pooled: the sequence).
     pub pos: Vec<usize>,
-    /// The next token of each position, when the window holds one.
+    /// The label of each position: the next token (LM), the row's label (pooled encoder).
     pub labels: Vec<Option<u32>>,
     /// Top-k targets per position.
     pub teacher: Option<TeacherRows>,
@@ -47,89 +48,192 @@ pub struct LmBatch {
     pub sampled: Option<SampledEntries>,
     /// Teacher features per position, `positions × width`.
     pub features: BTreeMap<String, Array2<f32>>,
+    /// One target per sequence.
+    pub pooled: bool,
 }
 
-/// Reads per-token datasets for the transformer student.
+impl LmBatch {
+    /// The dataset row of stored position `k`.
+    pub fn row_of(&self, k: usize) -> u64 {
+        let seq = if self.pooled {
+            self.pos[k]
+        } else {
+            self.pos[k] / self.tokens.ids.ncols().max(1)
+        };
+        self.row_ids[seq]
+    }
+}
+
+/// What the transformer student is on a dataset: decided by the targets and the input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceKind {
+    /// A causal language model: per-position targets over the input's own vocabulary (every
+    /// input id is a class), trained with next-token labels. Otherwise an encoder.
+    pub lm: bool,
+    /// One target per row (a sequence classifier): the encoder pools its positions.
+    pub pool: bool,
+    /// Token ids the input holds (ids inputs): the tokenizer's vocabulary or the largest
+    /// stored id + 1, whichever is larger.
+    pub input_vocab: usize,
+    /// Float frames (float inputs).
+    pub frames: Option<Frames>,
+}
+
+/// Reads sequence datasets (token windows, or float rows along a sequence axis) for the
+/// transformer student.
 #[derive(Debug)]
 pub struct LmLoader<'a> {
     ds: &'a Dataset,
-    /// The stored token-id input.
+    /// The stored input.
     pub input: String,
-    /// Vocabulary (the target axis).
+    /// The target axis (vocabulary or classes).
     pub vocab: usize,
-    /// Longest window in the dataset (from the build options, else measured).
+    /// Longest sequence in the dataset (from the build options, else measured), in positions.
     pub window: usize,
+    /// Language model or encoder, and its input.
+    pub kind: SequenceKind,
+    /// Values of one step of the sequence axis (1 for ids).
+    step: usize,
     needs: Needs,
     columns: Vec<String>,
 }
 
+/// Whether `train` takes the transformer student on `ds`: per-position targets, `model.transformer`,
+/// or (with neither convolutions nor an embedding asked for) an input whose shape varies per
+/// row, which the MLP cannot take.
+pub fn wants_transformer(ds: &Dataset, cfg: &TrainConfig) -> bool {
+    let m = ds.manifest();
+    if cfg.model.transformer
+        || m.targets
+            .as_ref()
+            .is_some_and(|t| t.granularity == Granularity::Position)
+    {
+        return true;
+    }
+    let input = match &cfg.model.input {
+        Some(n) => m.inputs.iter().find(|i| &i.name == n),
+        None => m.inputs.first().filter(|_| m.inputs.len() == 1),
+    };
+    cfg.model.conv.is_empty()
+        && cfg.model.embed.is_none()
+        && input.is_some_and(|i| {
+            i.shape
+                .iter()
+                .any(|d| matches!(d, logits_format::manifest::Dim::Named(_)))
+        })
+}
+
+/// Integer dtypes: inputs the transformer reads as token ids.
+fn is_ids(d: DType) -> bool {
+    matches!(
+        d,
+        DType::Uint32
+            | DType::Uint16
+            | DType::Uint8
+            | DType::Int64
+            | DType::Int32
+            | DType::Int16
+            | DType::Int8
+    )
+}
+
 impl<'a> LmLoader<'a> {
-    /// Checks that `ds` is a per-token dataset with stored token ids and what `needs` asks
-    /// for, and prepares the projection.
-    pub fn new(ds: &'a Dataset, needs: Needs) -> Result<LmLoader<'a>> {
+    /// Checks that `ds` stores sequences (token ids, or a float input with a sequence axis)
+    /// with targets and what `needs` asks for, decides what the student is, and prepares the
+    /// projection. `input` names the stored input (default: the token ids, else the only one).
+    pub fn new(ds: &'a Dataset, input: Option<&str>, needs: Needs) -> Result<LmLoader<'a>> {
         let m = ds.manifest();
         let refuse = |what: String| StudentError::Dataset {
             dataset: ds.root().to_path_buf(),
             what,
         };
         let t = m.targets.as_ref().ok_or_else(|| {
-            refuse("the dataset stores no teacher targets; the language-model student needs per-token targets".into())
+            refuse(
+                "the dataset stores no teacher targets; the transformer student needs them".into(),
+            )
         })?;
-        if t.granularity != Granularity::Position {
-            return Err(refuse(
-                "the targets are per example; the transformer student trains on per-token datasets"
-                    .into(),
-            ));
-        }
-        let spec = m
-            .inputs
-            .iter()
-            .find(|i| matches!(i.stored, DType::Uint32 | DType::Uint16 | DType::Int64 | DType::Int32))
-            .ok_or_else(|| {
-                refuse("the dataset stores no token ids (built with --no-inputs?); the language-model student reads the stored windows".into())
-            })?;
+        let per_position = t.granularity == Granularity::Position;
+        let listed = || {
+            m.inputs
+                .iter()
+                .map(|i| format!("{:?}", i.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let spec = match input {
+            Some(n) => m.inputs.iter().find(|i| i.name == n).ok_or_else(|| {
+                refuse(format!("no stored input named {n:?} (stored inputs: {})", listed()))
+            })?,
+            None => match m.inputs.iter().find(|i| is_ids(i.stored)) {
+                Some(i) => i,
+                None => match m.inputs.as_slice() {
+                    [one] => one,
+                    [] => return Err(refuse(
+                        "the dataset stores no inputs (built with --no-inputs?); the transformer student reads the stored sequences".into(),
+                    )),
+                    _ => return Err(refuse(format!(
+                        "the dataset stores several inputs ({}); choose one with --input",
+                        listed()
+                    ))),
+                },
+            },
+        };
         let mut columns = vec![spec.column.clone()];
         columns.extend(crate::data::target_columns(ds, t, &needs)?);
-        columns.extend(crate::data::feature_columns(
-            ds,
-            &needs,
-            Granularity::Position,
-        )?);
+        let frames = if is_ids(spec.stored) {
+            None
+        } else {
+            Some(frames_of(ds, spec, per_position)?)
+        };
+        let step = frames.as_ref().map_or(1, |f| f.width() / f.patch);
+        let (longest, max_id) = scan(ds, &spec.name, &spec.column, step)?;
+        let tokenizer = m.tokenizer.as_ref().map_or(0, |t| t.vocab_size as usize);
+        let input_vocab = if frames.is_some() {
+            0
+        } else {
+            tokenizer.max(max_id.map_or(0, |x| x as usize + 1))
+        };
+        let axis = t.axis_size as usize;
+        let lm = per_position && frames.is_none() && input_vocab <= axis;
+        let pool = !per_position;
+        if needs.labels && !lm {
+            if !pool || m.labels.is_none() {
+                return Err(refuse(format!(
+                    "cross-entropy (loss.ce) needs labels, and this dataset has none {}; set loss.ce = 0 (--ce 0)",
+                    if pool {
+                        "(build with --label-column)"
+                    } else {
+                        "per position"
+                    }
+                )));
+            }
+            columns.push(logits_format::schema::LABEL.into());
+        }
+        columns.extend(crate::data::feature_columns(ds, &needs, t.granularity)?);
         columns.dedup();
-        let window = m.corpus.options["window"].as_u64().unwrap_or(0) as usize;
+        let patch = frames.as_ref().map_or(1, |f| f.patch);
+        let window = match m.corpus.options["window"].as_u64() {
+            Some(w) if frames.is_none() => w as usize,
+            _ => longest.div_ceil(patch),
+        };
         Ok(LmLoader {
             ds,
             input: spec.name.clone(),
-            vocab: t.axis_size as usize,
+            vocab: axis,
             window,
+            kind: SequenceKind {
+                lm,
+                pool,
+                input_vocab,
+                frames,
+            },
+            step,
             needs,
             columns,
         })
     }
 
-    /// The longest window in `range`, reading only the token column (for datasets whose
-    /// manifest does not record the build's window).
-    pub fn longest(&self, range: Option<Range<u64>>) -> Result<usize> {
-        let mut s = self.ds.stream(&ReadOptions {
-            columns: Some(vec![self.columns[0].clone()]),
-            batch_size: 4096,
-            row_range: range,
-            ..Default::default()
-        })?;
-        let mut longest = 0;
-        while let Some(rb) = s.next_rows() {
-            if let Some(iv) = rb?.inputs.get(&self.input) {
-                longest = iv
-                    .offsets
-                    .windows(2)
-                    .map(|w| w[1] - w[0])
-                    .fold(longest, usize::max);
-            }
-        }
-        Ok(longest)
-    }
-
-    /// Streams rows of `range` in batches of `batch` windows, shuffled with `shuffle`.
+    /// Streams rows of `range` in batches of `batch` sequences, shuffled with `shuffle`.
     pub fn stream(
         &self,
         range: Option<Range<u64>>,
@@ -160,43 +264,99 @@ impl<'a> LmLoader<'a> {
             .get(&self.input)
             .ok_or_else(|| bad(format!("input {:?} was not read", self.input)))?;
         let rows = rb.len();
-        let lens: Vec<usize> = (0..rows)
-            .map(|r| iv.offsets[r + 1] - iv.offsets[r])
-            .collect();
-        let t = lens.iter().copied().max().unwrap_or(0).max(1);
-        let mut ids = Array2::<u32>::zeros((rows, t));
-        let mut pos = Vec::new();
-        let mut labels = Vec::new();
+        let patch = self.kind.frames.as_ref().map_or(1, |f| f.patch);
+        let mut lens = Vec::with_capacity(rows);
         for r in 0..rows {
-            let v: Vec<u32> = match &iv.values {
-                TensorValues::U32(v) => v[iv.offsets[r]..iv.offsets[r + 1]].to_vec(),
-                other => other
-                    .to_f32(iv.offsets[r]..iv.offsets[r + 1])
-                    .iter()
-                    .map(|&x| x as u32)
-                    .collect(),
-            };
-            if let Some(&big) = v.iter().find(|&&x| x as usize >= self.vocab) {
+            let n = iv.offsets[r + 1] - iv.offsets[r];
+            if !n.is_multiple_of(self.step) || !(n / self.step).is_multiple_of(patch) || n == 0 {
                 return Err(bad(format!(
-                    "row {}: token id {big} is outside the vocabulary of {}",
-                    rb.row_ids[r], self.vocab
+                    "row {}: input {:?} holds {n} values, not a whole number of {} frames of {} steps × {} values",
+                    rb.row_ids[r],
+                    self.input,
+                    if n == 0 { "(any)" } else { "" },
+                    patch,
+                    self.step
                 )));
             }
-            for (p, &x) in v.iter().enumerate() {
-                ids[[r, p]] = x;
-                pos.push(r * t + p);
-                labels.push(v.get(p + 1).copied());
+            lens.push(n / self.step / patch);
+        }
+        let t = lens.iter().copied().max().unwrap_or(0).max(1);
+        let mut ids = Array2::<u32>::zeros((rows, t));
+        let mut frames = self
+            .kind
+            .frames
+            .as_ref()
+            .map(|f| Array2::<f32>::zeros((rows * t, f.width())));
+        let mut pos = Vec::new();
+        let mut labels = Vec::new();
+        let row_label = |r: usize| {
+            rb.labels
+                .as_ref()
+                .and_then(|l| l[r])
+                .and_then(|x| u32::try_from(x).ok())
+        };
+        for r in 0..rows {
+            let span = iv.offsets[r]..iv.offsets[r + 1];
+            if let (Some(f), Some(out)) = (&self.kind.frames, frames.as_mut()) {
+                let x = f
+                    .of_row(&iv.values.to_f32(span), lens[r] * patch)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "row {}: input {:?} does not fit its shape",
+                            rb.row_ids[r], self.input
+                        ))
+                    })?;
+                out.slice_mut(ndarray::s![r * t..r * t + lens[r], ..])
+                    .assign(&x);
+            } else {
+                let v: Vec<u32> = match &iv.values {
+                    TensorValues::U32(v) => v[span].to_vec(),
+                    other => other.to_f32(span).iter().map(|&x| x as u32).collect(),
+                };
+                let limit = if self.kind.lm {
+                    self.vocab
+                } else {
+                    self.kind.input_vocab
+                };
+                if let Some(&big) = v.iter().find(|&&x| x as usize >= limit) {
+                    return Err(bad(format!(
+                        "row {}: token id {big} is outside the vocabulary of {limit}",
+                        rb.row_ids[r]
+                    )));
+                }
+                for (p, &x) in v.iter().enumerate() {
+                    ids[[r, p]] = x;
+                }
+                if self.kind.lm {
+                    labels.extend((0..v.len()).map(|p| v.get(p + 1).copied()));
+                }
+            }
+            if self.kind.pool {
+                pos.push(r);
+                labels.push(row_label(r));
+            } else {
+                pos.extend((0..lens[r]).map(|p| r * t + p));
+                if !self.kind.lm {
+                    labels.extend(std::iter::repeat_n(None, lens[r]));
+                }
             }
         }
         if let Some(tg) = &rb.targets
             && tg.row_positions.len() == rows + 1
         {
             for (r, (w, &len)) in tg.row_positions.windows(2).zip(&lens).enumerate() {
-                let n = w[1] - w[0];
-                if n != len {
+                let (n, want) = (w[1] - w[0], if self.kind.pool { 1 } else { len });
+                if n != want {
                     return Err(bad(format!(
-                        "row {}: {n} target positions for {len} tokens",
-                        rb.row_ids[r]
+                        "row {}: {n} target positions for {want} {}",
+                        rb.row_ids[r],
+                        if patch > 1 {
+                            "frames"
+                        } else if self.kind.pool {
+                            "sequence"
+                        } else {
+                            "positions"
+                        }
                     )));
                 }
             }
@@ -206,18 +366,116 @@ impl<'a> LmLoader<'a> {
             crate::data::feature_matrices(self.ds, &rb.features, &self.needs, pos.len())?;
         Ok(LmBatch {
             row_ids: rb.row_ids,
-            tokens: Tokens {
-                ids,
-                lens,
-                frames: None,
-            },
+            tokens: Tokens { ids, lens, frames },
             pos,
             labels,
             teacher,
             sampled,
             features,
+            pooled: self.kind.pool,
         })
     }
+}
+
+/// The longest row along the sequence axis (in steps of `step` values) and the largest
+/// value of an ids input, reading only the input column.
+fn scan(ds: &Dataset, input: &str, column: &str, step: usize) -> Result<(usize, Option<u64>)> {
+    let mut s = ds.stream(&ReadOptions {
+        columns: Some(vec![column.to_string()]),
+        batch_size: 4096,
+        ..Default::default()
+    })?;
+    let (mut longest, mut max_id) = (0, None::<u64>);
+    while let Some(rb) = s.next_rows() {
+        if let Some(iv) = rb?.inputs.get(input) {
+            longest = iv
+                .offsets
+                .windows(2)
+                .map(|w| (w[1] - w[0]) / step.max(1))
+                .fold(longest, usize::max);
+            if step == 1 {
+                let all = iv.values.to_f32(0..*iv.offsets.last().unwrap_or(&0));
+                if let Some(m) = all.iter().copied().reduce(f32::max) {
+                    let m = m.max(0.0) as u64;
+                    max_id = Some(max_id.map_or(m, |x| x.max(m)));
+                }
+            }
+        }
+    }
+    Ok((longest, max_id))
+}
+
+/// How a float input's rows become frames: the sequence axis is the shape's one variable
+/// dimension (else the last of a rank-3 `[C, H, W]`, the first otherwise); with per-position
+/// targets the patch is what makes the frames as many as the first row's positions.
+fn frames_of(
+    ds: &Dataset,
+    spec: &logits_format::manifest::InputSpec,
+    per_position: bool,
+) -> Result<Frames> {
+    use logits_format::manifest::Dim;
+    let refuse = |what: String| StudentError::Dataset {
+        dataset: ds.root().to_path_buf(),
+        what,
+    };
+    let variable: Vec<usize> = (0..spec.shape.len())
+        .filter(|&i| matches!(spec.shape[i], Dim::Named(_)))
+        .collect();
+    let axis = match (variable.as_slice(), spec.shape.len()) {
+        ([a], _) => *a,
+        ([], 3) => 2,
+        ([], r) if r > 0 => 0,
+        _ => {
+            return Err(refuse(format!(
+                "input {:?} of shape {:?}: the transformer student reads one sequence axis (one variable dimension, or a fixed [T, F] / [C, H, W] row)",
+                spec.name, spec.shape
+            )));
+        }
+    };
+    let shape: Vec<usize> = spec
+        .shape
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            Dim::Fixed(n) if i != axis => *n as usize,
+            _ => 0,
+        })
+        .collect();
+    let mut f = Frames {
+        input: spec.name.clone(),
+        shape,
+        axis,
+        patch: 1,
+    };
+    if per_position {
+        let step = f.width();
+        let mut s = ds.stream(&ReadOptions {
+            columns: None,
+            batch_size: 1,
+            ..Default::default()
+        })?;
+        if let Some(rb) = s.next_rows() {
+            let rb = rb?;
+            let len = rb
+                .inputs
+                .get(&spec.name)
+                .map_or(0, |iv| iv.offsets[1] - iv.offsets[0])
+                / step.max(1);
+            let n = rb
+                .targets
+                .as_ref()
+                .map_or(0, |tg| tg.row_positions[1] - tg.row_positions[0]);
+            if n == 0 || !len.is_multiple_of(n) {
+                return Err(refuse(format!(
+                    "row {}: input {:?} is {len} steps long along axis {axis} but has {n} target positions; the per-position student needs a whole number of steps per position",
+                    rb.row_ids.first().copied().unwrap_or(0),
+                    spec.name
+                )));
+            }
+            f.patch = len / n;
+        }
+    }
+    Ok(f)
 }
 
 /// The trainable language-model student: the transformer and its training-only projections.
@@ -276,7 +534,7 @@ impl Params for LmStudent {
 /// What a language-model student file says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LmInfo {
-    /// Always `gpt`.
+    /// `gpt` (a causal language model) or `encoder`.
     pub kind: String,
     /// The shape.
     pub spec: GptSpec,
@@ -284,18 +542,31 @@ pub struct LmInfo {
     pub dataset_id: String,
     /// sha256 of the teacher that produced that dataset.
     pub teacher_sha256: String,
+    /// The stored input it reads (absent in files from before encoders: the token ids).
+    #[serde(default)]
+    pub input: Option<String>,
 }
 
-/// The transformer shape `cfg` asks for on a dataset with `vocab` ids and windows of `window`.
-pub fn gpt_spec(cfg: &TrainConfig, vocab: usize, window: usize) -> GptSpec {
+/// Whether a student file's `kind` is one of the transformer students.
+pub fn is_transformer(kind: &str) -> bool {
+    matches!(kind, "gpt" | "encoder")
+}
+
+/// The transformer shape `cfg` asks for on what `loader` reads.
+pub fn gpt_spec(cfg: &TrainConfig, loader: &LmLoader) -> GptSpec {
+    let k = &loader.kind;
     GptSpec {
-        vocab,
-        context: cfg.lm.context.unwrap_or(window.max(1)),
+        vocab: if k.lm { loader.vocab } else { k.input_vocab },
+        context: cfg.lm.context.unwrap_or(loader.window.max(1)),
         dim: cfg.lm.dim,
         layers: cfg.lm.layers,
         heads: cfg.lm.heads,
         tied: cfg.lm.tied,
-        encoder: None,
+        encoder: (!k.lm).then(|| EncoderSpec {
+            classes: loader.vocab,
+            pool: k.pool,
+            frames: k.frames.clone(),
+        }),
     }
 }
 
@@ -320,10 +591,7 @@ pub fn loss_and_grad(
         term: term.to_string(),
         row,
     };
-    let row_of = |k: usize| -> u64 {
-        let f = b.pos[k] / b.tokens.ids.ncols();
-        b.row_ids[f]
-    };
+    let row_of = |k: usize| b.row_of(k);
     // Response terms, position by position in parallel: each position writes only its own
     // row of ∂L/∂logits and the sums are taken in position order afterwards, so the result
     // does not depend on the thread count.
@@ -481,8 +749,9 @@ pub struct LmEvaluation {
     pub rows: usize,
     /// Positions with a teacher target.
     pub positions: usize,
-    /// exp(mean next-token cross-entropy) over positions whose next token is in the window.
-    pub perplexity: f64,
+    /// exp(mean cross-entropy against the labels: the next token where the window holds it
+    /// (LM), the row's label (a labelled sequence classifier)); None without labels.
+    pub perplexity: Option<f64>,
     /// A lower bound on the teacher's perplexity on the same tokens, from its stored targets:
     /// exact where the next token is among the kept ids; elsewhere its probability is bounded
     /// by the smaller of the tail mass and the last kept probability (no unkept id can exceed
@@ -541,9 +810,9 @@ pub fn evaluate(gpt: &Gpt, batches: &[LmBatch]) -> LmEvaluation {
     LmEvaluation {
         rows,
         positions: npos,
-        perplexity: (ce / nce.max(1) as f64).exp(),
-        teacher_perplexity_at_least: have_teacher.then(|| (tce / nce.max(1) as f64).exp()),
-        teacher_topk_coverage: have_teacher.then(|| covered as f64 / nce.max(1) as f64),
+        perplexity: (nce > 0).then(|| (ce / nce as f64).exp()),
+        teacher_perplexity_at_least: (have_teacher && nce > 0).then(|| (tce / nce as f64).exp()),
+        teacher_topk_coverage: (have_teacher && nce > 0).then(|| covered as f64 / nce as f64),
         agreement: have_teacher.then(|| agree as f64 / npos_f),
         kl: have_teacher.then(|| kl / npos_f),
     }
@@ -584,25 +853,32 @@ pub fn train(
     cfg.check_lm()?;
     check_against(ds, cfg)?;
     let split = Split::of(ds, cfg);
-    let loader = LmLoader::new(ds, needs(cfg))?;
+    let loader = LmLoader::new(ds, cfg.model.input.as_deref(), needs(cfg))?;
     let m = ds.manifest();
     let rows = crate::train::count_rows(ds, split.train.clone())?;
-    let window = match loader.window {
-        0 => loader.longest(split.train.clone())?,
-        w => w,
-    };
+    if loader.kind.pool && !cfg.loss.features.is_empty() {
+        return Err(StudentError::Config(
+            "feature losses distil per-position hidden states; this dataset's targets are one per sequence (drop the feature loss)".into(),
+        ));
+    }
     if rows == 0 {
         return Err(StudentError::Dataset {
             dataset: ds.root().to_path_buf(),
             what: "no training rows".into(),
         });
     }
-    let spec = gpt_spec(cfg, loader.vocab, window);
+    let spec = gpt_spec(cfg, &loader);
     let info = LmInfo {
-        kind: "gpt".into(),
+        kind: if spec.encoder.is_some() {
+            "encoder"
+        } else {
+            "gpt"
+        }
+        .into(),
         spec: spec.clone(),
         dataset_id: m.dataset_id.clone(),
         teacher_sha256: m.teacher.sha256.clone(),
+        input: Some(loader.input.clone()),
     };
     let meta = crate::student::metadata(&info)?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x005e_ed0f_9e07);
@@ -620,12 +896,16 @@ pub fn train(
     }
     // Embedding (+ untied head) and per block: attention 4d² and MLP 8d², with biases.
     let (v, c, d, l) = (
-        spec.vocab as u64,
+        spec.input_rows().max(spec.outputs()) as u64,
         spec.context as u64,
         spec.dim as u64,
         spec.layers as u64,
     );
-    let head = if spec.tied { 0 } else { v.saturating_mul(d) };
+    let head = if spec.head_tied() {
+        0
+    } else {
+        v.saturating_mul(d)
+    };
     let params = v
         .saturating_mul(d)
         .saturating_add(c.saturating_mul(d))
@@ -692,13 +972,13 @@ pub fn train(
     })
 }
 
-/// Loads a language-model student file (the exported `student.safetensors`).
+/// Loads a transformer student file (the exported `student.safetensors`).
 pub fn load(path: &Path) -> Result<(Gpt, LmInfo)> {
     let info: LmInfo = crate::student::read_info(path)?;
-    if info.kind != "gpt" {
+    if !is_transformer(&info.kind) {
         return Err(StudentError::Checkpoint {
             path: path.to_path_buf(),
-            why: format!("a {:?} student, not a language model", info.kind),
+            why: format!("a {:?} student, not a transformer", info.kind),
         });
     }
     let mut g = Gpt::new(info.spec.clone(), 0);

@@ -100,6 +100,27 @@ impl Frames {
     }
 }
 
+impl Frames {
+    /// The row values `frames` (`n × width`) were cut from ([`Frames::of_row`] inverted),
+    /// with the row's shape.
+    pub fn to_row(&self, frames: ndarray::ArrayView2<f32>) -> (Vec<f32>, Vec<usize>) {
+        let (before, after) = (
+            self.shape[..self.axis].iter().product::<usize>(),
+            self.shape[self.axis + 1..].iter().product::<usize>(),
+        );
+        let len = frames.nrows() * self.patch;
+        let mut out = vec![0.0; before * len * after];
+        for ((f, k), &v) in frames.indexed_iter() {
+            let (b, rest) = (k / (self.patch * after), k % (self.patch * after));
+            let (j, a) = (rest / after, rest % after);
+            out[(b * len + f * self.patch + j) * after + a] = v;
+        }
+        let mut shape = self.shape.clone();
+        shape[self.axis] = len;
+        (out, shape)
+    }
+}
+
 impl GptSpec {
     /// Rows of `wte`: the vocabulary, or a frame's width.
     pub fn input_rows(&self) -> usize {
@@ -771,14 +792,23 @@ mod tests {
         assert_eq!(f.width(), 12);
         // Row shape [2, 4, 3]: value (b, s, a) = 100·b + 10·s + a.
         let row: Vec<f32> = (0..2)
-            .flat_map(|b| (0..4).flat_map(move |s| (0..3).map(move |a| (100 * b + 10 * s + a) as f32)))
+            .flat_map(|b| {
+                (0..4).flat_map(move |s| (0..3).map(move |a| (100 * b + 10 * s + a) as f32))
+            })
             .collect();
         let x = f.of_row(&row, 4).unwrap();
         assert_eq!(x.dim(), (2, 12));
         // Frame 1 holds steps 2 and 3: (b=0,s=2,a..), (b=0,s=3,a..), (b=1,s=2,a..), ...
-        let want: Vec<f32> = [20., 21., 22., 30., 31., 32., 120., 121., 122., 130., 131., 132.].to_vec();
+        let want: Vec<f32> = [
+            20., 21., 22., 30., 31., 32., 120., 121., 122., 130., 131., 132.,
+        ]
+        .to_vec();
         assert_eq!(x.row(1).to_vec(), want);
-        assert!(f.of_row(&row[..18], 3).is_none(), "3 steps are not whole patches of 2");
+        assert!(
+            f.of_row(&row[..18], 3).is_none(),
+            "3 steps are not whole patches of 2"
+        );
+        assert_eq!(f.to_row(x.view()), (row, vec![2, 4, 3]));
     }
 
     /// An encoder's position sees later tokens (it is not causal), never padding.

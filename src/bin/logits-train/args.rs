@@ -128,6 +128,10 @@ pub(crate) struct TrainArgs {
     /// The stored input to train from (default: the only one).
     #[arg(long)]
     pub(crate) input: Option<String>,
+    /// A transformer encoder over the input's sequence axis, also for per-example targets
+    /// (taken anyway for per-position targets and inputs whose shape varies per row).
+    #[arg(long)]
+    pub(crate) transformer: bool,
     /// Language-model student: residual width.
     #[arg(long)]
     pub(crate) lm_dim: Option<usize>,
@@ -331,6 +335,9 @@ pub(crate) fn resolve(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     set!(a.dropout, c.model.dropout);
     if a.input.is_some() {
         c.model.input = a.input.clone();
+    }
+    if a.transformer {
+        c.model.transformer = true;
     }
     set!(a.conv, c.model.conv);
     c.model.channels_last |= a.channels_last;

@@ -77,9 +77,13 @@ fn run(cli: Cli, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::Result
         } => {
             let opset = Opset::new(opset).map_err(|e| logits::usage(e.to_string()))?;
             let kind: serde_json::Value = logits_student::student::read_info(&student)?;
-            if kind["kind"] == "gpt" {
+            if logits_student::lm::is_transformer(kind["kind"].as_str().unwrap_or("")) {
                 let (gpt, info) = logits_student::lm::load(&student)?;
                 let (o, st) = logits_student::export::export_gpt(&gpt, &info, &out, opset)?;
+                if gpt.spec.encoder.is_some() {
+                    println!("wrote {} and {}", o.display(), st.display());
+                    return Ok(ExitCode::SUCCESS);
+                }
                 let hf = out.join("hf");
                 logits::hf_dir::write(&gpt, &info, &hf, tokenizer.as_deref(), None)?;
                 println!(
@@ -100,7 +104,7 @@ fn run(cli: Cli, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::Result
     }
 }
 
-/// `train`: an MLP run (or a language-model run on a per-token dataset), then evaluate and export.
+/// `train`: an MLP run (or a transformer run on sequences), then evaluate and export.
 fn train_cmd(
     a: TrainArgs,
     stop: &'static std::sync::atomic::AtomicBool,
@@ -142,12 +146,7 @@ fn train_cmd(
         );
         b
     };
-    let per_token = ds
-        .manifest()
-        .targets
-        .as_ref()
-        .is_some_and(|t| t.granularity == logits_format::manifest::Granularity::Position);
-    if per_token {
+    if logits_student::lm::wants_transformer(&ds, &cfg) {
         return lm_train_cmd(&a, &cfg, &ds, bar, opset);
     }
     let join = a.join.open(&ds, cfg.model.input.as_deref())?;
@@ -194,7 +193,7 @@ fn train_cmd(
 fn eval_cmd(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let ds = Dataset::open(&a.dataset)?;
     let kind: serde_json::Value = logits_student::student::read_info(&a.student)?;
-    if kind["kind"] == "gpt" {
+    if logits_student::lm::is_transformer(kind["kind"].as_str().unwrap_or("")) {
         let r = lm_evaluate(
             &ds,
             &a.student,
@@ -217,7 +216,8 @@ fn eval_cmd(a: EvalArgs) -> anyhow::Result<ExitCode> {
     finish(&report, a.json, None)
 }
 
-/// `train` on a per-token dataset: the transformer student, its ONNX and Hugging Face exports.
+/// `train` with the transformer student (per-token datasets, sequence inputs): its ONNX export,
+/// and a language model's Hugging Face directory.
 fn lm_train_cmd(
     a: &TrainArgs,
     cfg: &TrainConfig,
@@ -249,14 +249,17 @@ fn lm_train_cmd(
     let secs = t0.elapsed().as_secs_f64();
     let (onnx, st) =
         logits_student::export::export_gpt(&run.student.gpt, &run.info, &a.out, opset)?;
-    logits::hf_dir::write(
-        &run.student.gpt,
-        &run.info,
-        &a.out.join("hf"),
-        tokenizer.as_deref(),
-        // Checked against the dataset before training.
-        None,
-    )?;
+    // A causal LM also goes out as a transformers GPT2LMHeadModel directory.
+    if run.info.spec.encoder.is_none() {
+        logits::hf_dir::write(
+            &run.student.gpt,
+            &run.info,
+            &a.out.join("hf"),
+            tokenizer.as_deref(),
+            // Checked against the dataset before training.
+            None,
+        )?;
+    }
     let mut report = lm_evaluate(
         ds,
         &st,
@@ -276,7 +279,14 @@ fn lm_train_cmd(
 
 /// `generate`: sample text from a language-model student.
 fn generate_cmd(a: GenerateArgs) -> anyhow::Result<ExitCode> {
-    let (gpt, _) = logits_student::lm::load(&a.student)?;
+    let (gpt, info) = logits_student::lm::load(&a.student)?;
+    if gpt.spec.encoder.is_some() {
+        bail!(
+            "{}: a {} student (a classifier), not a language model: there is nothing to generate",
+            a.student.display(),
+            info.kind
+        );
+    }
     let tok = tokenizers::Tokenizer::from_file(logits::local_input(&a.tokenizer)?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.tokenizer.display()))?;
     let enc = tok

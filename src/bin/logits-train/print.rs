@@ -52,18 +52,24 @@ pub(crate) fn print_report(r: &Report, out: Option<&Path>) {
         );
     }
     if e.get("perplexity").is_some() {
+        // Perplexities only where there are labels (a language model's next tokens).
+        if e["perplexity"].is_f64() {
+            println!(
+                "teacher: perplexity ≥ {} (bound from its stored top-k; next token in top-k {}), params {}, bytes {}",
+                num(e["teacher_perplexity_at_least"].as_f64(), |x| format!(
+                    "{x:.2}"
+                )),
+                pct(&e["teacher_topk_coverage"]),
+                num(r.teacher.params.map(|x| x as f64), |x| format!("{x:.0}")),
+                num(r.teacher.bytes.map(|x| x as f64), |x| format!("{x:.0}")),
+            );
+        }
+        let ppl = match e["perplexity"].as_f64() {
+            Some(x) => format!("perplexity {x:.2}, "),
+            None => String::new(),
+        };
         println!(
-            "teacher: perplexity ≥ {} (bound from its stored top-k; next token in top-k {}), params {}, bytes {}",
-            num(e["teacher_perplexity_at_least"].as_f64(), |x| format!(
-                "{x:.2}"
-            )),
-            pct(&e["teacher_topk_coverage"]),
-            num(r.teacher.params.map(|x| x as f64), |x| format!("{x:.0}")),
-            num(r.teacher.bytes.map(|x| x as f64), |x| format!("{x:.0}")),
-        );
-        println!(
-            "student: held-out perplexity {}, top-1 agreement with teacher {}, KL(teacher‖student) {}, params {}, bytes {}, window latency {} (ndarray) / {} (ONNX Runtime)",
-            num(e["perplexity"].as_f64(), |x| format!("{x:.2}")),
+            "student: {ppl}top-1 agreement with teacher {}, KL(teacher‖student) {}, params {}, bytes {}, sequence latency {} (ndarray) / {} (ONNX Runtime)",
             pct(&e["agreement"]),
             num(e["kl"].as_f64(), |x| format!("{x:.4}")),
             num(r.student.params.map(|x| x as f64), |x| format!("{x:.0}")),
