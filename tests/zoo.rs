@@ -300,6 +300,19 @@ fn every_family_builds_as_exported_and_matches_onnx_runtime() {
                     "{}: {r}",
                     f.name
                 );
+                // An independent forward in NumPy from the safetensors against ONNX Runtime's
+                // Python API on padded batches, and the context refusal.
+                if let Ok(py) = std::env::var("LOGITS_ORACLE_PY") {
+                    let mut c = Command::new(py);
+                    c.arg(fixture("scripts/check_encoder_export.py")).arg(&s);
+                    let o = output_within(c, 120, "the encoder export oracle");
+                    assert!(
+                        o.status.success() && text(&o).contains(" 0 failed"),
+                        "{}: {}",
+                        f.name,
+                        text(&o)
+                    );
+                }
             }
         }
     }
@@ -488,5 +501,61 @@ fn pre_tokenized_ids_feed_a_transformer_classifier() {
     assert!(
         !o.status.success() && t.contains("\"input_ids\"") && t.contains("--input"),
         "{t}"
+    );
+}
+
+/// The sequence students refuse what they cannot learn, at once and saying what to do:
+/// cross-entropy on a token classifier's dataset (no per-token labels are stored), a feature
+/// loss on a pooled classifier, and text generation from an encoder.
+#[test]
+fn sequence_students_refuse_what_they_cannot_learn() {
+    let d = tempfile::tempdir().unwrap();
+    let fam = |n: &str| FAMILIES.iter().find(|f| f.name == n).unwrap();
+    let tok = d.path().join("tok").display().to_string();
+    let o = build(fam("bert_tok"), &tok, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let train = |ds: &str, out: &str, extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_logits-train"));
+        c.args(["train", ds, "--out", out, "--steps", "2", "--quiet"])
+            .args(extra);
+        output_within(c, 120, "a sequence student")
+    };
+    let o = train(&tok, &d.path().join("a").display().to_string(), &[]);
+    let t = text(&o);
+    assert!(
+        o.status.code() == Some(1) && t.contains("labels") && t.contains("--ce 0"),
+        "{t}"
+    );
+    let seq = d.path().join("seq").display().to_string();
+    let o = build(fam("bert_seq"), &seq, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = d.path().join("s").display().to_string();
+    let o = train(&seq, &s, &["--ce", "0"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = output_within(
+        {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_logits-train"));
+            c.args([
+                "generate",
+                "--student",
+                &format!("{s}/student.safetensors"),
+                "--tokenizer",
+                &fixture(TOKENIZER),
+                "--prompt",
+                "hello",
+            ]);
+            c
+        },
+        60,
+        "generate from an encoder",
+    );
+    let t = text(&o);
+    assert!(
+        o.status.code() == Some(1) && t.contains("not a language model"),
+        "{t}"
+    );
+    assert!(
+        !std::path::Path::new(&s).join("hf").exists(),
+        "an encoder got a GPT-2 directory"
     );
 }

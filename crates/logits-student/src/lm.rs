@@ -561,7 +561,8 @@ pub fn gpt_spec(cfg: &TrainConfig, loader: &LmLoader) -> GptSpec {
         dim: cfg.lm.dim,
         layers: cfg.lm.layers,
         heads: cfg.lm.heads,
-        tied: cfg.lm.tied,
+        // An encoder's head maps to the classes: never the embedding's transpose.
+        tied: cfg.lm.tied && k.lm,
         encoder: (!k.lm).then(|| EncoderSpec {
             classes: loader.vocab,
             pool: k.pool,
