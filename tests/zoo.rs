@@ -267,6 +267,12 @@ fn every_family_builds_as_exported_and_matches_onnx_runtime() {
                 "{}: no student.onnx",
                 f.name
             );
+            // An int32 input (the jax2tf-like graph's tokens) is embedded without being asked.
+            if f.name == "jaxlike" {
+                let info: serde_json::Value =
+                    logits_student::student::read_info(&s.join("student.safetensors")).unwrap();
+                assert_eq!(info["embed"][1], 16, "{}: {info}", f.name);
+            }
             // Sequence teachers get the transformer encoder: pooled for one target per row
             // (bert_seq, audio), per position for the token classifier and the CTC
             // recogniser; the float ones read frames under the teacher's input name.

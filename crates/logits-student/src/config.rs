@@ -50,8 +50,13 @@ pub struct ModelConfig {
     /// shape varies per row.
     pub transformer: bool,
     /// `[vocab, dim]`: the inputs are ids below `vocab`, each embedded in `dim` values
-    /// (bytes: `[256, 16]`); such inputs are not standardised.
+    /// (bytes: `[256, 16]`); such inputs are not standardised. Unset: inputs the teacher
+    /// takes as integers other than uint8 (ids, tokens; uint8 is usually pixels) are embedded
+    /// in 16 values per id, below the next power of two above the largest training value,
+    /// unless `embed_integers` is off.
     pub embed: Option<[usize; 2]>,
+    /// Embed integer inputs when `embed` is unset (see there); off: standardise them.
+    pub embed_integers: bool,
     /// Output channels of convolution blocks (3×3 conv, ReLU, 2×2 max-pool) before the
     /// hidden layers; empty: none. With `embed`, they read the embedded ids as a
     /// `dim × 1 × n` sequence (1-D convolutions).
@@ -349,6 +354,7 @@ impl Default for ModelConfig {
             input: None,
             transformer: false,
             embed: None,
+            embed_integers: true,
             conv: Vec::new(),
             image: None,
             channels_last: false,

@@ -842,16 +842,16 @@ pub fn train(
         None => Loader::new(ds, cfg.model.input.as_deref(), needs(cfg))?,
     };
     let m = ds.manifest();
-    // A convolutional student reads each row as an image: its shape settled here, once.
-    let resolved;
-    let cfg = if cfg.model.conv.is_empty() {
-        cfg
-    } else {
-        let mut c = cfg.clone();
-        c.model.image = Some(image_shape(ds, cfg, &loader)?);
-        resolved = c;
-        &resolved
-    };
+    // What the data decides is settled here, once: a convolutional student's image shape,
+    // and whether integer inputs are embedded (and in how many ids).
+    let mut resolved = cfg.clone();
+    if !cfg.model.conv.is_empty() {
+        resolved.model.image = Some(image_shape(ds, cfg, &loader)?);
+    }
+    if cfg.model.embed.is_none() && cfg.model.embed_integers {
+        resolved.model.embed = auto_embed(ds, &loader, split.train.clone(), cfg)?;
+    }
+    let cfg = &resolved;
     let (dir, latest, _lock) = open_run_dir(out, resume)?;
     let in_memory = if cfg.data.in_memory {
         Some(loader.load(split.train.clone())?)
@@ -1104,6 +1104,54 @@ fn fit_moments(
         }
     }
     Ok(moments.finish())
+}
+
+/// `[vocab, 16]` for an input the teacher takes as integers other than uint8 (usually
+/// pixels) and bool, whose training values are all ≥ 0: vocab is the next power of two above
+/// the largest value (so nearby unseen ids still have a row). None otherwise.
+fn auto_embed(
+    ds: &Dataset,
+    loader: &Loader,
+    train: Option<std::ops::Range<u64>>,
+    cfg: &TrainConfig,
+) -> Result<Option<[usize; 2]>> {
+    use logits_format::manifest::DType;
+    let ids = ds
+        .manifest()
+        .inputs
+        .iter()
+        .find(|i| i.name == loader.input)
+        .is_some_and(|i| {
+            matches!(
+                i.dtype,
+                DType::Int8
+                    | DType::Int16
+                    | DType::Int32
+                    | DType::Int64
+                    | DType::Uint16
+                    | DType::Uint32
+            )
+        });
+    if !ids {
+        return Ok(None);
+    }
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for b in loader.stream(
+        train,
+        cfg.data.batch_size.max(256),
+        None,
+        0,
+        cfg.data.prefetch,
+    )? {
+        for &v in b?.x.iter() {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+    }
+    if !(lo >= 0.0 && hi.is_finite()) {
+        return Ok(None);
+    }
+    Ok(Some([(hi as usize + 1).next_power_of_two(), 16]))
 }
 
 fn with_dataset(e: StudentError, ds: &Dataset) -> StudentError {

@@ -116,6 +116,10 @@ pub(crate) struct TrainArgs {
     /// values before the first layer (not standardised).
     #[arg(long)]
     pub(crate) embed: Option<String>,
+    /// Standardise integer inputs instead of embedding them (the default for integer
+    /// inputs other than uint8).
+    #[arg(long, conflicts_with = "embed")]
+    pub(crate) no_embed: bool,
     /// Convolution blocks' channels, comma-separated (3×3 conv, ReLU, 2×2 max-pool each).
     #[arg(long, value_delimiter = ',')]
     pub(crate) conv: Option<Vec<usize>>,
@@ -406,6 +410,9 @@ pub(crate) fn resolve(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         c.data.holdout_from = a.holdout_from;
     }
     c.data.in_memory |= a.in_memory;
+    if a.no_embed {
+        c.model.embed_integers = false;
+    }
     if a.no_standardize {
         c.data.standardize = false;
     }
