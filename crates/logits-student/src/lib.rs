@@ -6,13 +6,17 @@
 //! Rooms:
 //! - [`losses`]: distillation losses with their gradients (response, feature, relation), each
 //!   checked against finite differences and golden values from `scripts/kd_reference.py`.
-//! - [`mlp`] and [`transformer`]: the two students, forward and backward in ndarray;
-//!   [`params`]: the named-tensor view optimizers, checkpoints and exports share.
+//! - [`mlp`] (with [`conv`], the convolutional front) and [`transformer`] (the causal LM
+//!   and the encoder): the students, forward and backward in ndarray; [`params`]: the
+//!   named-tensor view optimizers, checkpoints and exports share.
+//! - [`fit`]: the one training loop every student runs through (the [`fit::Architecture`]
+//!   trait each implements), metrics, checkpoints and exact resume.
 //! - [`norm`]: per-feature input standardisation, fitted in one pass, folded into the first
 //!   layer at the end so students take raw inputs.
 //! - [`optim`]: SGD/AdamW, schedules, clipping. [`config`]: the run configuration.
-//! - [`data`] and [`lm`]: loaders from per-example and per-token datasets (and the
-//!   language-model room's training loop); [`train`]: the MLP training loop, checkpoints.
+//! - [`data`] and [`train`]: per-example datasets and the MLP/convolutional student's run;
+//!   [`seq_data`] and [`lm`]: sequence datasets (token windows, float sequences) and the
+//!   transformer's run.
 //! - [`eval`]: evaluation against the teacher from stored targets. [`student`]: student files
 //!   (safetensors). [`export`]: ONNX export through `logits-onnx`'s graph builder.
 //!
@@ -32,6 +36,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod fit;
 #[cfg(test)]
 mod gradcheck;
 pub mod hf;
@@ -41,6 +46,7 @@ pub mod mlp;
 pub mod norm;
 pub mod optim;
 pub mod params;
+pub mod seq_data;
 pub mod student;
 pub mod train;
 pub mod transformer;

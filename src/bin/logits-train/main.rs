@@ -21,6 +21,7 @@ use logits::student_eval::{describe_losses, evaluate, lm_evaluate};
 use logits_format::Dataset;
 use logits_student::config::TrainConfig;
 use logits_student::export::Opset;
+use logits_student::fit::Architecture;
 use logits_student::train;
 
 use args::{Cli, Command, EvalArgs, GenerateArgs, TrainArgs, resolve};
@@ -170,7 +171,7 @@ fn train_cmd(
     )?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    let (onnx, st) = logits_student::export::export(&run.student.mlp, &run.info, &a.out, opset)?;
+    let (onnx, st) = run.student.export(&run.info, &a.out, opset)?;
     let mut report = evaluate(
         &ds,
         &st,
@@ -247,8 +248,7 @@ fn lm_train_cmd(
     })?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    let (onnx, st) =
-        logits_student::export::export_gpt(&run.student.gpt, &run.info, &a.out, opset)?;
+    let (onnx, st) = run.student.export(&run.info, &a.out, opset)?;
     // A causal LM also goes out as a transformers GPT2LMHeadModel directory.
     if run.info.spec.encoder.is_none() {
         logits::hf_dir::write(
