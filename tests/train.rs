@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
-use common::{fixture, text};
+use common::{fixture, logits_build, logits_train, text};
 use std::sync::OnceLock;
 
 /// One digits dataset for all tests: train + holdout corpus, held out from row 1437,
@@ -795,5 +795,65 @@ fn convolutional_students_train_on_images() {
         let o = train(&tmp.path().join(format!("bad{i}")), &a);
         assert_eq!(o.status.code(), Some(*code), "{args:?}: {}", text(&o));
         assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+    }
+}
+
+/// `logits-build build --model M --corpus C -k 5 --out D` followed by `logits-train train D
+/// --out X` works out of the box: the trainer's default T = 4 falls back to the T = 1 the build
+/// stores by default, and its default cross-entropy is off without labels, each said in a
+/// note and recorded in the saved configuration; the same settings chosen explicitly are
+/// refused, saying what to do.
+#[test]
+fn the_build_defaults_train_with_the_trainer_defaults() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("plain").display().to_string();
+    let o = logits_build(&[
+        "build",
+        "--model",
+        &fixture("fixtures/digits/digits_teacher.onnx"),
+        "--corpus",
+        &fixture("fixtures/digits/train.parquet"),
+        "-k",
+        "5",
+        "--quiet",
+        "--out",
+        &ds,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = tmp.path().join("run");
+    let o = logits_train(&[
+        "train",
+        &ds,
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "5",
+        "--quiet",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("note: the dataset stores logZ only at T = 1")
+            && t.contains("distilling at T = 1"),
+        "{t}"
+    );
+    assert!(t.contains("note: the dataset has no labels"), "{t}");
+    let cfg: toml::Value =
+        toml::from_str(&std::fs::read_to_string(out.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(cfg["loss"]["temperature"].as_float(), Some(1.0));
+    assert_eq!(cfg["loss"]["ce"].as_float(), Some(0.0));
+    for (args, want) in [
+        (&["-T", "4"][..], "needs logZ at that temperature"),
+        (&["--ce", "0.1"][..], "--label-column"),
+    ] {
+        let dir = tmp.path().join(format!("x{}", args[0]));
+        let mut a = vec!["train", &ds, "--out", dir.to_str().unwrap(), "--steps", "2"];
+        a.extend(args);
+        let o = logits_train(&a);
+        assert!(
+            o.status.code() == Some(1) && text(&o).contains(want),
+            "{args:?}: {}",
+            text(&o)
+        );
     }
 }

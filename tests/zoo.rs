@@ -511,8 +511,8 @@ fn pre_tokenized_ids_feed_a_transformer_classifier() {
 }
 
 /// The sequence students refuse what they cannot learn, at once and saying what to do:
-/// cross-entropy on a token classifier's dataset (no per-token labels are stored), a feature
-/// loss on a pooled classifier, and text generation from an encoder.
+/// cross-entropy asked for on a token classifier's dataset (no per-token labels are stored;
+/// left at its default it is turned off with a note), and text generation from an encoder.
 #[test]
 fn sequence_students_refuse_what_they_cannot_learn() {
     let d = tempfile::tempdir().unwrap();
@@ -526,7 +526,15 @@ fn sequence_students_refuse_what_they_cannot_learn() {
             .args(extra);
         output_within(c, 120, "a sequence student")
     };
+    // The default cross-entropy is turned off with a note; asked for, it is refused.
     let o = train(&tok, &d.path().join("a").display().to_string(), &[]);
+    let t = text(&o);
+    assert!(o.status.success() && t.contains("no labels"), "{t}");
+    let o = train(
+        &tok,
+        &d.path().join("b").display().to_string(),
+        &["--ce", "0.1"],
+    );
     let t = text(&o);
     assert!(
         o.status.code() == Some(1) && t.contains("labels") && t.contains("--ce 0"),

@@ -67,6 +67,75 @@ pub fn needs(cfg: &TrainConfig) -> Needs {
     }
 }
 
+/// Which settings the user chose (in a configuration file or by a flag) rather than left at
+/// their defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Chosen {
+    /// The distillation temperature.
+    pub temperature: bool,
+    /// The cross-entropy weight.
+    pub ce: bool,
+}
+
+/// Fits the defaults the user did not choose to what `ds` holds, so that a dataset built with
+/// `logits-build`'s defaults trains with `logits-train`'s: the tail-bucket loss at T = 4 needs
+/// logZ at 4, which the build stores only when asked (`--temperatures 4`), so without it the
+/// run distils at T = 1; cross-entropy needs labels (a label column, or a language model's
+/// next tokens), so without them it is off. Returns one note per change, to be shown; a
+/// setting the user chose is left as is (and refused later if the dataset cannot serve it).
+pub fn fit_defaults(ds: &Dataset, cfg: &mut TrainConfig, chosen: Chosen) -> Result<Vec<String>> {
+    let m = ds.manifest();
+    let mut notes = Vec::new();
+    let t = cfg.loss.temperature;
+    if !chosen.temperature
+        && cfg.loss.kd > 0.0
+        && cfg.topk_mode() == response::TopKMode::TailBucket
+        && let Some(spec) = &m.targets
+        && t != 1.0
+        && !spec.temperatures.contains(&t)
+    {
+        cfg.loss.temperature = 1.0;
+        notes.push(format!(
+            "the dataset stores logZ only at T = 1{}, not at the default T = {t}: distilling at T = 1 (rebuild with --temperatures {t} to distil at T = {t}, or pass -T)",
+            if spec.temperatures.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {}",
+                    spec.temperatures
+                        .iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ));
+    }
+    if !chosen.ce && cfg.loss.ce > 0.0 {
+        let per_position = m
+            .targets
+            .as_ref()
+            .is_some_and(|t| t.granularity == logits_format::manifest::Granularity::Position);
+        let labelled = if per_position {
+            // A language model's labels are its windows' next tokens; an encoder's per-position
+            // targets (token classifiers, CTC) come with no labels.
+            crate::seq_data::LmLoader::new(ds, cfg.model.input.as_deref(), Needs::default())
+                .map(|l| l.kind.lm)
+                .unwrap_or(true)
+        } else {
+            m.labels.is_some()
+        };
+        if !labelled {
+            notes.push(format!(
+                "the dataset has no labels: cross-entropy (default weight {}) is off; build with --label-column to use labels",
+                cfg.loss.ce
+            ));
+            cfg.loss.ce = 0.0;
+        }
+    }
+    Ok(notes)
+}
+
 /// Refuses a configuration the dataset cannot serve beyond missing columns: a tail-bucket
 /// response loss at a temperature whose logZ was not stored.
 pub fn check_against(ds: &Dataset, cfg: &TrainConfig) -> Result<()> {

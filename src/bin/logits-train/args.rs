@@ -308,6 +308,16 @@ pub(crate) fn name<T: serde::de::DeserializeOwned>(
     parse_name(s).ok_or_else(|| logits::usage(format!("--{what} {s:?}: expected one of {choices}")))
 }
 
+/// Which of the settings `fit_defaults` may change the user chose: a configuration file
+/// chooses everything it could set; otherwise the flags given.
+pub(crate) fn chosen(a: &TrainArgs) -> logits_student::train::Chosen {
+    let file = a.config.is_some();
+    logits_student::train::Chosen {
+        temperature: file || a.temperature.is_some(),
+        ce: file || a.ce.is_some(),
+    }
+}
+
 /// The run configuration: the TOML file (or the saved one on --resume), then the flags.
 pub(crate) fn resolve(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let saved = a.out.join("config.toml");

@@ -132,6 +132,14 @@ fn train_cmd(
             a.out.display()
         );
     }
+    // Defaults left as they are fit what the dataset holds (a resumed run keeps its saved
+    // configuration, which already says what was fitted).
+    if !a.resume {
+        let chosen = args::chosen(&a);
+        for note in train::fit_defaults(&ds, &mut cfg, chosen)? {
+            eprintln!("note: {note}");
+        }
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
     let cfg_path = a.out.join("config.toml");
     if !a.resume || !cfg_path.is_file() {
