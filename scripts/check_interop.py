@@ -79,6 +79,11 @@ def main(out):
             kv = pq.ParquetFile(f).metadata.metadata
             check(kv[b"logits.dataset_id"].decode() == manifest["dataset_id"], f"{f}: dataset id")
             check(kv[b"logits.format_version"].decode() == manifest["format_version"], f"{f}: version")
+            # The shard decodes alone: its metadata repeats the manifest's targets, inputs and
+            # features.
+            for key in ("targets", "inputs", "features"):
+                if key in manifest and (key != "targets" or manifest[key] is not None):
+                    check(json.loads(kv[f"logits.{key}".encode()]) == manifest[key], f"{f}: logits.{key} metadata")
 
         # --- pyarrow ---
         rows = []

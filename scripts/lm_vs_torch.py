@@ -19,7 +19,8 @@ the kept ids plus the tail bucket, averaged over positions, `+ ce ·` next-token
 over positions whose next token is in the window (../shared/KD-REFERENCE.md).
 
 Usage: PY=$(LOGITS_VENV=.cache/venv-zoo scripts/pyenv.sh scripts/requirements-zoo.txt)
-       $PY scripts/lm_vs_torch.py RUN_DIR TRAIN_DS HOLDOUT_DS EVAL_REPORT [--seeds 1] [--threads 2]
+       $PY scripts/lm_vs_torch.py RUN_DIR TRAIN_DS HOLDOUT_DS EVAL_REPORT [--seeds 1]
+           [--first-seed 0] [--threads 2]
 EVAL_REPORT: `logits-train eval HOLDOUT_DS --student RUN_DIR/student.safetensors --json` output.
 Prints one JSON line: both students' held-out figures and training tokens/s (logits-train: real
 tokens × steps / the run's train_seconds, including reading the shards; PyTorch: its training
@@ -163,6 +164,7 @@ def main():
     ap.add_argument("holdout", type=pathlib.Path)
     ap.add_argument("eval_report", type=pathlib.Path)
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -179,7 +181,7 @@ def main():
     per_epoch = math.ceil(len(windows) / bs)
     total = data.get("steps") or per_epoch * data["epochs"]
     runs = []
-    for seed in range(a.seeds):
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
         torch.manual_seed(seed)
         net = Gpt(vocab, context, lm["dim"], lm["layers"], lm["heads"])
         decay = [p for p in net.parameters() if p.dim() >= 2]
@@ -224,7 +226,7 @@ def main():
                 ce += float(F.cross_entropy(logits[keep], nxt[keep], reduction="sum"))
                 n += len(flat)
                 nce += int(keep.sum())
-        runs.append({"agreement": agree / n, "kl": kl / n, "perplexity": math.exp(ce / nce),
+        runs.append({"seed": seed, "agreement": agree / n, "kl": kl / n, "perplexity": math.exp(ce / nce),
                      "tokens_per_s": tps})
     report = json.loads((a.run / "report.json").read_text())
     ev = json.loads(a.eval_report.read_text())["evaluation"]

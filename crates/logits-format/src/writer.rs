@@ -43,6 +43,14 @@ pub const KV_VERSION: &str = "logits.format_version";
 pub const KV_DATASET: &str = "logits.dataset_id";
 /// Shard-level key/value metadata key holding the shard's relative path.
 pub const KV_SHARD: &str = "logits.shard";
+/// Shard-level key/value metadata key holding the manifest's `targets` (JSON): value
+/// encoding, k, temperatures, axis size, granularity — what decoding a shard alone needs.
+pub const KV_TARGETS: &str = "logits.targets";
+/// Shard-level key/value metadata key holding the manifest's `inputs` (JSON: names, columns,
+/// dtypes, per-row shapes).
+pub const KV_INPUTS: &str = "logits.inputs";
+/// Shard-level key/value metadata key holding the manifest's `features` (JSON).
+pub const KV_FEATURES: &str = "logits.features";
 
 /// Options for shard files.
 #[derive(Debug, Clone)]
@@ -683,6 +691,11 @@ impl Write for HashingFile {
     }
 }
 
+/// JSON of a manifest part that a shard's metadata repeats.
+fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| FormatError::InvalidSpec(e.to_string()))
+}
+
 /// Parquet writer properties for a shard of `manifest`: zstd, byte-stream-split floats, no
 /// dictionaries on numeric leaves (ids and values are near-random, dictionaries only cost).
 pub fn writer_properties(
@@ -693,15 +706,23 @@ pub fn writer_properties(
 ) -> Result<WriterProperties> {
     let level = ZstdLevel::try_new(options.zstd_level)
         .map_err(|e| FormatError::InvalidSpec(format!("zstd level: {e}")))?;
+    // A shard decodes on its own: how its values are encoded, at which temperatures, and
+    // what its input and feature columns are travel in it, not only in manifest.json.
+    let mut kv = vec![
+        KeyValue::new(KV_VERSION.into(), manifest.format_version.clone()),
+        KeyValue::new(KV_DATASET.into(), manifest.dataset_id.clone()),
+        KeyValue::new(KV_SHARD.into(), shard.to_string()),
+        KeyValue::new(KV_INPUTS.into(), json(&manifest.inputs)?),
+        KeyValue::new(KV_FEATURES.into(), json(&manifest.features)?),
+    ];
+    if let Some(t) = &manifest.targets {
+        kv.push(KeyValue::new(KV_TARGETS.into(), json(t)?));
+    }
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
         .set_dictionary_enabled(false)
-        .set_key_value_metadata(Some(vec![
-            KeyValue::new(KV_VERSION.into(), manifest.format_version.clone()),
-            KeyValue::new(KV_DATASET.into(), manifest.dataset_id.clone()),
-            KeyValue::new(KV_SHARD.into(), shard.to_string()),
-        ]));
+        .set_key_value_metadata(Some(kv));
     let descr = ArrowSchemaConverter::new()
         .convert(arrow)
         .map_err(|e| FormatError::InvalidSpec(e.to_string()))?;
