@@ -821,3 +821,74 @@ fn integer_and_bool_inputs_are_fed_in_the_model_s_type() {
         text(&o)
     );
 }
+
+/// A built dataset is Hub-ready: it carries a card (`README.md`) whose `configs` give
+/// `datasets.load_dataset(dir)` the declared splits (here each shard lies on one side of the
+/// held-out boundary: `--rows-per-shard 479` divides 1437), its shards decode alone from their
+/// Parquet key-value metadata, and a text dataset carries its `tokenizer.json` (checked with
+/// Hugging Face `datasets` when the test command names its Python).
+#[test]
+fn datasets_are_hub_ready() {
+    let tmp = tempfile::tempdir().unwrap();
+    let digits = tmp.path().join("digits").display().to_string();
+    let o = common::logits_build(&[
+        "build",
+        "--model",
+        &common::fixture("fixtures/digits/digits_teacher.onnx"),
+        "--corpus",
+        &common::fixture("fixtures/digits/train.parquet"),
+        &common::fixture("fixtures/digits/holdout.parquet"),
+        "--holdout-from",
+        "1437",
+        "--label-column",
+        "label",
+        "-k",
+        "5",
+        "--rows-per-shard",
+        "479",
+        "--quiet",
+        "--out",
+        &digits,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let card = std::fs::read_to_string(format!("{digits}/README.md")).unwrap();
+    assert!(
+        card.contains("- split: test\n    path:\n    - \"shards/part-00003.parquet\"\n"),
+        "{card}"
+    );
+    let text_ds = tmp.path().join("text").display().to_string();
+    let o = common::logits_build(&[
+        "build",
+        "--model",
+        &common::fixture("fixtures/zoo/bert_seq.onnx"),
+        "--corpus",
+        &common::fixture("fixtures/zoo/docs.jsonl"),
+        "--tokenizer",
+        &common::fixture("fixtures/tinylm/tokenizer.json"),
+        "-k",
+        "3",
+        "--window",
+        "32",
+        "--quiet",
+        "--out",
+        &text_ds,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(format!("{text_ds}/tokenizer.json")).unwrap(),
+        std::fs::read(common::fixture("fixtures/tinylm/tokenizer.json")).unwrap()
+    );
+    if let Ok(py) = std::env::var("LOGITS_ORACLE_PY") {
+        for ds in [&digits, &text_ds] {
+            let mut c = std::process::Command::new(&py);
+            c.arg(common::fixture("scripts/check_hub_dataset.py"))
+                .arg(ds);
+            let o = common::output_within(c, 300, "the Hub check");
+            assert!(
+                o.status.success() && text(&o).contains(" 0 failed"),
+                "{ds}: {}",
+                text(&o)
+            );
+        }
+    }
+}

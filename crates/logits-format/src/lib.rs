@@ -32,6 +32,7 @@
 //! platforms and versions), `time` (RFC 3339 timestamps), `thiserror` (typed errors), `logits-store` (datasets in
 //! object storage: the one crate that talks to S3, GCS and Azure).
 
+pub mod card;
 pub mod codec;
 pub mod corpus;
 pub mod error;

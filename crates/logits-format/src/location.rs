@@ -472,6 +472,17 @@ pub fn commit(r: &Remote, plan_shards: Option<u32>) -> Result<Manifest> {
         return Err(e);
     }
     let manifest = assemble(draft, &records);
+    let attached = format!("{BUILD_DIR}/{}/", crate::writer::ATTACH_DIR);
+    for (key, _) in r.list(&attached)? {
+        let name = key.rsplit('/').next().unwrap_or(&key).to_string();
+        if let Some(b) = r.get(&format!("{attached}{name}"))? {
+            r.put(&name, b)?;
+        }
+    }
+    r.put(
+        crate::card::CARD_FILE,
+        Bytes::from(crate::card::dataset_card(&manifest)),
+    )?;
     r.put(MANIFEST_FILE, Bytes::from(manifest.to_json()))?;
     r.delete_all(BUILD_DIR)?;
     Ok(manifest)

@@ -37,6 +37,9 @@ pub const DRAFT_FILE: &str = "draft.json";
 pub const DONE_DIR: &str = "done";
 /// Directory of shard files.
 pub const SHARD_DIR: &str = "shards";
+/// Directory inside [`BUILD_DIR`] of files that travel with the dataset (a tokenizer): commit
+/// places each beside the manifest.
+pub const ATTACH_DIR: &str = "attach";
 /// Shard-level key/value metadata key holding the format version.
 pub const KV_VERSION: &str = "logits.format_version";
 /// Shard-level key/value metadata key holding the dataset id.
@@ -443,6 +446,28 @@ impl DatasetWriter {
     /// Writes the manifest from the completion records and removes the build records.
     /// `plan_shards` is the number of shards the build's plan has: a missing one is an error,
     /// so a dataset is never marked complete while part of it is missing.
+    /// Keeps `bytes` as file `name` (a plain file name) of the dataset: staged in the build
+    /// directory now, placed beside the manifest by the commit (so a job-array worker's
+    /// attachment reaches the merge too).
+    pub fn attach(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(FormatError::InvalidSpec(format!(
+                "attachment name {name:?}: a plain file name"
+            )));
+        }
+        match &self.sink {
+            Some(sink) => Ok(sink.remote.put(
+                &format!("{BUILD_DIR}/{ATTACH_DIR}/{name}"),
+                logits_store::Bytes::copy_from_slice(bytes),
+            )?),
+            None => {
+                let d = self.dir.join(BUILD_DIR).join(ATTACH_DIR);
+                fs::create_dir_all(&d).map_err(|e| FormatError::io(&d, e))?;
+                write_atomic(&d.join(name), bytes)
+            }
+        }
+    }
+
     pub fn commit(self, plan_shards: u32) -> Result<Manifest> {
         match &self.sink {
             Some(sink) => crate::location::commit(&sink.remote, Some(plan_shards)),
@@ -595,6 +620,19 @@ fn commit_locked(root: &Path, plan_shards: Option<u32>) -> Result<Manifest> {
         }
     }
     let manifest = assemble(draft, &records);
+    // Attachments and the card first: the manifest is what marks the dataset complete.
+    let attached = root.join(BUILD_DIR).join(ATTACH_DIR);
+    if let Ok(entries) = fs::read_dir(&attached) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let bytes = fs::read(&p).map_err(|err| FormatError::io(&p, err))?;
+            write_atomic(&root.join(e.file_name()), &bytes)?;
+        }
+    }
+    write_atomic(
+        &root.join(crate::card::CARD_FILE),
+        crate::card::dataset_card(&manifest).as_bytes(),
+    )?;
     let path = root.join(MANIFEST_FILE);
     write_atomic(&path, manifest.to_json().as_bytes())?;
     let build = root.join(BUILD_DIR);

@@ -252,6 +252,11 @@ impl TextCorpus {
         self.pad
     }
 
+    /// The `tokenizer.json` this corpus was tokenized with.
+    pub fn tokenizer_path(&self) -> &std::path::Path {
+        &self.tokenizer_path
+    }
+
     /// The tokenizer manifest entry (file name, sha256, vocabulary size).
     pub fn tokenizer_entry(&self) -> Result<logits_format::manifest::Tokenizer> {
         let (_, sha) = logits_format::writer::file_sha256(&self.tokenizer_path)?;

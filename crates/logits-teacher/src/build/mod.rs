@@ -284,6 +284,13 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
     let draft = draft::draft(o, &plan, &corpus)?;
     let rows = corpus.rows();
     let mut w = DatasetWriter::create(&o.out, draft, o.write.clone(), o.mode)?;
+    // The tokenizer travels with a text dataset (the manifest names it by sha256; a receiving
+    // team needs the file itself).
+    if let plan::Source::Text(t) = &corpus {
+        let p = t.tokenizer_path();
+        let bytes = std::fs::read(p).map_err(|e| logits_format::FormatError::io(p, e))?;
+        w.attach("tokenizer.json", &bytes)?;
+    }
     let plan_shards = rows.div_ceil(o.rows_per_shard) as u32;
     let mine: Vec<u32> = (0..plan_shards)
         .filter(|s| match o.worker {
