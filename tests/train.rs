@@ -267,7 +267,7 @@ fn refusals_name_what_is_wrong() {
             "no stored input named \"pixelz\"",
             1,
         ),
-        (&["--divergence", "kl"], "expected one of forward_kl", 2),
+        (&["--divergence", "kl"], "possible values: forward_kl", 2),
         (&["--kd", "0", "--ce", "0"], "nothing to train", 2),
         (&["--sampled", "1"], "no sampled targets", 1),
     ];

@@ -104,7 +104,7 @@ pub(crate) struct TrainArgs {
     #[arg(long, value_delimiter = ',')]
     pub(crate) hidden: Option<Vec<usize>>,
     /// relu, gelu or tanh.
-    #[arg(long)]
+    #[arg(long, value_parser = ["relu", "gelu", "tanh"])]
     pub(crate) activation: Option<String>,
     /// Layer norm before each hidden nonlinearity.
     #[arg(long)]
@@ -161,20 +161,20 @@ pub(crate) struct TrainArgs {
     #[arg(long, short = 'T')]
     pub(crate) temperature: Option<f64>,
     /// forward_kl, reverse_kl or jsd.
-    #[arg(long)]
+    #[arg(long, value_parser = ["forward_kl", "reverse_kl", "jsd"])]
     pub(crate) divergence: Option<String>,
     /// β of the generalised JSD.
     #[arg(long)]
     pub(crate) jsd_beta: Option<f64>,
     /// tail (exact tail bucket) or renormalize.
-    #[arg(long)]
+    #[arg(long, value_parser = ["tail", "renormalize"])]
     pub(crate) topk: Option<String>,
     /// Feature or relation loss KIND:FEATURE@LAYER[=WEIGHT] (KIND: hint, cosine, rkd_distance,
     /// rkd_angle, sp, pkt); repeatable; replaces the configuration file's list.
     #[arg(long = "feature-loss")]
     pub(crate) feature_loss: Vec<String>,
     /// adamw or sgd.
-    #[arg(long)]
+    #[arg(long, value_parser = ["adamw", "sgd"])]
     pub(crate) optimizer: Option<String>,
     /// Peak learning rate.
     #[arg(long)]
@@ -195,7 +195,7 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     pub(crate) warmup: Option<u64>,
     /// cosine, linear or constant.
-    #[arg(long)]
+    #[arg(long, value_parser = ["cosine", "linear", "constant"])]
     pub(crate) decay: Option<String>,
     /// Rows per step.
     #[arg(long)]
@@ -248,7 +248,7 @@ pub(crate) struct JoinArgs {
     #[arg(long = "join-corpus", num_args = 1..)]
     pub(crate) join_corpus: Vec<PathBuf>,
     /// row-id (corpus position, hash checked) or hash (look rows up by input hash).
-    #[arg(long, default_value = "row-id")]
+    #[arg(long, default_value = "row-id", value_parser = ["row-id", "hash"])]
     pub(crate) join_by: String,
 }
 
