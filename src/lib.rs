@@ -11,6 +11,44 @@ pub mod hf_dir;
 pub mod onnx_run;
 pub mod student_eval;
 
+/// Tells the teacher runtime where ONNX Runtime's library is, from the environment (read
+/// here, in the binaries' shared code, not in the libraries): `ORT_DYLIB_PATH` (a library file,
+/// used alone), `LOGITS_CACHE`, the repository's `.cache` (scripts/fetch-ort.sh), and — only
+/// when none of those holds it, so no Python starts otherwise — the library inside the
+/// `onnxruntime` package of `$LOGITS_PYTHON` (default `python3`), as `pip install
+/// onnxruntime` brings it. Called by each binary before anything opens a model.
+pub fn configure_runtime() {
+    use logits_teacher::runtime::{configure, search_path};
+    let dylib = std::env::var_os("ORT_DYLIB_PATH").map(std::path::PathBuf::from);
+    let cache = std::env::var_os("LOGITS_CACHE").map(std::path::PathBuf::from);
+    let found = search_path(dylib.clone(), cache.clone(), None)
+        .iter()
+        .any(|p| p.is_file());
+    let package = if dylib.is_none() && !found {
+        let py = std::env::var_os("LOGITS_PYTHON").unwrap_or_else(|| "python3".into());
+        python_package_dir(&py, "onnxruntime")
+    } else {
+        None
+    };
+    configure(search_path(dylib, cache, package));
+}
+
+/// The directory of Python package `name` as `python` imports it, if it does.
+fn python_package_dir(python: &std::ffi::OsStr, name: &str) -> Option<std::path::PathBuf> {
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            &format!("import os, {name}; print(os.path.dirname({name}.__file__))"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let dir = String::from_utf8(out.stdout).ok()?;
+    let dir = dir.trim();
+    (out.status.success() && !dir.is_empty()).then(|| std::path::PathBuf::from(dir))
+}
+
 /// Where input files given as URLs (a model, a corpus, a tokenizer) are downloaded to:
 /// `$LOGITS_CACHE_DIR/objects`, or the system temporary directory.
 pub fn fetched_dir() -> std::path::PathBuf {

@@ -892,3 +892,41 @@ fn datasets_are_hub_ready() {
         }
     }
 }
+
+/// A binary copied out of the checkout (no `ORT_DYLIB_PATH`, no repository `.cache` beside it)
+/// finds ONNX Runtime in the `onnxruntime` Python package when one is importable, and without
+/// one says every way to provide it.
+#[test]
+fn an_installed_binary_finds_onnx_runtime_from_the_python_package() {
+    let Ok(py) = std::env::var("LOGITS_ORACLE_PY") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("logits-build");
+    if fs::hard_link(env!("CARGO_BIN_EXE_logits-build"), &bin).is_err() {
+        fs::copy(env!("CARGO_BIN_EXE_logits-build"), &bin).unwrap();
+    }
+    let run = |python: &str| {
+        let out = tmp.path().join(format!("ds{}", python.len()));
+        let mut c = Command::new(&bin);
+        c.args(["build", "--model", &model(), "--corpus"])
+            .arg(common::fixture("fixtures/digits/holdout.parquet"))
+            .args(["--quiet", "--out"])
+            .arg(&out)
+            .current_dir(tmp.path())
+            .env_remove("ORT_DYLIB_PATH")
+            .env_remove("LOGITS_CACHE")
+            .env("LOGITS_PYTHON", python);
+        common::output_within(c, 120, "an installed logits-build")
+    };
+    let o = run(&py);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run("/nonexistent/python3");
+    let t = text(&o);
+    assert!(
+        !o.status.success()
+            && t.contains("pip install onnxruntime")
+            && t.contains("ORT_DYLIB_PATH"),
+        "{t}"
+    );
+}

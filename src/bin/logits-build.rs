@@ -182,6 +182,7 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     logits::keep_freed_memory();
+    logits::configure_runtime();
     let cli = Cli::parse();
     let stop = logits::stop_on_signals();
     match run(cli, stop) {

@@ -1,6 +1,7 @@
-//! Finding and loading the ONNX Runtime shared library (`ort` with `load-dynamic`): from
-//! `ORT_DYLIB_PATH`, else from the cache `scripts/fetch-ort.sh` fills, else a clear error that
-//! says how to get it. The version is written once, in `scripts/ort-version.txt`, in step with
+//! Finding and loading the ONNX Runtime shared library (`ort` with `load-dynamic`): from the
+//! search path the program sets with [`configure`] (the binaries: `ORT_DYLIB_PATH`, the cache
+//! `scripts/fetch-ort.sh` fills, the `onnxruntime` Python package), else from the defaults of
+//! [`candidates`], else a clear error that says how to get it. The version is written once, in `scripts/ort-version.txt`, in step with
 //! the `api-NN` feature of `ort` in the workspace `Cargo.toml` (checked by a test).
 
 use std::path::{Path, PathBuf};
@@ -21,16 +22,70 @@ pub fn library_name() -> String {
     format!("libonnxruntime.so.{}", ort_version())
 }
 
-/// Where the library is looked for, in order (the first existing one is used).
-pub fn candidates() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-        out.push(PathBuf::from(p));
-        return out;
+static CONFIGURED: OnceLock<Vec<PathBuf>> = OnceLock::new();
+
+/// Sets where the library is looked for, in order, before the first model is opened (the
+/// binaries call this with what the environment says; see [`search_path`]). Later calls are
+/// ignored.
+pub fn configure(paths: Vec<PathBuf>) {
+    let _ = CONFIGURED.set(paths);
+}
+
+/// The search path from what a program was told: `dylib` (an explicit library file, used
+/// alone), else `cache` (a cache root holding `ort/VERSION/libonnxruntime.so.VERSION`), the
+/// repository's `.cache` found from the executable or the working directory, then
+/// `python_package` (the directory of an importable `onnxruntime` package, whose
+/// `capi/libonnxruntime.so*` is the library `pip install onnxruntime` brought).
+pub fn search_path(
+    dylib: Option<PathBuf>,
+    cache: Option<PathBuf>,
+    python_package: Option<PathBuf>,
+) -> Vec<PathBuf> {
+    if let Some(p) = dylib {
+        return vec![p];
     }
+    let mut out = repo_candidates(cache);
+    if let Some(pkg) = python_package {
+        let capi = pkg.join("capi");
+        let mut libs: Vec<PathBuf> = std::fs::read_dir(&capi)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        // The versioned file names sort after the bare one; the longest name is the most
+        // specific (libonnxruntime.so.1.x.y).
+        libs.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+        out.extend(libs);
+    }
+    out
+}
+
+/// Where the library is looked for, in order (the first existing one is used): the
+/// configured search path, else `ORT_DYLIB_PATH`, `LOGITS_CACHE` and the repository's
+/// `.cache` (for programs that embed the library without configuring it, and its tests).
+pub fn candidates() -> Vec<PathBuf> {
+    if let Some(c) = CONFIGURED.get() {
+        return c.clone();
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return vec![PathBuf::from(p)];
+    }
+    repo_candidates(std::env::var_os("LOGITS_CACHE").map(PathBuf::from))
+}
+
+/// `cache`'s library, then the repository's `.cache` from the executable or working directory.
+fn repo_candidates(cache: Option<PathBuf>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
     let rel = Path::new("ort").join(ort_version()).join(library_name());
-    if let Some(c) = std::env::var_os("LOGITS_CACHE") {
-        out.push(PathBuf::from(c).join(&rel));
+    if let Some(c) = cache {
+        out.push(c.join(&rel));
     }
     // The repository's .cache, found from the executable (target/<profile>/...) or the
     // working directory, whichever lies inside a checkout.
@@ -61,7 +116,7 @@ pub fn environment() -> Result<&'static ort::environment::Environment> {
         let Some(lib) = tried.iter().find(|p| p.is_file()) else {
             let shown: Vec<String> = tried.iter().take(4).map(|p| p.display().to_string()).collect();
             return Err(format!(
-                "library {} not found (looked at {}); run scripts/fetch-ort.sh, or set ORT_DYLIB_PATH to a libonnxruntime.so of version {} or newer",
+                "library {} not found (looked at {}); run scripts/fetch-ort.sh, pip install onnxruntime (version {2} or newer), or set ORT_DYLIB_PATH to a libonnxruntime.so of version {2} or newer",
                 library_name(),
                 shown.join(", "),
                 ort_version()
@@ -78,6 +133,40 @@ pub fn environment() -> Result<&'static ort::environment::Environment> {
 
 #[cfg(test)]
 mod tests {
+
+    /// An explicit library is used alone; otherwise the Python package's versioned library
+    /// comes after the caches.
+    #[test]
+    fn the_search_path_ends_with_the_python_packages_library() {
+        let d = tempfile::tempdir().unwrap();
+        let capi = d.path().join("onnxruntime").join("capi");
+        std::fs::create_dir_all(&capi).unwrap();
+        for f in [
+            "libonnxruntime.so.1.31.1",
+            "libonnxruntime_providers_shared.so",
+            "x.py",
+        ] {
+            std::fs::write(capi.join(f), b"").unwrap();
+        }
+        let p = super::search_path(
+            None,
+            Some(d.path().join("cache")),
+            Some(d.path().join("onnxruntime")),
+        );
+        assert_eq!(
+            p.last(),
+            Some(&capi.join("libonnxruntime.so.1.31.1")),
+            "{p:?}"
+        );
+        assert!(p[0].starts_with(d.path().join("cache")), "{p:?}");
+        assert_eq!(
+            p.iter().filter(|x| x.starts_with(&capi)).count(),
+            1,
+            "{p:?}"
+        );
+        let lib = d.path().join("lib.so");
+        assert_eq!(super::search_path(Some(lib.clone()), None, None), vec![lib]);
+    }
     #[test]
     fn version_matches_the_ort_api_feature() {
         let manifest = include_str!("../../../Cargo.toml");
