@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import pathlib
-import re
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,6 +24,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import datasets  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from format_snippet import teacher_logprobs_fn as spec_snippet  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 passed = failed = 0
@@ -39,12 +39,6 @@ def check(cond, what):
         print(f"FAILED {what}")
 
 
-def spec_snippet():
-    text = (ROOT / "schemas" / "FORMAT.md").read_text()
-    m = re.search(r"## Recovering teacher log-probs.*?```python\n(.*?)```", text, re.S)
-    ns = {}
-    exec(m.group(1), ns)
-    return ns["teacher_logprobs"]
 
 
 def main(d):

@@ -14,13 +14,13 @@ import hashlib
 import json
 import math
 import pathlib
-import re
 import sys
 
 import duckdb
 import jsonschema
 import numpy as np
 import pyarrow.parquet as pq
+from format_snippet import teacher_logprobs_fn as spec_snippet  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 passed = failed = 0
@@ -35,15 +35,6 @@ def check(cond, what):
         print(f"FAIL: {what}", file=sys.stderr)
 
 
-def spec_snippet():
-    """The Python block of FORMAT.md's 'Recovering teacher log-probs' section."""
-    text = (ROOT / "schemas" / "FORMAT.md").read_text()
-    m = re.search(r"## Recovering teacher log-probs.*?```python\n(.*?)```", text, re.S)
-    if not m:
-        sys.exit("FORMAT.md has no python snippet under 'Recovering teacher log-probs'")
-    ns = {}
-    exec(m.group(1), ns)
-    return ns["teacher_logprobs"]
 
 
 def value_tolerance(enc, logp, shift=0.0):

@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import pathlib
-import re
 import time
 import tomllib
 
@@ -38,17 +37,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+from format_snippet import teacher_logprobs_fn as spec_snippet  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def spec_snippet():
-    """FORMAT.md's reference decoder (the block under 'Recovering teacher log-probs')."""
-    text = (ROOT / "schemas" / "FORMAT.md").read_text()
-    m = re.search(r"## Recovering teacher log-probs.*?```python\n(.*?)```", text, re.S)
-    ns = {}
-    exec(m.group(1), ns)
-    return ns["teacher_logprobs"]
 
 
 def load(ds, temperature):

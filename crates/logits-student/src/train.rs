@@ -710,8 +710,21 @@ fn fit_moments(
     add: impl Fn(&mut Moments, ndarray::ArrayView2<f32>),
 ) -> Result<Option<InputNorm>> {
     let mut moments = Moments::new(width);
+    each_training_batch(loader, in_memory, train, cfg, |x| add(&mut moments, x))?;
+    Ok(moments.finish())
+}
+
+/// Gives `f` the inputs of the training rows: the in-memory copy at once, or batch by batch
+/// in one streaming pass (file order).
+fn each_training_batch(
+    loader: &Loader,
+    in_memory: Option<&Batch>,
+    train: Option<std::ops::Range<u64>>,
+    cfg: &TrainConfig,
+    mut f: impl FnMut(ndarray::ArrayView2<f32>),
+) -> Result<()> {
     match in_memory {
-        Some(all) => add(&mut moments, all.x.view()),
+        Some(all) => f(all.x.view()),
         None => {
             for b in loader.stream(
                 train,
@@ -720,11 +733,11 @@ fn fit_moments(
                 0,
                 cfg.data.prefetch,
             )? {
-                add(&mut moments, b?.x.view());
+                f(b?.x.view());
             }
         }
     }
-    Ok(moments.finish())
+    Ok(())
 }
 
 /// `[vocab, 16]` for an input the teacher takes as integers other than uint8 (usually
@@ -757,18 +770,12 @@ fn auto_embed(
         return Ok(None);
     }
     let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-    for b in loader.stream(
-        train,
-        cfg.data.batch_size.max(256),
-        None,
-        0,
-        cfg.data.prefetch,
-    )? {
-        for &v in b?.x.iter() {
+    each_training_batch(loader, None, train, cfg, |x| {
+        for &v in x.iter() {
             lo = lo.min(v);
             hi = hi.max(v);
         }
-    }
+    })?;
     if !(lo >= 0.0 && hi.is_finite()) {
         return Ok(None);
     }
