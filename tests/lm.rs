@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
-use common::{fixture, text};
+use common::{fixture, logits_train, text};
 use std::sync::OnceLock;
 
 fn dataset() -> &'static Path {
@@ -113,6 +113,25 @@ fn trains_exports_and_generates() {
     let a = generate("1");
     assert!(a.starts_with("The module"), "{a}");
     assert_eq!(a, generate("1"), "same seed, same text");
+    // --json: the ids and the same text.
+    let o = logits_train(&[
+        "generate",
+        "--student",
+        &out.join("student.safetensors").display().to_string(),
+        "--tokenizer",
+        &fixture("fixtures/tinylm/tokenizer.json"),
+        "--prompt",
+        "The module",
+        "--max-tokens",
+        "12",
+        "--seed",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["text"].as_str().unwrap(), a.trim_end(), "{j}");
+    assert!(!j["ids"].as_array().unwrap().is_empty(), "{j}");
 }
 
 #[test]

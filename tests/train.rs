@@ -857,3 +857,31 @@ fn the_build_defaults_train_with_the_trainer_defaults() {
         );
     }
 }
+
+/// `table`, `export` and `generate` print JSON with `--json` (as `train` and `eval` do).
+#[test]
+fn every_train_subcommand_speaks_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let o = train(&run, &["--steps", "5"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = logits_train(&["table", run.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(t["run"]["evaluation"]["agreement"].is_f64(), "{t}");
+    let out = tmp.path().join("exported");
+    let o = logits_train(&[
+        "export",
+        "--student",
+        run.join("student.safetensors").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        std::path::Path::new(e["onnx"].as_str().unwrap()).is_file() && e["hf"].is_null(),
+        "{e}"
+    );
+}

@@ -39,6 +39,9 @@ pub(crate) enum Command {
         /// Language-model students: the dataset's tokenizer.json, copied into hf/.
         #[arg(long)]
         tokenizer: Option<PathBuf>,
+        /// Print the written paths as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Sample text from a language-model student.
     Generate(GenerateArgs),
@@ -47,6 +50,9 @@ pub(crate) enum Command {
         /// Run directories written by `train`.
         #[arg(required = true)]
         runs: Vec<PathBuf>,
+        /// Print the runs' reports as one JSON object (run name → report).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -58,6 +64,9 @@ pub(crate) struct GenerateArgs {
     /// The tokenizer.json of the dataset it was trained from (a path or a URL).
     #[arg(long)]
     pub(crate) tokenizer: PathBuf,
+    /// Print the prompt's and the generated ids and the text as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
     /// The text to continue.
     #[arg(long)]
     pub(crate) prompt: String,

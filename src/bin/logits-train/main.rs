@@ -76,32 +76,46 @@ fn run(cli: Cli, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::Result
             out,
             opset,
             tokenizer,
+            json,
         } => {
+            let say =
+                |onnx: &std::path::Path, st: &std::path::Path, hf: Option<&std::path::Path>| {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"onnx": onnx, "safetensors": st, "hf": hf})
+                        );
+                    } else if let Some(hf) = hf {
+                        println!(
+                            "wrote {}, {} and {}/",
+                            onnx.display(),
+                            st.display(),
+                            hf.display()
+                        );
+                    } else {
+                        println!("wrote {} and {}", onnx.display(), st.display());
+                    }
+                };
             let opset = Opset::new(opset).map_err(|e| logits::usage(e.to_string()))?;
             let kind: serde_json::Value = logits_student::student::read_info(&student)?;
             if logits_student::lm::is_transformer(kind["kind"].as_str().unwrap_or("")) {
                 let (gpt, info) = logits_student::lm::load(&student)?;
                 let (o, st) = logits_student::export::export_gpt(&gpt, &info, &out, opset)?;
                 if gpt.spec.encoder.is_some() {
-                    println!("wrote {} and {}", o.display(), st.display());
+                    say(&o, &st, None);
                     return Ok(ExitCode::SUCCESS);
                 }
                 let hf = out.join("hf");
                 logits::hf_dir::write(&gpt, &info, &hf, tokenizer.as_deref(), None)?;
-                println!(
-                    "wrote {}, {} and {}/",
-                    o.display(),
-                    st.display(),
-                    hf.display()
-                );
+                say(&o, &st, Some(&hf));
                 return Ok(ExitCode::SUCCESS);
             }
             let (s, info) = logits_student::student::load(&student, None)?;
             let (o, st) = logits_student::export::export(&s.mlp, &info, &out, opset)?;
-            println!("wrote {} and {}", o.display(), st.display());
+            say(&o, &st, None);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Table { runs } => table(&runs),
+        Command::Table { runs, json } => table(&runs, json),
         Command::Generate(g) => generate_cmd(g),
     }
 }
@@ -325,6 +339,13 @@ fn generate_cmd(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let text = tok
         .decode(&out, true)
         .map_err(|e| anyhow::anyhow!("detokenizing: {e}"))?;
-    println!("{text}");
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"prompt_ids": ids, "ids": out, "text": text})
+        );
+    } else {
+        println!("{text}");
+    }
     Ok(ExitCode::SUCCESS)
 }

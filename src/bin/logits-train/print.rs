@@ -143,7 +143,7 @@ pub(crate) fn print_classifier(r: &Report) {
 }
 
 /// Runs side by side from their report.json files, teacher first.
-pub(crate) fn table(runs: &[PathBuf]) -> anyhow::Result<ExitCode> {
+pub(crate) fn table(runs: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
     let mut reports = Vec::new();
     for r in runs {
         let p = r.join("report.json");
@@ -159,6 +159,14 @@ pub(crate) fn table(runs: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let Some((_, first)) = reports.first() else {
         bail!("no runs given");
     };
+    if json {
+        let all: serde_json::Map<String, serde_json::Value> = reports
+            .iter()
+            .map(|(n, r)| Ok((n.clone(), serde_json::to_value(r)?)))
+            .collect::<anyhow::Result<_>>()?;
+        println!("{}", serde_json::Value::Object(all));
+        return Ok(ExitCode::SUCCESS);
+    }
     if first.evaluation.get("perplexity").is_some() {
         return lm_table(&reports);
     }
