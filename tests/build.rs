@@ -238,9 +238,13 @@ fn job_array_workers_resume_and_merge() {
     );
     let o = build(&out, &["--num-workers", "2", "--worker-index", "0"], &[]);
     assert!(o.status.success(), "{}", text(&o));
-    // The last worker to finish commits (all shards are there); merge is then a no-op error.
+    // The last worker to finish commits (all shards are there); merge then validates it.
     assert!(out.join("manifest.json").exists());
     assert_eq!(shard_hashes(&out), shard_hashes(single.path()));
+    let o = run("build", &["merge", out.to_str().unwrap(), "--json"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["shards"].as_u64(), Some(5), "{v}");
 }
 
 #[test]

@@ -49,6 +49,9 @@ enum Command {
         /// Shards in the plan (default: from the build's draft).
         #[arg(long)]
         shards: Option<u32>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -226,7 +229,7 @@ fn run(cli: Cli, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::Result
             }
             Ok(())
         }
-        Command::Merge { out, shards } => {
+        Command::Merge { out, shards, json } => {
             let m = logits_teacher::merge(&out, shards)?;
             let ds = logits_format::Dataset::open(&out)?;
             let rep = logits_format::validate(&ds);
@@ -236,12 +239,22 @@ fn run(cli: Cli, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::Result
                     rep.problems.join("\n  ")
                 );
             }
-            println!(
-                "merged {} shards, {} rows into {}",
-                m.totals.shards,
-                m.totals.rows,
-                out.display()
-            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "dataset": out, "dataset_id": m.dataset_id,
+                        "shards": m.totals.shards, "rows": m.totals.rows,
+                    })
+                );
+            } else {
+                println!(
+                    "merged {} shards, {} rows into {}",
+                    m.totals.shards,
+                    m.totals.rows,
+                    out.display()
+                );
+            }
             Ok(())
         }
         Command::Build(a) => build(*a, stop),
