@@ -199,8 +199,8 @@ fn print_summary(
         let mut temps = vec!["1".to_string()];
         temps.extend(tg.temperatures.iter().map(|x| x.to_string()));
         println!(
-            "            ids {:?}, values {}, logZ at T = {}{}",
-            tg.ids,
+            "            ids {}, values {}, logZ at T = {}{}",
+            word(&tg.ids),
             tg.values.name(),
             temps.join(", "),
             if tg.output_is_probability {
@@ -226,13 +226,13 @@ fn print_summary(
     }
     for f in &m.features {
         println!(
-            "feature     {} <- {:?} {:?} {:?} {} pooling {:?}",
+            "feature     {} <- {:?} per {} {:?} {} pooling {}",
             f.column,
             f.tensor,
-            f.granularity,
+            word(&f.granularity),
             f.shape,
             f.encoding.name(),
-            f.pooling
+            word(&f.pooling)
         );
     }
     for i in &m.inputs {
@@ -308,5 +308,15 @@ fn print_summary(
             0.0,
             st.max_entropy,
         );
+    }
+}
+
+/// The manifest's own word for an enumerated value (its JSON name), not a Rust name.
+fn word(v: &impl serde::Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(serde_json::Value::Null) => "none".into(),
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
     }
 }
