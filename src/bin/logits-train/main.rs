@@ -10,6 +10,7 @@
 
 mod args;
 mod print;
+mod resolve;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -24,8 +25,9 @@ use logits_student::export::Opset;
 use logits_student::fit::Architecture;
 use logits_student::train;
 
-use args::{Cli, Command, EvalArgs, GenerateArgs, TrainArgs, resolve};
+use args::{Cli, Command, EvalArgs, GenerateArgs, TrainArgs};
 use print::{finish, table};
+use resolve::resolve;
 
 fn main() -> ExitCode {
     // SAFETY: setting a signal disposition before any other thread exists.
@@ -150,7 +152,7 @@ fn train_cmd(
     // Defaults left as they are fit what the dataset holds (a resumed run keeps its saved
     // configuration, which already says what was fitted).
     if !a.resume {
-        let chosen = args::chosen(&a);
+        let chosen = resolve::chosen(&a);
         for note in train::fit_defaults(&ds, &mut cfg, chosen)? {
             eprintln!("note: {note}");
         }

@@ -4,179 +4,19 @@
 //! Exit codes: 0 success (or this worker's shards done); 1 error (the message names the model,
 //! corpus file, tensor or row); 2 usage error.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use logits_format::manifest::{FeatureEncoding, Pooling, SampledSpec, ValueEncoding};
+use logits_format::manifest::{FeatureEncoding, Pooling, SampledSpec};
 use logits_format::writer::{CreateMode, WriteOptions};
 use logits_teacher::build::TextOptions;
 use logits_teacher::corpus::ColumnMap;
 use logits_teacher::{BuildOptions, FeatureRequest, TeacherModel};
 
-/// Run an ONNX teacher over a corpus and store its top-k targets and features as a dataset.
-#[derive(Parser, Debug)]
-#[command(name = "logits-build", version)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Build a dataset (or this job-array worker's shards of it).
-    Build(Box<BuildArgs>),
-    /// Show a model's inputs, outputs, the recommended target and feature, and the
-    /// activations capturable as features or usable as the target.
-    InspectModel {
-        /// The ONNX model.
-        model: PathBuf,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Do not run the model once on a synthetic row to see the shapes the graph does not
-        /// declare (models over 1 GiB are never probed).
-        #[arg(long)]
-        no_probe: bool,
-    },
-    /// Merge a job array's shards: validate every one and write the manifest.
-    Merge {
-        /// The dataset the workers wrote into: a directory, or an s3://, gs://, az:// or
-        /// file:// URL.
-        out: PathBuf,
-        /// Shards in the plan (default: from the build's draft).
-        #[arg(long)]
-        shards: Option<u32>,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Args, Debug)]
-struct BuildArgs {
-    /// The ONNX teacher (a path or a URL; URLs are fetched once into the cache).
-    #[arg(long)]
-    model: PathBuf,
-    /// Corpus file(s), in row order: Parquet tensor columns; or, with --tokenizer, text as
-    /// JSONL (.jsonl), Parquet (.parquet, column --text-field) or plain text (a document a line).
-    /// Paths or URLs (fetched once into the cache; the manifest names them as given).
-    #[arg(long, required = true, num_args = 1..)]
-    corpus: Vec<PathBuf>,
-    /// A Hugging Face tokenizer.json: the corpus is text, targets are per token.
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
-    /// JSONL field or Parquet column holding the text.
-    #[arg(long, default_value = "text")]
-    text_field: String,
-    /// Tokens per window (text corpora).
-    #[arg(long, default_value_t = 512)]
-    window: usize,
-    /// Tokens between window starts (default: the window, no overlap).
-    #[arg(long)]
-    stride: Option<usize>,
-    /// Output dataset: a directory, or an s3://, gs://, az:// or file:// URL (shards are staged
-    /// locally, uploaded and made final only if absent; see README "Object storage").
-    #[arg(long)]
-    out: PathBuf,
-    /// Map a model input to a corpus column: INPUT=COLUMN (default: same name).
-    #[arg(long = "input", value_name = "INPUT=COLUMN")]
-    inputs: Vec<String>,
-    /// Per-row shape of an input whose corpus column is a flat list: INPUT=3,48,320 (nested
-    /// lists and a column's `shape` field metadata need none).
-    #[arg(long = "input-shape", value_name = "INPUT=D1,D2,...")]
-    input_shapes: Vec<String>,
-    /// Label column (class index).
-    #[arg(long)]
-    label_column: Option<String>,
-    /// Id column stored as user_id.
-    #[arg(long)]
-    id_column: Option<String>,
-    /// Target output (default: the only float output with a class axis).
-    #[arg(long)]
-    target: Option<String>,
-    /// Top-k entries per position (the maximum with --adaptive-k).
-    #[arg(long = "top-k", short, alias = "k", default_value_t = 8)]
-    k: u32,
-    /// Adaptive k as MIN:MASS: the fewest entries from MIN up to k reaching MASS.
-    #[arg(long, value_name = "MIN:MASS")]
-    adaptive_k: Option<String>,
-    /// Extra temperatures at which logZ is stored (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    temperatures: Vec<f64>,
-    /// Value encoding: f32, f16, bf16 or int8.
-    #[arg(long, default_value = "f32")]
-    values: ValueEncoding,
-    /// Also store N sampled ids per position (RS-KD), drawn at --sample-temperature.
-    #[arg(long)]
-    sample: Option<u32>,
-    /// Temperature of the sampled draws.
-    #[arg(long, default_value_t = 1.0)]
-    sample_temperature: f64,
-    /// Seed of the sampled draws.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Capture a feature: NAME=TENSOR[:ENCODING][:POOLING] (encoding f32, f16 or int8; pooling
-    /// of per-token tensors: none (per position), mean, first or last).
-    #[arg(long = "feature", value_name = "NAME=TENSOR[:ENC]")]
-    features: Vec<String>,
-    /// Do not store the model inputs (restricted data: join by row id or input hash later).
-    #[arg(long)]
-    no_inputs: bool,
-    /// Treat the target output as probabilities even where no softmax is visible.
-    #[arg(long)]
-    output_is_probability: bool,
-    /// Rows per shard.
-    #[arg(long, default_value_t = 100_000)]
-    rows_per_shard: u64,
-    /// Rows per teacher run.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    /// ONNX Runtime sessions, one per worker thread (default: 1).
-    #[arg(long, default_value_t = 1)]
-    sessions: usize,
-    /// Intra-op threads per session (default: the machine's cores / sessions).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// zstd level of the shards.
-    #[arg(long, default_value_t = 3)]
-    zstd_level: i32,
-    /// Continue an interrupted build: completed shards are kept.
-    #[arg(long)]
-    resume: bool,
-    /// Replace whatever dataset or build is in the output directory.
-    #[arg(long)]
-    overwrite: bool,
-    /// Number of job-array workers.
-    #[arg(long)]
-    num_workers: Option<u32>,
-    /// This worker's index (default: $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX).
-    #[arg(long)]
-    worker_index: Option<u32>,
-    /// Leave out rows whose teacher output is NaN or infinite (counted in the manifest).
-    #[arg(long)]
-    skip_non_finite: bool,
-    /// License or usage terms of the teacher's outputs, recorded and shown to every consumer.
-    #[arg(long)]
-    license: Option<String>,
-    /// Free notes for the manifest.
-    #[arg(long)]
-    notes: Option<String>,
-    /// Split name recorded in the manifest.
-    #[arg(long)]
-    split: Option<String>,
-    /// Declare rows with id >= N as held out.
-    #[arg(long)]
-    holdout_from: Option<u64>,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
-    /// Print a JSON summary at the end.
-    #[arg(long)]
-    json: bool,
-}
+mod args;
+use args::{BuildArgs, Cli, Command, env_index, parse_pooling};
 
 fn main() -> ExitCode {
     // SAFETY: setting a signal disposition before any other thread exists.
@@ -259,22 +99,6 @@ fn run(cli: Cli, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::Result
         }
         Command::Build(a) => build(*a, stop),
     }
-}
-
-fn parse_pooling(s: &str) -> Option<Pooling> {
-    Some(match s {
-        "mean" => Pooling::Mean,
-        "first" => Pooling::First,
-        "last" => Pooling::Last,
-        "none" => Pooling::None,
-        _ => return None,
-    })
-}
-
-fn env_index() -> Option<u32> {
-    ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())
 }
 
 fn build(a: BuildArgs, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
