@@ -207,14 +207,16 @@ pub fn evaluate(
     })
 }
 
-/// Evaluates a language-model student file on `ds`'s held-out windows, checks its exported
-/// `onnx` against the ndarray forward (unpadded windows) and times both.
+/// Evaluates a transformer student file on `ds`'s held-out windows (or rows), checks its
+/// exported `onnx` against the ndarray forward (unpadded sequences) and times both;
+/// `progress(batches done, batches)` follows the evaluation.
 pub fn lm_evaluate(
     ds: &Dataset,
     student_file: &Path,
     onnx: Option<&Path>,
     teacher: Option<&Path>,
     holdout_from: Option<u64>,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<Report> {
     let (gpt, info) = logits_student::lm::load(student_file)?;
     // Labels where there are any: next tokens (LM), a sequence classifier's stored labels.
@@ -246,7 +248,7 @@ pub fn lm_evaluate(
             ds.root().display()
         );
     }
-    let e = logits_student::lm::evaluate(&gpt, &batches);
+    let e = logits_student::lm::evaluate_with_progress(&gpt, &batches, progress);
     let one = one_sequence(&batches[0].tokens, 0);
     let t = Instant::now();
     let reps = 20;

@@ -347,11 +347,22 @@ pub struct LmEvaluation {
 
 /// Evaluates `gpt` on the batches of a split.
 pub fn evaluate(gpt: &Gpt, batches: &[LmBatch]) -> LmEvaluation {
+    evaluate_with_progress(gpt, batches, &mut |_, _| {})
+}
+
+/// [`evaluate`], calling `progress(batches done, batches)` after each batch (a long
+/// evaluation is not silent).
+pub fn evaluate_with_progress(
+    gpt: &Gpt,
+    batches: &[LmBatch],
+    progress: &mut dyn FnMut(usize, usize),
+) -> LmEvaluation {
     let (mut ce, mut nce, mut tce, mut agree, mut kl, mut npos, mut rows) =
         (0.0, 0usize, 0.0, 0usize, 0.0, 0usize, 0usize);
     let mut have_teacher = false;
     let mut covered = 0usize;
-    for b in batches {
+    for (done, b) in batches.iter().enumerate() {
+        progress(done, batches.len());
         rows += b.row_ids.len();
         let logits = gpt.predict(&b.tokens);
         for (k, &f) in b.pos.iter().enumerate() {

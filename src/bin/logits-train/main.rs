@@ -162,16 +162,7 @@ fn train_cmd(
     if !a.resume || !cfg_path.is_file() {
         logits_student::student::write_atomic(&cfg_path, toml::to_string(&cfg)?.as_bytes())?;
     }
-    let bar = if a.quiet || a.json {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed}<{eta}]")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    };
+    let bar = progress_bar(a.quiet || a.json, "steps {msg}");
     if logits_student::lm::wants_transformer(&ds, &cfg) {
         return lm_train_cmd(&a, &cfg, &ds, bar, opset);
     }
@@ -220,13 +211,19 @@ fn eval_cmd(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let ds = Dataset::open(&a.dataset)?;
     let kind: serde_json::Value = logits_student::student::read_info(&a.student)?;
     if logits_student::lm::is_transformer(kind["kind"].as_str().unwrap_or("")) {
+        let bar = progress_bar(a.json, "batches evaluated");
         let r = lm_evaluate(
             &ds,
             &a.student,
             a.onnx.as_deref(),
             a.teacher.as_deref(),
             a.holdout_from,
+            &mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            },
         )?;
+        bar.finish_and_clear();
         return finish(&r, a.json, None);
     }
     let (_, info) = logits_student::student::load(&a.student, None)?;
@@ -285,13 +282,19 @@ fn lm_train_cmd(
             None,
         )?;
     }
+    let ebar = progress_bar(a.quiet || a.json, "batches evaluated");
     let mut report = lm_evaluate(
         ds,
         &st,
         Some(&onnx),
         a.teacher.as_deref(),
         cfg.data.holdout_from,
+        &mut |done, total| {
+            ebar.set_length(total as u64);
+            ebar.set_position(done as u64);
+        },
     )?;
+    ebar.finish_and_clear();
     report.steps = Some(run.steps);
     report.train_seconds = Some(secs);
     report.losses = Some(describe_losses(cfg));
@@ -350,4 +353,19 @@ fn generate_cmd(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         println!("{text}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr counting `unit` (hidden when `hidden`: --quiet, --json).
+fn progress_bar(hidden: bool, unit: &str) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(0);
+    b.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed}}<{{eta}}]"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b
 }
