@@ -56,7 +56,8 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     } else {
         Dataset::open(&args.dataset)
     }
-    .with_context(|| format!("cannot open dataset {}", args.dataset.display()))?;
+    // The format's errors name the dataset already: said once.
+    .context("cannot open the dataset")?;
     let m = ds.manifest();
     // Validation first: on a damaged dataset it lists every problem (exit 3), where the
     // statistics' reader would stop at the first.
