@@ -827,8 +827,8 @@ fn integer_and_bool_inputs_are_fed_in_the_model_s_type() {
 }
 
 /// A built dataset is Hub-ready: it carries a card (`README.md`) whose `configs` give
-/// `datasets.load_dataset(dir)` the declared splits (here each shard lies on one side of the
-/// held-out boundary: `--rows-per-shard 479` divides 1437), its shards decode alone from their
+/// `datasets.load_dataset(dir)` the declared splits (shards restart at the held-out boundary,
+/// so each lies on one side of it), its shards decode alone from their
 /// Parquet key-value metadata, and a text dataset carries its `tokenizer.json` (checked with
 /// Hugging Face `datasets` when the test command names its Python).
 #[test]
@@ -849,7 +849,7 @@ fn datasets_are_hub_ready() {
         "-k",
         "5",
         "--rows-per-shard",
-        "479",
+        "1000",
         "--quiet",
         "--out",
         &digits,
@@ -857,7 +857,7 @@ fn datasets_are_hub_ready() {
     assert!(o.status.success(), "{}", text(&o));
     let card = std::fs::read_to_string(format!("{digits}/README.md")).unwrap();
     assert!(
-        card.contains("- split: test\n    path:\n    - \"shards/part-00003.parquet\"\n"),
+        card.contains("- split: test\n    path:\n    - \"shards/part-00002.parquet\"\n"),
         "{card}"
     );
     let text_ds = tmp.path().join("text").display().to_string();
@@ -905,6 +905,9 @@ fn an_installed_binary_finds_onnx_runtime_from_the_python_package() {
     let Ok(py) = std::env::var("LOGITS_ORACLE_PY") else {
         return;
     };
+    // The binary runs elsewhere: a relative interpreter path is made absolute (not resolved:
+    // a virtual environment's python is a symlink whose target would lose the environment).
+    let py = std::path::absolute(&py).unwrap().display().to_string();
     let tmp = tempfile::tempdir().unwrap();
     let bin = tmp.path().join("logits-build");
     if fs::hard_link(env!("CARGO_BIN_EXE_logits-build"), &bin).is_err() {

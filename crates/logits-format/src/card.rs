@@ -4,9 +4,10 @@
 //! what a receiving team needs: the teacher, how targets are encoded, the splits.
 //!
 //! Splits: a shard lies in the held-out split when its first row id is at or past the
-//! manifest's `holdout_from`, in the training split when its last row id is before it. A shard
-//! holding both (the build cuts shards by row count, not at the split) makes file-level splits
-//! impossible: the card then declares one split and says which rows are held out.
+//! manifest's `holdout_from`, in the training split when its last row id is before it.
+//! `logits-build` restarts shards at the boundary; a shard holding both (a dataset written
+//! otherwise) makes file-level splits impossible: the card then declares one split and says
+//! which rows are held out.
 
 use crate::manifest::Manifest;
 
@@ -138,7 +139,7 @@ pub fn dataset_card(m: &Manifest) -> String {
             "Rows with `row_id` < {h} are the `train` split, the rest (held out) the `test` split; each shard lies in one.\n\n"
         )),
         (Some(h), None) => b.push_str(&format!(
-            "Rows with `row_id` ≥ {h} are held out, but a shard holds rows of both, so the files form one `train` split: filter on `row_id` (rebuild with `--rows-per-shard` dividing {h} for one file set per split).\n\n"
+            "Rows with `row_id` ≥ {h} are held out, but a shard holds rows of both, so the files form one `train` split: filter on `row_id`.\n\n"
         )),
     }
     b.push_str("## License and terms\n\n");

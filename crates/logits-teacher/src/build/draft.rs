@@ -234,6 +234,9 @@ pub(super) fn draft(o: &BuildOptions, plan: &Plan, corpus: &Source) -> Result<Ma
         totals: Totals::default(),
         build: serde_json::json!({
             "rows_per_shard": o.rows_per_shard,
+            // Shards restart at the held-out boundary (an interrupted build planned otherwise
+            // is not resumed by this one: its draft differs here).
+            "shards_split_at_holdout": true,
             "batch_size": o.batch_size,
             "skip_non_finite": o.skip_non_finite,
             "zstd_level": o.write.zstd_level,

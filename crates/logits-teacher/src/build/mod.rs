@@ -267,6 +267,51 @@ pub struct BuildReport {
     pub peak_rss_bytes: Option<u64>,
 }
 
+/// The shard plan: runs of `per` consecutive corpus rows, restarted at `holdout` (a row id
+/// strictly inside the corpus) so that no shard holds rows of both splits — the dataset card
+/// can then give each split its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardPlan {
+    /// Corpus rows.
+    pub rows: u64,
+    /// Rows per shard.
+    pub per: u64,
+    /// Where the held-out rows start, when inside the corpus.
+    pub holdout: Option<u64>,
+}
+
+impl ShardPlan {
+    /// The plan for `rows` rows in shards of `per`, cut at `holdout` when it lies inside.
+    pub fn new(rows: u64, per: u64, holdout: Option<u64>) -> ShardPlan {
+        ShardPlan {
+            rows,
+            per: per.max(1),
+            holdout: holdout.filter(|&h| h > 0 && h < rows),
+        }
+    }
+
+    /// Shards in the plan.
+    pub fn shards(&self) -> u32 {
+        match self.holdout {
+            Some(h) => (h.div_ceil(self.per) + (self.rows - h).div_ceil(self.per)) as u32,
+            None => self.rows.div_ceil(self.per) as u32,
+        }
+    }
+
+    /// The corpus rows of shard `s`.
+    pub fn range(&self, s: u32) -> std::ops::Range<u64> {
+        let s = s as u64;
+        match self.holdout {
+            Some(h) if s < h.div_ceil(self.per) => s * self.per..((s + 1) * self.per).min(h),
+            Some(h) => {
+                let t = s - h.div_ceil(self.per);
+                h + t * self.per..(h + (t + 1) * self.per).min(self.rows)
+            }
+            None => s * self.per..((s + 1) * self.per).min(self.rows),
+        }
+    }
+}
+
 /// Peak resident set size of this process (VmHWM), where /proc tells it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -291,7 +336,8 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
         let bytes = std::fs::read(p).map_err(|e| logits_format::FormatError::io(p, e))?;
         w.attach("tokenizer.json", &bytes)?;
     }
-    let plan_shards = rows.div_ceil(o.rows_per_shard) as u32;
+    let shard_plan = ShardPlan::new(rows, o.rows_per_shard, o.holdout_from);
+    let plan_shards = shard_plan.shards();
     let mine: Vec<u32> = (0..plan_shards)
         .filter(|s| match o.worker {
             Some((i, n)) => s % n == i,
@@ -312,7 +358,10 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
         .collect();
     let total_rows: u64 = todo
         .iter()
-        .map(|&s| ((s as u64 + 1) * o.rows_per_shard).min(rows) - s as u64 * o.rows_per_shard)
+        .map(|&s| {
+            let r = shard_plan.range(s);
+            r.end - r.start
+        })
         .sum();
     let plan = Arc::new(plan);
     let (written, skipped) =
@@ -393,8 +442,28 @@ pub fn merge(out: &std::path::Path, plan_shards: Option<u32>) -> Result<Manifest
                     "the draft does not record rows_per_shard; pass --shards".into(),
                 ));
             }
-            draft.corpus.rows.div_ceil(per) as u32
+            ShardPlan::new(draft.corpus.rows, per, draft.corpus.holdout_from).shards()
         }
     };
     Ok(writer::commit(out, Some(plan))?)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Shards restart at the held-out boundary; without one (or with one outside the corpus)
+    /// the plan is plain runs of `per`.
+    #[test]
+    fn shards_restart_at_the_held_out_boundary() {
+        let p = super::ShardPlan::new(1797, 500, Some(1437));
+        let ranges: Vec<_> = (0..p.shards()).map(|s| p.range(s)).collect();
+        assert_eq!(ranges, vec![0..500, 500..1000, 1000..1437, 1437..1797]);
+        let p = super::ShardPlan::new(25, 10, Some(12));
+        let ranges: Vec<_> = (0..p.shards()).map(|s| p.range(s)).collect();
+        assert_eq!(ranges, vec![0..10, 10..12, 12..22, 22..25]);
+        for h in [None, Some(0), Some(25), Some(99)] {
+            let p = super::ShardPlan::new(25, 10, h);
+            let ranges: Vec<_> = (0..p.shards()).map(|s| p.range(s)).collect();
+            assert_eq!(ranges, vec![0..10, 10..20, 20..25], "{h:?}");
+        }
+    }
 }

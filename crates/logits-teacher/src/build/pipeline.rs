@@ -74,8 +74,7 @@ pub(super) fn run_pipeline(
     for _ in 0..o.sessions {
         sessions.push(plan.teacher.build_session(o.intra_threads)?);
     }
-    let rows = corpus.rows();
-    let per = o.rows_per_shard;
+    let shard_plan = super::ShardPlan::new(corpus.rows(), o.rows_per_shard, o.holdout_from);
     let faults = &o.write.faults;
     let halt = Halt {
         failed: std::sync::atomic::AtomicBool::new(false),
@@ -97,7 +96,7 @@ pub(super) fn run_pipeline(
             // Batches are numbered from 1 in reading order over this run (fault points).
             let mut n = 0u64;
             for s in shards {
-                let range = s as u64 * per..((s as u64 + 1) * per).min(rows);
+                let range = shard_plan.range(s);
                 let mut seq = 0u32;
                 let mut injected = None;
                 let r = corpus.read_each(range, o.batch_size, |batch| {
