@@ -11,6 +11,19 @@ pub mod hf_dir;
 pub mod onnx_run;
 pub mod student_eval;
 
+/// What every binary does first, before any other thread exists: the default SIGPIPE
+/// disposition (a closed pipe ends the program quietly), glibc keeping freed memory, and the
+/// ONNX Runtime search path ([`configure_runtime`]).
+pub fn prepare_process() {
+    // SAFETY: setting a signal disposition before any other thread exists.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    keep_freed_memory();
+    configure_runtime();
+}
+
 /// Tells the teacher runtime where ONNX Runtime's library is, from the environment (read
 /// here, in the binaries' shared code, not in the libraries): `ORT_DYLIB_PATH` (a library file,
 /// used alone), `LOGITS_CACHE`, the repository's `.cache` (scripts/fetch-ort.sh), and — only

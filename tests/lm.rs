@@ -93,43 +93,32 @@ fn trains_exports_and_generates() {
     for k in ["kd", "ce", "hint:h", "tokens_per_s"] {
         assert!(last.get(k).is_some(), "{k} missing: {last}");
     }
-    let generate = |seed: &str| {
-        let o = common::logits_train(&[
+    let generate = |seed: &str, extra: &[&str]| {
+        let student = out.join("student.safetensors").display().to_string();
+        let tok = fixture("fixtures/tinylm/tokenizer.json");
+        let mut a = vec![
             "generate",
             "--student",
-            &out.join("student.safetensors").display().to_string(),
+            &student,
             "--tokenizer",
-            &fixture("fixtures/tinylm/tokenizer.json"),
+            &tok,
             "--prompt",
             "The module",
             "--max-tokens",
             "12",
             "--seed",
             seed,
-        ]);
+        ];
+        a.extend(extra);
+        let o = logits_train(&a);
         assert!(o.status.success(), "{}", text(&o));
         String::from_utf8_lossy(&o.stdout).to_string()
     };
-    let a = generate("1");
+    let a = generate("1", &[]);
     assert!(a.starts_with("The module"), "{a}");
-    assert_eq!(a, generate("1"), "same seed, same text");
+    assert_eq!(a, generate("1", &[]), "same seed, same text");
     // --json: the ids and the same text.
-    let o = logits_train(&[
-        "generate",
-        "--student",
-        &out.join("student.safetensors").display().to_string(),
-        "--tokenizer",
-        &fixture("fixtures/tinylm/tokenizer.json"),
-        "--prompt",
-        "The module",
-        "--max-tokens",
-        "12",
-        "--seed",
-        "1",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&generate("1", &["--json"])).unwrap();
     assert_eq!(j["text"].as_str().unwrap(), a.trim_end(), "{j}");
     assert!(!j["ids"].as_array().unwrap().is_empty(), "{j}");
 }

@@ -19,13 +19,7 @@ mod args;
 use args::{BuildArgs, Cli, Command, env_index, parse_pooling};
 
 fn main() -> ExitCode {
-    // SAFETY: setting a signal disposition before any other thread exists.
-    #[cfg(unix)]
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-    logits::keep_freed_memory();
-    logits::configure_runtime();
+    logits::prepare_process();
     let cli = Cli::parse();
     let stop = logits::stop_on_signals();
     match run(cli, stop) {

@@ -30,13 +30,7 @@ use print::{finish, table};
 use resolve::resolve;
 
 fn main() -> ExitCode {
-    // SAFETY: setting a signal disposition before any other thread exists.
-    #[cfg(unix)]
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-    logits::keep_freed_memory();
-    logits::configure_runtime();
+    logits::prepare_process();
     let cli = Cli::parse();
     let stop = logits::stop_on_signals();
     match run(cli, stop) {
