@@ -835,25 +835,9 @@ fn integer_and_bool_inputs_are_fed_in_the_model_s_type() {
 fn datasets_are_hub_ready() {
     let tmp = tempfile::tempdir().unwrap();
     let digits = tmp.path().join("digits").display().to_string();
-    let o = common::logits_build(&[
-        "build",
-        "--model",
-        &common::fixture("fixtures/digits/digits_teacher.onnx"),
-        "--corpus",
-        &common::fixture("fixtures/digits/train.parquet"),
-        &common::fixture("fixtures/digits/holdout.parquet"),
-        "--holdout-from",
-        "1437",
-        "--label-column",
-        "label",
-        "-k",
-        "5",
-        "--rows-per-shard",
-        "1000",
-        "--quiet",
-        "--out",
-        &digits,
-    ]);
+    let mut args = common::digits_corpus_args("fixtures/digits/train.parquet", &digits);
+    args.extend(["--rows-per-shard".to_string(), "1000".to_string()]);
+    let o = common::logits_build(&args);
     assert!(o.status.success(), "{}", text(&o));
     let card = std::fs::read_to_string(format!("{digits}/README.md")).unwrap();
     assert!(

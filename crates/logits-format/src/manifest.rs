@@ -126,6 +126,20 @@ impl DType {
         }
     }
 
+    /// An integer type (not bool): values a student may read as ids.
+    pub fn is_integer(self) -> bool {
+        matches!(
+            self,
+            DType::Int64
+                | DType::Int32
+                | DType::Int16
+                | DType::Int8
+                | DType::Uint32
+                | DType::Uint16
+                | DType::Uint8
+        )
+    }
+
     /// The lowercase ONNX-style name.
     pub fn name(self) -> &'static str {
         match self {

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use logits_format::manifest::{DType, Granularity};
+use logits_format::manifest::Granularity;
 use logits_format::rows::{SampledEntries, TensorValues};
 use logits_format::{Dataset, ReadOptions, RowBatch};
 use ndarray::Array2;
@@ -116,20 +116,6 @@ pub fn wants_transformer(ds: &Dataset, cfg: &TrainConfig) -> bool {
         })
 }
 
-/// Integer dtypes: inputs the transformer reads as token ids.
-fn is_ids(d: DType) -> bool {
-    matches!(
-        d,
-        DType::Uint32
-            | DType::Uint16
-            | DType::Uint8
-            | DType::Int64
-            | DType::Int32
-            | DType::Int16
-            | DType::Int8
-    )
-}
-
 impl<'a> LmLoader<'a> {
     /// Checks that `ds` stores sequences (token ids, or a float input with a sequence axis)
     /// with targets and what `needs` asks for, decides what the student is, and prepares the
@@ -157,7 +143,7 @@ impl<'a> LmLoader<'a> {
             Some(n) => m.inputs.iter().find(|i| i.name == n).ok_or_else(|| {
                 refuse(format!("no stored input named {n:?} (stored inputs: {})", listed()))
             })?,
-            None => match m.inputs.iter().find(|i| is_ids(i.stored)) {
+            None => match m.inputs.iter().find(|i| i.stored.is_integer()) {
                 Some(i) => i,
                 None => match m.inputs.as_slice() {
                     [one] => one,
@@ -173,7 +159,7 @@ impl<'a> LmLoader<'a> {
         };
         let mut columns = vec![spec.column.clone()];
         columns.extend(crate::data::target_columns(ds, t, &needs)?);
-        let frames = if is_ids(spec.stored) {
+        let frames = if spec.stored.is_integer() {
             None
         } else {
             Some(frames_of(ds, spec, per_position)?)

@@ -749,23 +749,12 @@ fn auto_embed(
     train: Option<std::ops::Range<u64>>,
     cfg: &TrainConfig,
 ) -> Result<Option<[usize; 2]>> {
-    use logits_format::manifest::DType;
     let ids = ds
         .manifest()
         .inputs
         .iter()
         .find(|i| i.name == loader.input)
-        .is_some_and(|i| {
-            matches!(
-                i.dtype,
-                DType::Int8
-                    | DType::Int16
-                    | DType::Int32
-                    | DType::Int64
-                    | DType::Uint16
-                    | DType::Uint32
-            )
-        });
+        .is_some_and(|i| i.dtype.is_integer() && i.dtype != logits_format::manifest::DType::Uint8);
     if !ids {
         return Ok(None);
     }
