@@ -166,8 +166,25 @@ def main():
                     g[i, j] = f(x, t).imag / 1e-20
             rels.append({"loss_name": name, "student": s.tolist(), "teacher": t.tolist(),
                          "loss": float(f(s, t).real), "grad": g.tolist()})
+    # RS-KD sampled targets (Anshumann et al. 2025): T² · cross-entropy of softmax(s/T) against
+    # the empirical distribution counts / draws of ids drawn from the teacher.
+    sampled = []
+    for v, draws, t in [(50, 20, 1.0), (200, 50, 2.0)]:
+        s = (rng.normal(size=v) * 2).astype(np.float32).astype(np.float64)
+        p = softmax(rng.normal(size=v) * 3, t).real
+        ids, counts = np.unique(rng.choice(v, size=draws, p=p), return_counts=True)
+
+        def rs(x):
+            return -t * t * np.sum(counts / draws * np.log(softmax(x, t)[ids]))
+        g = np.zeros_like(s)
+        for i in range(v):
+            x = s.astype(np.complex128)
+            x[i] += 1e-20j
+            g[i] = rs(x).imag / 1e-20
+        sampled.append({"student_logits": s.tolist(), "ids": ids.tolist(), "counts": counts.tolist(),
+                        "temperature": t, "loss": float(rs(s)), "grad": g.tolist()})
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"made_by": "scripts/kd_reference.py (NumPy, complex-step gradients)", "cases": cases, "feature_cases": feats, "relation_cases": rels}) + "\n")
+    OUT.write_text(json.dumps({"made_by": "scripts/kd_reference.py (NumPy, complex-step gradients)", "cases": cases, "feature_cases": feats, "relation_cases": rels, "sampled_cases": sampled}) + "\n")
     print(f"wrote {len(cases)} cases to {OUT}")
 
 

@@ -54,8 +54,21 @@ target/debug/logits-build build --model fixtures/tinylm/tiny_lm.onnx --tokenizer
   --sample 20 --feature h=hidden:f16 --feature hm=hidden:mean --rows-per-shard 20 --batch-size 8 --sessions 2 --quiet
 "$py" scripts/check_build_oracle.py fixtures/tinylm/tiny_lm.onnx fixtures/tinylm/holdout.jsonl "$out/tinylm" fixtures/tinylm/tokenizer.json | tee -a "$log"
 
+step "the Python package (python/): numpy batches, the torch IterableDataset and KD losses"
+# Built by maturin against this checkout's target/ (dev profile: the test build's artifacts are
+# reused); users run plain `pip install ./python`, which builds it optimised.
+MATURIN_PEP517_ARGS="--profile dev" "$py" -m pip install --quiet --disable-pip-version-check ./python
+target/debug/logits-build build --model fixtures/digits/digits_teacher.onnx \
+  --corpus fixtures/digits/train.parquet fixtures/digits/holdout.parquet --holdout-from 1437 \
+  --label-column label --id-column id --out "$out/digits_int8" -k 5 --temperatures 2,4 \
+  --feature penult=hidden2:f16 --values int8 --rows-per-shard 300 --quiet
+target/debug/logits-build build --model fixtures/tinylm/tiny_lm.onnx --tokenizer fixtures/tinylm/tokenizer.json \
+  --corpus fixtures/tinylm/holdout.jsonl --out "$out/tinylm_bf16" --window 64 --stride 48 -k 16 --temperatures 2 \
+  --sample 20 --feature h=hidden:f16 --values bf16 --rows-per-shard 20 --batch-size 8 --quiet
+"$py" scripts/check_python_package.py "$out/digits_int8" "$out/tinylm_bf16" "$out/digits" | tee -a "$log"
+
 step "all tests passed"
 # One closing line over everything above: cargo's test results and the Python checks.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     /^(interop|oracle): [0-9]+ passed, [0-9]+ failed/ { p += $2; f += $4 }
+     /^(interop|oracle|python): [0-9]+ passed, [0-9]+ failed/ { p += $2; f += $4 }
      END { printf "summary: %d passed, %d failed\n", p, f }' "$log"

@@ -300,6 +300,9 @@ pub struct ReadOptions {
     pub prefetch: usize,
     /// Keep only rows whose id falls in this range (a held-out split, a worker's part).
     pub row_range: Option<Range<u64>>,
+    /// Read only part `i` of `n`: the shards at manifest positions `i`, `i + n`, ... (one
+    /// part per data-loader worker or rank, each shard read by exactly one of them).
+    pub part: Option<(usize, usize)>,
 }
 
 impl Default for ReadOptions {
@@ -311,6 +314,7 @@ impl Default for ReadOptions {
             shuffle_buffer: 8192,
             prefetch: 4,
             row_range: None,
+            part: None,
         }
     }
 }
@@ -361,9 +365,16 @@ impl BatchStream {
                 w
             }
         };
+        if let Some((i, n)) = o.part
+            && i >= n
+        {
+            return Err(FormatError::Reader(format!(
+                "part {i} of {n} does not exist: parts are numbered 0..{n}"
+            )));
+        }
         let mut shards: Vec<(PathBuf, ShardEntry)> = Vec::new();
-        for s in &ds.manifest.shards {
-            if s.rows == 0 {
+        for (at, s) in ds.manifest.shards.iter().enumerate() {
+            if s.rows == 0 || o.part.is_some_and(|(i, n)| at % n != i) {
                 continue;
             }
             if let Some(r) = &o.row_range

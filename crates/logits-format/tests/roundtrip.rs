@@ -248,6 +248,37 @@ fn row_range_and_projection() {
     };
     let e = ds.stream(&bad).unwrap_err().to_string();
     assert!(e.contains("nope"), "{e}");
+
+    // Parts (one per data-loader worker or rank): each shard in exactly one part.
+    let shards = ds.manifest().shards.len();
+    assert!(shards >= 3, "{shards} shards");
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        let part = read_all(
+            &ds,
+            &ReadOptions {
+                part: Some((i, 3)),
+                ..Default::default()
+            },
+        );
+        let ids: Vec<u64> = part.iter().flat_map(|b| b.row_ids.clone()).collect();
+        assert!(!ids.is_empty(), "part {i} of 3 is empty");
+        seen.extend(ids);
+    }
+    seen.sort_unstable();
+    let all: Vec<u64> = read_all(&ds, &ReadOptions::default())
+        .iter()
+        .flat_map(|b| b.row_ids.clone())
+        .collect();
+    assert_eq!(seen, all);
+    let e = ds
+        .stream(&ReadOptions {
+            part: Some((3, 3)),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("part 3 of 3 does not exist"), "{e}");
 }
 
 fn small(dir: &Path) -> Manifest {

@@ -228,6 +228,7 @@ impl<'a> LmLoader<'a> {
             shuffle_buffer,
             prefetch,
             row_range: range,
+            part: None,
         })?;
         Ok(std::iter::from_fn(move || s.next_rows()).map(move |r| self.convert(r?)))
     }
