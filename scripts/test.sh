@@ -67,8 +67,13 @@ target/debug/logits-build build --model fixtures/tinylm/tiny_lm.onnx --tokenizer
   --sample 20 --feature h=hidden:f16 --values bf16 --rows-per-shard 20 --batch-size 8 --quiet
 "$py" scripts/check_python_package.py "$out/digits_int8" "$out/tinylm_bf16" "$out/digits" | tee -a "$log"
 
+step "the README: every sh and python block run as written, its shown output checked"
+# The tools on PATH are this build's (scripts/check_readme.py --bin); the README's
+# `pip install ./python` reuses the package build above.
+MATURIN_PEP517_ARGS="--profile dev" "$py" scripts/check_readme.py --bin "$root/target/debug" --python "$py" | tee -a "$log"
+
 step "all tests passed"
 # One closing line over everything above: cargo's test results and the Python checks.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     /^(interop|oracle|python): [0-9]+ passed, [0-9]+ failed/ { p += $2; f += $4 }
+     /^(interop|oracle|python|readme): [0-9]+ passed, [0-9]+ failed/ { p += $2; f += $4 }
      END { printf "summary: %d passed, %d failed\n", p, f }' "$log"

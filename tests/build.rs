@@ -921,3 +921,29 @@ fn an_installed_binary_finds_onnx_runtime_from_the_python_package() {
         "{t}"
     );
 }
+
+/// The image the scheduler examples run points ORT_DYLIB_PATH at the library version that
+/// `scripts/fetch-ort.sh` fetches (scripts/ort-version.txt), so the two cannot drift apart.
+#[test]
+fn the_dockerfile_loads_the_pinned_onnx_runtime() {
+    let root = common::root();
+    let version = std::fs::read_to_string(root.join("scripts/ort-version.txt")).unwrap();
+    let docker = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let want = format!("libonnxruntime.so.{}", version.trim());
+    assert!(
+        docker
+            .lines()
+            .any(|l| l.starts_with("ENV ORT_DYLIB_PATH=") && l.ends_with(&want)),
+        "the Dockerfile's ORT_DYLIB_PATH should name {want}"
+    );
+    for example in [
+        "scripts/scheduler/k8s-build-job.yaml",
+        "scripts/scheduler/slurm-build.sbatch",
+    ] {
+        let text = std::fs::read_to_string(root.join(example)).unwrap();
+        assert!(
+            !text.contains("target/release"),
+            "{example} should call the installed binaries"
+        );
+    }
+}

@@ -96,18 +96,24 @@ fn run(cli: Cli, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::Result
             let kind: serde_json::Value = logits_student::student::read_info(&student)?;
             if logits_student::lm::is_transformer(kind["kind"].as_str().unwrap_or("")) {
                 let (gpt, info) = logits_student::lm::load(&student)?;
+                let bar = stage(json, "exporting ONNX and safetensors");
                 let (o, st) = logits_student::export::export_gpt(&gpt, &info, &out, opset)?;
                 if gpt.spec.encoder.is_some() {
+                    bar.finish_and_clear();
                     say(&o, &st, None);
                     return Ok(ExitCode::SUCCESS);
                 }
+                bar.set_message("writing the Hugging Face directory");
                 let hf = out.join("hf");
                 logits::hf_dir::write(&gpt, &info, &hf, tokenizer.as_deref(), None)?;
+                bar.finish_and_clear();
                 say(&o, &st, Some(&hf));
                 return Ok(ExitCode::SUCCESS);
             }
             let (s, info) = logits_student::student::load(&student, None)?;
+            let bar = stage(json, "exporting ONNX and safetensors");
             let (o, st) = logits_student::export::export(&s.mlp, &info, &out, opset)?;
+            bar.finish_and_clear();
             say(&o, &st, None);
             Ok(ExitCode::SUCCESS)
         }
@@ -181,7 +187,9 @@ fn train_cmd(
     )?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
+    let xbar = stage(a.quiet || a.json, "exporting ONNX and safetensors");
     let (onnx, st) = run.student.export(&run.info, &a.out, opset)?;
+    xbar.finish_and_clear();
     let mut report = evaluate(
         &ds,
         &st,
@@ -264,6 +272,7 @@ fn lm_train_cmd(
     })?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
+    let xbar = stage(a.quiet || a.json, "exporting ONNX, safetensors and hf/");
     let (onnx, st) = run.student.export(&run.info, &a.out, opset)?;
     // A causal LM also goes out as a transformers GPT2LMHeadModel directory.
     if run.info.spec.encoder.is_none() {
@@ -276,6 +285,7 @@ fn lm_train_cmd(
             None,
         )?;
     }
+    xbar.finish_and_clear();
     let ebar = progress_bar(a.quiet || a.json, "batches evaluated");
     let mut report = lm_evaluate(
         ds,
@@ -361,5 +371,16 @@ fn progress_bar(hidden: bool, unit: &str) -> ProgressBar {
         ))
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    b
+}
+
+/// A spinner on stderr naming a stage without a count (an export), hidden when `hidden`.
+fn stage(hidden: bool, what: &str) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new_spinner();
+    b.set_message(what.to_string());
+    b.enable_steady_tick(std::time::Duration::from_millis(120));
     b
 }
