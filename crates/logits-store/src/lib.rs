@@ -41,7 +41,7 @@ pub enum StoreError {
         message: String,
     },
     /// The store refused or failed a request.
-    #[error("{url}: {}", distinct_chain(error))]
+    #[error("{url}: {}{}", distinct_chain(error), credentials_hint(error))]
     Store {
         /// The object or prefix the request was for.
         url: String,
@@ -80,6 +80,17 @@ fn distinct_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     out
+}
+
+/// What to do when a request failed because no credentials were configured: the AWS client
+/// then asks the instance metadata service (169.254.169.254), whose failure alone does not
+/// say that credentials were missing.
+fn credentials_hint(e: &object_store::Error) -> &'static str {
+    if distinct_chain(e).contains("169.254.169.254") {
+        "\n(no AWS credentials were found in the environment, so the instance metadata service was asked: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE or a web identity, or run where instance credentials exist)"
+    } else {
+        ""
+    }
 }
 
 /// Result type of this crate.
@@ -162,4 +173,33 @@ pub fn localize(path: &Path, dir: &Path) -> Result<PathBuf> {
     };
     let remote = Remote::open(parent)?;
     remote.download_cached(name, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_instance_metadata_request_says_that_credentials_are_missing() {
+        let imds = StoreError::Store {
+            url: "s3://b/ds/manifest.json".into(),
+            error: object_store::Error::Generic {
+                store: "S3",
+                source: "Error performing PUT http://169.254.169.254/latest/api/token".into(),
+            },
+        };
+        let text = imds.to_string();
+        assert!(
+            text.starts_with("s3://b/ds/manifest.json: ") && text.contains("AWS_ACCESS_KEY_ID"),
+            "{text}"
+        );
+        let other = StoreError::Store {
+            url: "s3://b/x".into(),
+            error: object_store::Error::Generic {
+                store: "S3",
+                source: "connection refused".into(),
+            },
+        };
+        assert!(!other.to_string().contains("credentials"), "{other}");
+    }
 }
