@@ -885,3 +885,20 @@ fn every_train_subcommand_speaks_json() {
         "{e}"
     );
 }
+
+/// `train --help` shows what a run without each flag uses: the configuration's defaults.
+#[test]
+fn train_help_shows_the_defaults() {
+    let o = common::logits_train(&["train", "--help"]);
+    let help = common::text(&o);
+    assert!(o.status.success(), "{help}");
+    for want in [
+        "Peak learning rate [default: 0.001]",
+        "[default: 4 (1 when the dataset lacks logZ at 4)]",
+        "Rows per step [default: 64]",
+        "[default: forward_kl]",
+    ] {
+        assert!(help.contains(want), "{want:?} missing from:\n{help}");
+    }
+    assert!(help.matches("[default:").count() >= 25, "{help}");
+}

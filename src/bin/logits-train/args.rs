@@ -17,6 +17,98 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
+impl Cli {
+    /// Parses the command line, with each training option's default (which lives in
+    /// `TrainConfig::default()`, below any `--config` file) shown in its help.
+    pub(crate) fn parse_with_defaults() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut cmd = Cli::command();
+        cmd = cmd.mut_subcommand("train", train_defaults);
+        let matches = cmd.get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// Appends `[default: V]` to the help of every training option whose default comes from the
+/// configuration, so `train --help` shows what a run without the flag uses.
+fn train_defaults(cmd: clap::Command) -> clap::Command {
+    let c = logits_student::config::TrainConfig::default();
+    let lm = logits_student::config::LmModelConfig::default();
+    let list = |v: &[usize]| {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let name = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let defaults: Vec<(&str, String)> = vec![
+        ("seed", c.seed.to_string()),
+        ("hidden", list(&c.model.hidden)),
+        (
+            "activation",
+            name(serde_json::to_value(c.model.activation).unwrap_or_default()),
+        ),
+        ("dropout", c.model.dropout.to_string()),
+        ("lm_dim", lm.dim.to_string()),
+        ("lm_layers", lm.layers.to_string()),
+        ("lm_heads", lm.heads.to_string()),
+        ("kd", c.loss.kd.to_string()),
+        (
+            "ce",
+            format!("{} (0 when the dataset has no labels)", c.loss.ce),
+        ),
+        ("sampled", c.loss.sampled.to_string()),
+        (
+            "temperature",
+            format!(
+                "{} (1 when the dataset lacks logZ at {})",
+                c.loss.temperature, c.loss.temperature
+            ),
+        ),
+        (
+            "divergence",
+            name(serde_json::to_value(c.loss.divergence).unwrap_or_default()),
+        ),
+        ("jsd_beta", c.loss.jsd_beta.to_string()),
+        (
+            "topk",
+            name(serde_json::to_value(c.loss.topk).unwrap_or_default()),
+        ),
+        (
+            "optimizer",
+            name(serde_json::to_value(c.optim.method).unwrap_or_default()),
+        ),
+        ("lr", c.optim.lr.to_string()),
+        ("momentum", c.optim.momentum.to_string()),
+        ("weight_decay", c.optim.weight_decay.to_string()),
+        (
+            "clip_norm",
+            c.optim
+                .clip_norm
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "off".into()),
+        ),
+        ("warmup", c.optim.warmup.to_string()),
+        (
+            "decay",
+            name(serde_json::to_value(c.optim.decay).unwrap_or_default()),
+        ),
+        ("batch_size", c.data.batch_size.to_string()),
+        ("epochs", c.data.epochs.to_string()),
+        (
+            "checkpoint_every",
+            format!("{} (off)", c.run.checkpoint_every),
+        ),
+        ("log_every", c.run.log_every.to_string()),
+    ];
+    defaults.into_iter().fold(cmd, |cmd, (id, value)| {
+        cmd.mut_arg(id, |a| {
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            a.help(format!("{help} [default: {value}]"))
+        })
+    })
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Train, then evaluate on the held-out rows and export (student.onnx, student.safetensors).

@@ -16,7 +16,6 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use logits::student_eval::{describe_losses, evaluate, lm_evaluate};
 use logits_format::Dataset;
@@ -31,7 +30,7 @@ use resolve::resolve;
 
 fn main() -> ExitCode {
     logits::prepare_process();
-    let cli = Cli::parse();
+    let cli = Cli::parse_with_defaults();
     let stop = logits::stop_on_signals();
     match run(cli, stop) {
         Ok(code) => code,
