@@ -117,6 +117,14 @@ def check_dataset(path):
                       f"{path}: input {spec['name']} of row {want['row_id']}")
     print(f"python: {path}: {len(rows)} rows, encoding {m['targets']['values']}, T={temps}: worst log-prob difference from FORMAT.md's decoder (relative to max(1, |log p|)) {worst:.2e}")
 
+    # Rows one at a time: the same values as the batches.
+    first = next(ds.rows())
+    b0 = got[0]
+    check(first["row_id"] == int(b0.row_id[0]) and np.array_equal(first["topk_ids"][0], b0.topk_ids[0, :b0.topk_count[0]])
+          and all(np.array_equal(np.asarray(first["features"][k]).reshape(-1), np.asarray(
+              b0.features[k][:1] if len(b0.features[k]) == b0.rows else b0.features[k][:int(b0.row_positions[1])]).reshape(-1))
+              for k in b0.features), f"{path}: Dataset.rows")
+    check(sum(1 for _ in ds.rows()) == len(rows), f"{path}: Dataset.rows count")
     # Parts: every shard in exactly one part, rows in order.
     for n in (2, 3):
         seen = sorted(int(x) for i in range(n) for b in ds.batches(50, part=(i, n)) for x in b.row_id)

@@ -86,15 +86,44 @@ class Batch:
             self.sampled_ids, _ = _pad(a["sampled_offsets"], a["sampled_ids"].astype(np.int64), width, 0)
             self.sampled_counts, _ = _pad(a["sampled_offsets"], a["sampled_counts"].astype(np.int64), width, 0)
         self.features: Dict[str, np.ndarray] = {}
+        self._per_position: Dict[str, bool] = {}
+        self._feature_positions: Dict[str, np.ndarray] = {}
         for f in dataset.manifest.get("features", []):
             key = "feature:" + f["name"]
             if key in a:
+                self._per_position[f["name"]] = f["granularity"] == "position"
+                self._feature_positions[f["name"]] = a["feature_positions:" + f["name"]]
                 self.features[f["name"]] = a[key].reshape(-1, *f["shape"])
         self.inputs: Dict[str, Union[np.ndarray, List[np.ndarray]]] = {}
         for spec in dataset.manifest.get("inputs", []):
             key = "input:" + spec["name"]
             if key in a:
                 self.inputs[spec["name"]] = _rows(a[key], a["input_offsets:" + spec["name"]], spec["shape"])
+
+    def row(self, i: int) -> Dict[str, object]:
+        """Row `i` of the batch as a dict: row_id, label, and per position topk_ids, topk_logits,
+        logz, sampled_ids/sampled_counts (unpadded), features and inputs."""
+        out: Dict[str, object] = {"row_id": int(self.row_id[i])}
+        if self.label is not None:
+            out["label"] = int(self.label[i])
+        if self.row_positions is not None:
+            p0, p1 = int(self.row_positions[i]), int(self.row_positions[i + 1])
+            if self.topk_ids is not None:
+                n = self.topk_count[p0:p1]
+                out["topk_ids"] = [self.topk_ids[p, :c] for p, c in zip(range(p0, p1), n)]
+                out["topk_logits"] = [self.topk_logits[p, :c] for p, c in zip(range(p0, p1), n)]
+            out["logz"] = self.logz[p0:p1]
+            if self.sampled_ids is not None:
+                keep = [self.sampled_counts[p] > 0 for p in range(p0, p1)]
+                out["sampled_ids"] = [self.sampled_ids[p][k] for p, k in zip(range(p0, p1), keep)]
+                out["sampled_counts"] = [self.sampled_counts[p][k] for p, k in zip(range(p0, p1), keep)]
+        # Per-position features are sliced like the targets; per-example ones (pooled) by row.
+        out["features"] = {}
+        for k, v in self.features.items():
+            fp = self._feature_positions[k]
+            out["features"][k] = v[int(fp[i]):int(fp[i + 1])] if self._per_position[k] else v[i]
+        out["inputs"] = {k: v[i] for k, v in self.inputs.items()}
+        return out
 
     @property
     def positions(self) -> int:
@@ -210,6 +239,12 @@ class Dataset:
                 yield Batch(raw, self)
         finally:
             stream.close()
+
+    def rows(self, split: Optional[str] = None, **kwargs) -> Iterator[Dict[str, object]]:
+        """Streams single rows as dicts (`Batch.row`); keyword arguments as `batches`."""
+        for b in self.batches(split=split, **kwargs):
+            for i in range(b.rows):
+                yield b.row(i)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches()
