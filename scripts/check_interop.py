@@ -39,11 +39,11 @@ def check(cond, what):
 
 def value_tolerance(enc, logp, shift=0.0):
     """Largest decoding error of a T=1 log-prob under each encoding (FORMAT.md, Encodings);
-    for int8, `shift` bounds the renormalisation to the exact tail."""
+    `shift` bounds the renormalisation to the exact tail (int8; f16/bf16 from format 1.1)."""
     return {
         "f32": 1e-5 * max(1.0, abs(logp)),
-        "f16": abs(logp) * 2**-11 + 1e-5,
-        "bf16": abs(logp) * 2**-8 + 1e-5,
+        "f16": abs(logp) * 2**-11 + shift + 1e-5,
+        "bf16": abs(logp) * 2**-8 + shift + 1e-5,
         "int8": (abs(logp) + 1 / 32) * math.expm1(1 / 48) + shift + 1e-5,
     }[enc]
 
@@ -93,7 +93,8 @@ def main(out):
             check(np.array_equal(np.float32(got[inp]), np.float32(exp["input"])), f"{name} row {rid}: input")
             wrap = (lambda c: got[c]) if per_pos else (lambda c: [got[c]])
             ids, vals, logz = wrap("topk_ids"), wrap("topk_values"), wrap("logz")
-            logtails = wrap("topk_logtail") if enc == "int8" else [None] * len(logz)
+            # int8 always, f16/bf16 from format 1.1 (targets.exact_tail) carry the exact tail.
+            logtails = wrap("topk_logtail") if "topk_logtail" in got else [None] * len(logz)
             ltemps = wrap("logz_temps") if temps else [[]] * len(logz)
             check(len(logz) == len(exp["positions"]), f"{name} row {rid}: positions")
             for p, e in enumerate(exp["positions"]):

@@ -608,36 +608,51 @@ pub const INT8_STEP: f32 = 1.0 / 24.0;
 /// quantisation errors do not leak into the tail bucket.
 fn int8_codes(logits: &[f32], logz: f32, out: &mut Vec<u8>) -> f16 {
     let mut prev = 0u32;
-    let mut kept = 0.0f64;
     for &z in logits {
         let gap = (logz - z).max(0.0);
-        kept += (-(gap as f64)).exp();
         let c = ((gap / INT8_EPS).ln_1p() / INT8_STEP).round().min(255.0) as u32;
         let c = c.max(prev);
         out.push((c - prev) as u8);
         prev = c;
     }
-    f16::from_f64((1.0 - kept).max(0.0).ln())
+    log_tail(logits, logz)
 }
 
 /// Inverse of [`int8_codes`] for one position.
 fn int8_decode(steps: &[u8], logtail: f32, logz: f32, out: &mut Vec<f32>) {
     let start = out.len();
     let mut c = 0u32;
-    let mut mass = 0.0f64;
     for &d in steps {
         c += d as u32;
         let g = INT8_EPS as f64 * (c as f64 * INT8_STEP as f64).exp_m1();
-        mass += (-g).exp();
         out.push(-g as f32);
     }
+    renormalise(&mut out[start..], logtail, logz);
+}
+
+/// ln of the exact T=1 tail mass of one position, 1 − Σ exp(z − logz) over its kept entries,
+/// as stored in `topk_logtail` (f16).
+fn log_tail(logits: &[f32], logz: f32) -> f16 {
+    let kept: f64 = logits
+        .iter()
+        .map(|&z| (-((logz - z).max(0.0) as f64)).exp())
+        .sum();
+    f16::from_f64((1.0 - kept).max(0.0).ln())
+}
+
+/// Turns one position's decoded log-probs (at T=1, before rounding corrections) into logits
+/// whose kept mass is exactly 1 − tail: z_i = logz + v_i + ln((1 − tail) / Σ_j e^{v_j}). The
+/// reduced encodings' rounding errors then stay inside the kept entries, and the tail bucket
+/// is exact.
+fn renormalise(values: &mut [f32], logtail: f32, logz: f32) {
+    let mass: f64 = values.iter().map(|&v| (v as f64).exp()).sum();
     let kept = 1.0 - (logtail as f64).exp();
     let shift = if kept > 0.0 && mass > 0.0 {
         (kept / mass).ln() as f32
     } else {
         0.0
     };
-    for v in &mut out[start..] {
+    for v in values {
         *v += logz + shift;
     }
 }
@@ -692,6 +707,12 @@ fn encode_targets(spec: &TargetSpec, t: &Targets, row_ids: &[u64]) -> Result<Vec
                 Arc::new(UInt8Array::from(codes))
             }
         };
+        if spec.has_logtail() && logtail.is_none() {
+            let tails: Vec<f16> = (0..t.logz.len())
+                .map(|p| log_tail(&k.logits[k.offsets[p]..k.offsets[p + 1]], t.logz[p]))
+                .collect();
+            logtail = Some(Arc::new(Float16Array::from(tails)) as ArrayRef);
+        }
         let values = list_array(schema::TOPK_VALUES, values, &k.offsets)?;
         out.push(per_row(schema::TOPK_VALUES, g, values, rp)?);
         if let Some(lt) = logtail {
@@ -987,41 +1008,62 @@ fn decode_targets(spec: &TargetSpec, b: &RecordBatch) -> Result<Targets> {
             ));
         }
         let mut logits = Vec::with_capacity(ids.len());
+        let logtail = if spec.has_logtail() {
+            let (_, lt) = unrow(schema::TOPK_LOGTAIL, g, need(schema::TOPK_LOGTAIL)?)?;
+            let lt = prim::<Float16Type>(schema::TOPK_LOGTAIL, &lt)?;
+            if lt.len() != positions {
+                return Err(bad_batch(
+                    schema::TOPK_LOGTAIL,
+                    "one log tail per position expected",
+                ));
+            }
+            Some(lt.values().iter().map(|x| x.to_f32()).collect::<Vec<f32>>())
+        } else {
+            None
+        };
+        // f16/bf16 store T=1 log-probs: decoded as logz + v, or renormalised to the stored
+        // exact tail (format 1.1).
+        let mut half = |p: usize, v: &mut dyn Iterator<Item = f32>| {
+            let start = logits.len();
+            match &logtail {
+                Some(lt) => {
+                    logits.extend(v);
+                    renormalise(&mut logits[start..], lt[p], t.logz[p]);
+                }
+                None => logits.extend(v.map(|x| t.logz[p] + x)),
+            }
+        };
         match spec.values {
             ValueEncoding::F32 => logits = f32_vec(schema::TOPK_VALUES, &vals)?,
             ValueEncoding::F16 => {
                 let v = prim::<Float16Type>(schema::TOPK_VALUES, &vals)?;
                 for p in 0..positions {
-                    logits.extend(
-                        v.values()[offsets[p]..offsets[p + 1]]
+                    half(
+                        p,
+                        &mut v.values()[offsets[p]..offsets[p + 1]]
                             .iter()
-                            .map(|x| t.logz[p] + x.to_f32()),
+                            .map(|x| x.to_f32()),
                     );
                 }
             }
             ValueEncoding::Bf16 => {
                 let v = prim::<UInt16Type>(schema::TOPK_VALUES, &vals)?;
                 for p in 0..positions {
-                    logits.extend(
-                        v.values()[offsets[p]..offsets[p + 1]]
+                    half(
+                        p,
+                        &mut v.values()[offsets[p]..offsets[p + 1]]
                             .iter()
-                            .map(|&x| t.logz[p] + bf16::from_bits(x).to_f32()),
+                            .map(|&x| bf16::from_bits(x).to_f32()),
                     );
                 }
             }
             ValueEncoding::Int8 => {
                 let v = prim::<UInt8Type>(schema::TOPK_VALUES, &vals)?;
-                let (_, lt) = unrow(schema::TOPK_LOGTAIL, g, need(schema::TOPK_LOGTAIL)?)?;
-                let lt = prim::<Float16Type>(schema::TOPK_LOGTAIL, &lt)?;
-                if lt.len() != positions {
-                    return Err(bad_batch(
-                        schema::TOPK_LOGTAIL,
-                        "one log tail per position expected",
-                    ));
-                }
+                let lt = logtail.as_deref().unwrap_or_default();
                 for p in 0..positions {
                     let steps = &v.values()[offsets[p]..offsets[p + 1]];
-                    int8_decode(steps, lt.value(p).to_f32(), t.logz[p], &mut logits);
+                    let tail = lt.get(p).copied().unwrap_or(f32::NEG_INFINITY);
+                    int8_decode(steps, tail, t.logz[p], &mut logits);
                 }
             }
         }

@@ -13,7 +13,7 @@ pub const FORMAT_NAME: &str = "logits-dataset";
 /// The format major version this library reads and writes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The format minor version this library writes.
-pub const FORMAT_MINOR: u32 = 0;
+pub const FORMAT_MINOR: u32 = 1;
 /// The manifest's file name inside a dataset directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
@@ -399,6 +399,18 @@ pub struct TargetSpec {
     /// Sampled targets, when stored.
     #[serde(default)]
     pub sampled: Option<SampledSpec>,
+    /// f16/bf16 values (format 1.1): the exact T=1 tail is stored in `topk_logtail` and the
+    /// decoded entries are renormalised to it, as int8's always are. Absent (false) in 1.0
+    /// datasets, whose f16/bf16 entries are decoded as stored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exact_tail: bool,
+}
+
+impl TargetSpec {
+    /// True when shards carry `topk_logtail` (int8, or f16/bf16 with the exact tail).
+    pub fn has_logtail(&self) -> bool {
+        self.topk.is_some() && (self.values == ValueEncoding::Int8 || self.exact_tail)
+    }
 }
 
 /// Pooling applied to a per-position feature to make it per example.

@@ -127,7 +127,7 @@ pub fn target_fields(t: &TargetSpec) -> Vec<Field> {
             per(g, list_of(value_type(t.values))),
             false,
         ));
-        if t.values == ValueEncoding::Int8 {
+        if t.has_logtail() {
             fields.push(Field::new(TOPK_LOGTAIL, per(g, DataType::Float16), false));
         }
     }

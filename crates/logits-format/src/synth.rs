@@ -44,6 +44,8 @@ pub struct SynthSpec {
     pub rows: u64,
     /// Seed.
     pub seed: u64,
+    /// Write f16/bf16 values as format 1.0 did: without the exact tail (older datasets).
+    pub legacy_half: bool,
 }
 
 impl Default for SynthSpec {
@@ -62,6 +64,7 @@ impl Default for SynthSpec {
             positions: (1, 1),
             rows: 100,
             seed: 1,
+            legacy_half: false,
         }
     }
 }
@@ -137,6 +140,8 @@ pub fn draft(spec: &SynthSpec) -> Manifest {
             topk: spec.topk.clone(),
             temperatures: spec.temperatures.clone(),
             sampled: spec.sampled.clone(),
+            exact_tail: !spec.legacy_half
+                && matches!(spec.values, ValueEncoding::F16 | ValueEncoding::Bf16),
         }),
         features: spec
             .features

@@ -33,8 +33,8 @@ fn read_all(ds: &Dataset, o: &ReadOptions) -> Vec<RowBatch> {
 fn tolerance(enc: ValueEncoding, l: f32, shift: f32) -> f32 {
     match enc {
         ValueEncoding::F32 => 0.0,
-        ValueEncoding::F16 => l.abs() * 2f32.powi(-11) + 1e-6,
-        ValueEncoding::Bf16 => l.abs() * 2f32.powi(-8) + 1e-6,
+        ValueEncoding::F16 => l.abs() * 2f32.powi(-11) + shift + 1e-6,
+        ValueEncoding::Bf16 => l.abs() * 2f32.powi(-8) + shift + 1e-6,
         ValueEncoding::Int8 => (l.abs() + INT8_EPS) * (INT8_STEP / 2.0).exp_m1() + shift + 1e-5,
     }
 }
@@ -82,11 +82,30 @@ fn every_granularity_and_encoding_round_trips() {
         FeatureEncoding::Int8,
     ];
     for g in [Granularity::Example, Granularity::Position] {
-        for (i, enc) in ValueEncoding::ALL.into_iter().enumerate() {
+        // f16/bf16 also as format 1.0 wrote them (no exact tail), which must stay readable.
+        let cases = ValueEncoding::ALL
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, enc)| {
+                let half = matches!(enc, ValueEncoding::F16 | ValueEncoding::Bf16);
+                [(i, enc, false)]
+                    .into_iter()
+                    .chain(half.then_some((i, enc, true)))
+            });
+        for (i, enc, legacy) in cases {
             let fenc = fencs[i % 3];
             let dir = tempfile::tempdir().unwrap();
-            let spec = spec_for(g, enc, fenc);
+            let spec = SynthSpec {
+                legacy_half: legacy,
+                ..spec_for(g, enc, fenc)
+            };
             let m = synth::write_dataset(&spec, dir.path(), 20, opts()).unwrap();
+            let t = m.targets.as_ref().unwrap();
+            assert_eq!(
+                t.has_logtail(),
+                enc == ValueEncoding::Int8 || !legacy && enc != ValueEncoding::F32,
+                "{enc:?} legacy {legacy}"
+            );
             assert_eq!(m.shards.len(), 3);
             assert_eq!(m.totals.rows, 53);
             let ds = Dataset::open(dir.path()).unwrap();
@@ -131,6 +150,19 @@ fn every_granularity_and_encoding_round_trips() {
                     }
                     let tail = (1.0 - kept).max(0.0);
                     let shift = 2.0 * (err_mass + tail * 0.01) / kept.max(1e-3);
+                    if t.has_logtail() {
+                        // The decoded kept mass is the exact one (to the f16 rounding of the
+                        // stored ln tail), whatever the rounding of the entries.
+                        let got: f64 = r
+                            .clone()
+                            .map(|i| ((gk.logits[i] - wt.logz[p]) as f64).exp())
+                            .sum();
+                        let want = 1.0 - tail as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-6 + (tail as f64) * 2e-3,
+                            "{g:?} {enc:?} pos {p}: kept mass {got} vs {want}"
+                        );
+                    }
                     for i in r {
                         let l = wk.logits[i] - wt.logz[p];
                         let err = (gk.logits[i] - wk.logits[i]).abs();
@@ -379,8 +411,10 @@ fn manifest_versions_and_malformed_manifests() {
     let path = dir.path().join(MANIFEST_FILE);
     let good = fs::read_to_string(&path).unwrap();
     // A newer minor version with an extra field is read.
+    let current = format!("\"format_version\": \"1.{FORMAT_MINOR}\"");
+    assert!(good.contains(&current), "{good}");
     let newer = good.replacen(
-        "\"format_version\": \"1.0\"",
+        &current,
         "\"format_version\": \"1.9\", \"future_field\": {\"x\": 1}",
         1,
     );
@@ -389,11 +423,7 @@ fn manifest_versions_and_malformed_manifests() {
     // An unknown major version is refused as such.
     fs::write(
         &path,
-        good.replacen(
-            "\"format_version\": \"1.0\"",
-            "\"format_version\": \"2.0\"",
-            1,
-        ),
+        good.replacen(&current, "\"format_version\": \"2.0\"", 1),
     )
     .unwrap();
     let e = Dataset::open(dir.path()).unwrap_err().to_string();
@@ -407,7 +437,7 @@ fn manifest_versions_and_malformed_manifests() {
         ("{\"format\": \"x\"}", "expected \"logits-dataset\""),
         (&good.replacen("\"rows\"", "\"rowz\"", 1), "malformed"),
         (
-            &good.replacen("\"format_version\": \"1.0\"", "\"format_version\": 1", 1),
+            &good.replacen(&current, "\"format_version\": 1", 1),
             "format_version",
         ),
     ] {

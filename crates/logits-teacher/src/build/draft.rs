@@ -159,6 +159,8 @@ pub(super) fn draft(o: &BuildOptions, plan: &Plan, corpus: &Source) -> Result<Ma
             }),
             temperatures: plan.temps.clone(),
             sampled: plan.sample.clone(),
+            // Half-precision values carry the exact tail as int8's do (format 1.1).
+            exact_tail: matches!(o.values, ValueEncoding::F16 | ValueEncoding::Bf16),
         }),
         features: feature_specs,
         inputs: if plan.store_inputs {
