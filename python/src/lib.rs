@@ -19,17 +19,7 @@ use pyo3::types::{PyByteArray, PyDict, PyTuple};
 /// Turns a format error into a Python exception that keeps the whole message (cause chain
 /// included), so the file, shard or row it names reaches the user.
 fn err(e: logits_format::FormatError) -> PyErr {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        let s_msg = s.to_string();
-        if !msg.contains(&s_msg) {
-            msg.push_str(": ");
-            msg.push_str(&s_msg);
-        }
-        src = s.source();
-    }
-    PyRuntimeError::new_err(msg)
+    PyRuntimeError::new_err(logits_store::distinct_chain(&e))
 }
 
 /// An opened dataset.

@@ -68,7 +68,7 @@ pub enum StoreError {
 
 /// An error and its causes joined by ": ", leaving out a cause whose text is already there
 /// (object_store's errors repeat their causes in their own text, several levels deep).
-fn distinct_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn distinct_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -4,15 +4,20 @@
 
 use logits_student::losses::response::{Divergence, TeacherTargets, TopKMode, response_loss};
 
-#[test]
-fn response_losses_match_numpy_reference() {
+/// The cases under `key` of fixtures/golden/kd_response.json.
+fn golden(key: &str) -> Vec<serde_json::Value> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../fixtures/golden/kd_response.json"
     );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("json");
-    let cases = v["cases"].as_array().expect("cases");
+    v[key].as_array().expect("golden cases").clone()
+}
+
+#[test]
+fn response_losses_match_numpy_reference() {
+    let cases = golden("cases");
     assert_eq!(cases.len(), 32);
     for (n, c) in cases.iter().enumerate() {
         let f64s = |k: &str| -> Vec<f64> {
@@ -72,13 +77,7 @@ fn response_losses_match_numpy_reference() {
 
 #[test]
 fn feature_losses_match_numpy_reference() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../fixtures/golden/kd_response.json"
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("json");
-    let cases = v["feature_cases"].as_array().expect("feature cases");
+    let cases = golden("feature_cases");
     assert_eq!(cases.len(), 4);
     for (n, c) in cases.iter().enumerate() {
         let f32s = |k: &str| -> Vec<f32> {
@@ -119,13 +118,7 @@ fn feature_losses_match_numpy_reference() {
 #[test]
 fn relation_losses_match_numpy_reference() {
     use logits_student::losses::relation::Relation;
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../fixtures/golden/kd_response.json"
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("json");
-    let cases = v["relation_cases"].as_array().expect("relation cases");
+    let cases = golden("relation_cases");
     assert_eq!(cases.len(), 8);
     let matrix = |x: &serde_json::Value| -> ndarray::Array2<f32> {
         let rows: Vec<Vec<f32>> = x
@@ -169,13 +162,7 @@ fn relation_losses_match_numpy_reference() {
 
 #[test]
 fn sampled_kd_matches_numpy_reference() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../fixtures/golden/kd_response.json"
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("json");
-    let cases = v["sampled_cases"].as_array().expect("sampled cases");
+    let cases = golden("sampled_cases");
     assert_eq!(cases.len(), 2);
     for (n, c) in cases.iter().enumerate() {
         let nums = |k: &str| -> Vec<f64> {
