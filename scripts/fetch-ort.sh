@@ -6,10 +6,21 @@
 # The version lives in scripts/ort-version.txt, in step with the `api-NN` feature of `ort` in
 # the workspace Cargo.toml (ort refuses a library older than its API level).
 # Cache: $LOGITS_CACHE (default: <repo>/.cache)/ort/<version>/.
+#
+# --gpu: the GPU build instead (the `onnxruntime-gpu` wheel of the same version: the library
+# with its CUDA and TensorRT provider libraries beside it, into ort/<version>-gpu/), for
+# `logits-build --device cuda|tensorrt`; it needs the NVIDIA driver, CUDA and cuDNN that
+# onnxruntime-gpu's release notes name.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 version="$(tr -d '[:space:]' < "$root/scripts/ort-version.txt")"
-cache="${LOGITS_CACHE:-$root/.cache}/ort/$version"
+package=onnxruntime
+suffix=""
+if [ "${1:-}" = "--gpu" ]; then
+  package=onnxruntime-gpu
+  suffix="-gpu"
+fi
+cache="${LOGITS_CACHE:-$root/.cache}/ort/$version$suffix"
 lib="$cache/libonnxruntime.so.$version"
 if [ -f "$lib" ]; then
   echo "$lib"
@@ -29,18 +40,23 @@ plats=()
 for g in 2_17 2_27 2_28 2_31 2_34; do plats+=(--platform "manylinux_${g}_$arch"); done
 python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
   "${plats[@]}" --python-version 3.11 --implementation cp \
-  "onnxruntime==$version" -d "$tmp" >&2
-wheel="$(ls "$tmp"/onnxruntime-*.whl | head -n 1)"
+  "$package==$version" -d "$tmp" >&2
+wheel="$(ls "$tmp"/onnxruntime*.whl | head -n 1)"
 mkdir -p "$cache"
 python3 - "$wheel" "$cache" "$version" <<'PY'
 import sys, zipfile, os
 wheel, out, version = sys.argv[1:]
-name = f"onnxruntime/capi/libonnxruntime.so.{version}"
+main = f"libonnxruntime.so.{version}"
 with zipfile.ZipFile(wheel) as z:
-    data = z.read(name)
-tmp = os.path.join(out, f".libonnxruntime.so.{version}.tmp")
-with open(tmp, "wb") as f:
-    f.write(data)
-os.replace(tmp, os.path.join(out, f"libonnxruntime.so.{version}"))
+    # The library, and the execution-provider libraries it loads from its own folder (the
+    # GPU wheel's CUDA/TensorRT providers); the main library last, as the one that marks done.
+    names = [n for n in z.namelist() if n.startswith("onnxruntime/capi/lib") and ".so" in n]
+    names.sort(key=lambda n: os.path.basename(n) == main)
+    for name in names:
+        base = os.path.basename(name)
+        tmp = os.path.join(out, f".{base}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(z.read(name))
+        os.replace(tmp, os.path.join(out, base))
 PY
 echo "$lib"

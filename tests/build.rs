@@ -947,3 +947,65 @@ fn the_dockerfile_loads_the_pinned_onnx_runtime() {
         );
     }
 }
+
+/// `--device`: a GPU the loaded ONNX Runtime cannot use (here: the CPU-only library) is refused
+/// at once, naming the provider, the library and what to do, before anything is written;
+/// `auto` falls back to the CPU and says so in the manifest; the device is not part of the
+/// dataset's identity, so the shards equal a plain CPU build's; an unknown name is a usage
+/// error.
+#[test]
+fn devices_are_chosen_explicitly_and_never_fall_back_silently() {
+    let d = tempfile::tempdir().unwrap();
+    let run = |name: &str, device: &str| {
+        let out = d.path().join(name);
+        let mut a = common::digits_build_args(out.to_str().unwrap());
+        a.extend(["--device".into(), device.into()]);
+        (out, common::logits_build(&a))
+    };
+    for gpu in ["cuda", "tensorrt:1", "cpu,cuda:0"] {
+        let (out, o) = run(&format!("gpu-{}", gpu.replace([':', ','], "-")), gpu);
+        let t = common::text(&o);
+        assert_eq!(o.status.code(), Some(1), "{gpu}: {t}");
+        assert!(
+            t.contains("ExecutionProvider")
+                && t.contains("libonnxruntime")
+                && t.contains("fetch-ort.sh --gpu")
+                && t.contains("--device cpu"),
+            "{gpu}: {t}"
+        );
+        assert!(!out.exists(), "{gpu}: nothing should be written");
+    }
+    let (_, o) = run("bad", "gpu");
+    assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
+
+    let (cpu, o) = run("cpu", "cpu");
+    assert!(o.status.success(), "{}", common::text(&o));
+    let (auto, o) = run("auto", "auto");
+    assert!(o.status.success(), "{}", common::text(&o));
+    let manifest = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p.join("manifest.json")).unwrap()).unwrap()
+    };
+    let (mc, ma) = (manifest(&cpu), manifest(&auto));
+    assert_eq!(mc["tool"]["runtime"]["devices"], serde_json::json!(["cpu"]));
+    assert_eq!(
+        mc["tool"]["runtime"]["providers"],
+        serde_json::json!(["CPUExecutionProvider"])
+    );
+    assert!(mc["tool"]["runtime"]["note"].is_null(), "{mc}");
+    assert_eq!(ma["tool"]["runtime"]["devices"], serde_json::json!(["cpu"]));
+    assert!(
+        ma["tool"]["runtime"]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("--device auto") && n.contains("CPU")),
+        "{ma}"
+    );
+    assert_eq!(mc["dataset_id"], ma["dataset_id"]);
+    for (a, b) in mc["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(ma["shards"].as_array().unwrap())
+    {
+        assert_eq!(a["sha256"], b["sha256"]);
+    }
+}

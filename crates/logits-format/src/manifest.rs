@@ -74,6 +74,11 @@ pub struct Tool {
     pub name: String,
     /// Program version.
     pub version: String,
+    /// What ran the teacher: the ONNX Runtime version, the devices and execution providers,
+    /// and how `--device auto` was resolved. Not part of the dataset's identity: shards are the
+    /// same whatever the device (FORMAT.md, determinism).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<serde_json::Value>,
 }
 
 /// A tensor element type, named as in ONNX.

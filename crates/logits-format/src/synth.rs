@@ -111,6 +111,7 @@ pub fn draft(spec: &SynthSpec) -> Manifest {
         format_version: Version::current().to_string(),
         dataset_id: String::new(),
         tool: Tool {
+            runtime: None,
             name: "logits-format synth".into(),
             version: env!("CARGO_PKG_VERSION").into(),
         },

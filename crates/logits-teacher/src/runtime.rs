@@ -109,6 +109,85 @@ fn repo_candidates(cache: Option<PathBuf>) -> Vec<PathBuf> {
 
 static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
 
+/// The library file the process loaded (or would load), for messages.
+pub fn library_in_use() -> Option<PathBuf> {
+    candidates().into_iter().find(|p| p.is_file())
+}
+
+/// Where a teacher session runs: ONNX Runtime's CPU provider, or a GPU through the CUDA or
+/// TensorRT provider. A GPU device that cannot be used is an error, never a silent fall back
+/// to the CPU; only [`Device::Auto`] falls back, and says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// ONNX Runtime's CPU execution provider.
+    Cpu,
+    /// NVIDIA GPU `N` through the CUDA execution provider.
+    Cuda(u32),
+    /// NVIDIA GPU `N` through the TensorRT execution provider.
+    TensorRt(u32),
+    /// CUDA device 0 where it can be used, else the CPU (recorded in the manifest).
+    Auto,
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Device, String> {
+        let (kind, index) = match s.split_once(':') {
+            Some((k, i)) => (
+                k,
+                i.parse::<u32>().map_err(|_| {
+                    format!("device {s:?}: the part after ':' must be a GPU index such as 0")
+                })?,
+            ),
+            None => (s, 0),
+        };
+        match (kind, s.contains(':')) {
+            ("cpu", false) => Ok(Device::Cpu),
+            ("auto", false) => Ok(Device::Auto),
+            ("cuda", _) => Ok(Device::Cuda(index)),
+            ("tensorrt", _) => Ok(Device::TensorRt(index)),
+            _ => Err(format!(
+                "unknown device {s:?}: use cpu, cuda[:N], tensorrt[:N], auto, or a comma-separated list such as cuda:0,cuda:1"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+            Device::TensorRt(i) => write!(f, "tensorrt:{i}"),
+            Device::Auto => write!(f, "auto"),
+        }
+    }
+}
+
+impl Device {
+    /// Parses `--device`: one device or a comma-separated list (one session per entry, taken
+    /// in turn by the sessions).
+    pub fn parse_list(s: &str) -> std::result::Result<Vec<Device>, String> {
+        let list: Vec<Device> = s
+            .split(',')
+            .map(|d| d.trim().parse())
+            .collect::<std::result::Result<_, _>>()?;
+        if list.is_empty() {
+            return Err("--device needs at least one device".into());
+        }
+        Ok(list)
+    }
+
+    /// ONNX Runtime's name of the execution provider this device runs on.
+    pub fn provider(&self) -> &'static str {
+        match self {
+            Device::Cpu | Device::Auto => "CPUExecutionProvider",
+            Device::Cuda(_) => "CUDAExecutionProvider",
+            Device::TensorRt(_) => "TensorrtExecutionProvider",
+        }
+    }
+}
+
 /// The process's ONNX Runtime environment, loading the library on first use.
 pub fn environment() -> Result<&'static ort::environment::Environment> {
     let env = ENV.get_or_init(|| {
@@ -133,6 +212,24 @@ pub fn environment() -> Result<&'static ort::environment::Environment> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn devices_parse_and_print() {
+        use super::Device;
+        assert_eq!(
+            Device::parse_list("cuda:0, cuda:1").unwrap(),
+            vec![Device::Cuda(0), Device::Cuda(1)]
+        );
+        assert_eq!(Device::parse_list("cpu").unwrap(), vec![Device::Cpu]);
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!(
+            "tensorrt:2".parse::<Device>().unwrap().to_string(),
+            "tensorrt:2"
+        );
+        for bad in ["gpu", "cuda:x", "cpu:1", ""] {
+            assert!(Device::parse_list(bad).is_err(), "{bad}");
+        }
+    }
 
     /// An explicit library is used alone; otherwise the Python package's versioned library
     /// comes after the caches.

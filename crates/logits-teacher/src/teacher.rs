@@ -10,7 +10,15 @@ use logits_onnx::surgery::{self, OutputKind};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, TeacherError};
-use crate::runtime;
+use crate::runtime::{self, Device};
+
+/// The message of a session error without the model path it would repeat.
+fn error_detail(e: &TeacherError) -> String {
+    match e {
+        TeacherError::Session { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
 
 /// A loaded teacher.
 #[derive(Debug, Clone)]
@@ -137,7 +145,72 @@ impl TeacherModel {
         self.session_with(intra_threads, false)
     }
 
+    /// A build session on `device`, and the device it runs on (the CPU when [`Device::Auto`]
+    /// found no usable GPU; the reason is returned beside it). A GPU device whose provider
+    /// the loaded ONNX Runtime library lacks, or that has no such GPU, is an error that says
+    /// what was looked for.
+    pub fn device_session(
+        &self,
+        intra_threads: usize,
+        device: Device,
+    ) -> Result<(ort::session::Session, Device, Option<String>)> {
+        let gpu = |d: Device| -> Result<ort::session::Session> {
+            let ep = match d {
+                Device::Cuda(i) => ort::ep::CUDA::default()
+                    .with_device_id(i as i32)
+                    .build()
+                    .error_on_failure(),
+                Device::TensorRt(i) => ort::ep::TensorRT::default()
+                    .with_device_id(i as i32)
+                    .build()
+                    .error_on_failure(),
+                Device::Cpu | Device::Auto => return self.session_with(intra_threads, false),
+            };
+            self.session_on(intra_threads, false, ep).map_err(|e| {
+                let lib = runtime::library_in_use()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "(none found)".into());
+                TeacherError::Session {
+                    model: self.path.clone(),
+                    message: format!(
+                        "--device {d}: ONNX Runtime could not start its {} ({}); the library in use is {lib}. A GPU build is needed (the onnxruntime-gpu wheel's library: scripts/fetch-ort.sh --gpu, then ORT_DYLIB_PATH), with the NVIDIA driver, CUDA and cuDNN it was built for and a GPU numbered {}; --device cpu runs on the CPU",
+                        d.provider(),
+                        error_detail(&e),
+                        match d {
+                            Device::Cuda(i) | Device::TensorRt(i) => i,
+                            _ => 0,
+                        }
+                    ),
+                }
+            })
+        };
+        match device {
+            Device::Auto => match gpu(Device::Cuda(0)) {
+                Ok(s) => Ok((s, Device::Cuda(0), None)),
+                Err(e) => Ok((
+                    self.session_with(intra_threads, false)?,
+                    Device::Cpu,
+                    Some(format!(
+                        "--device auto: no usable CUDA device, so the CPU ran the teacher ({})",
+                        error_detail(&e)
+                    )),
+                )),
+            },
+            d => Ok((gpu(d)?, d, None)),
+        }
+    }
+
     fn session_with(&self, intra_threads: usize, spin: bool) -> Result<ort::session::Session> {
+        let cpu = ort::ep::CPU::default().with_arena_allocator(true).build();
+        self.session_on(intra_threads, spin, cpu)
+    }
+
+    fn session_on(
+        &self,
+        intra_threads: usize,
+        spin: bool,
+        ep: ort::ep::ExecutionProviderDispatch,
+    ) -> Result<ort::session::Session> {
         let env = runtime::environment()?;
         let err = |e: String| TeacherError::Session {
             model: self.path.clone(),
@@ -148,7 +221,6 @@ impl TeacherModel {
         // keep a plan per input shape seen, so peak memory grew with the corpus (1.31x for a
         // 10x corpus); without them it stays flat (1.05x) at the same speed. The arena stays on:
         // without it every run pays for fresh vocabulary-sized buffers (30% slower).
-        let cpu = ort::ep::CPU::default().with_arena_allocator(true).build();
         let mut builder = builder
             .with_intra_threads(intra_threads.max(1))
             .map_err(|e| err(e.to_string()))?
@@ -158,7 +230,7 @@ impl TeacherModel {
             .map_err(|e| err(e.to_string()))?
             .with_intra_op_spinning(spin)
             .map_err(|e| err(e.to_string()))?
-            .with_execution_providers([cpu])
+            .with_execution_providers([ep])
             .map_err(|e| err(e.to_string()))?;
         builder
             .commit_from_memory(&self.run_bytes)

@@ -130,6 +130,11 @@ pub(crate) struct BuildArgs {
     /// Intra-op threads per session (default: the machine's cores / sessions).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
+    /// Where the teacher runs: cpu, cuda[:N], tensorrt[:N] (a GPU build of ONNX Runtime),
+    /// auto (CUDA device 0 if usable, else the CPU, recorded in the manifest), or a list such
+    /// as cuda:0,cuda:1 that the sessions take in turn. A GPU that cannot be used is an error.
+    #[arg(long, default_value = "cpu", value_parser = parse_devices)]
+    pub(crate) device: Devices,
     /// zstd level of the shards.
     #[arg(long, default_value_t = 3)]
     pub(crate) zstd_level: i32,
@@ -182,4 +187,13 @@ pub(crate) fn env_index() -> Option<u32> {
     ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"]
         .iter()
         .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
+/// The parsed `--device` list (one value on the command line, so clap holds it whole).
+#[derive(Debug, Clone)]
+pub(crate) struct Devices(pub(crate) Vec<logits_teacher::runtime::Device>);
+
+/// `--device`: one device or a comma-separated list.
+fn parse_devices(s: &str) -> Result<Devices, String> {
+    logits_teacher::runtime::Device::parse_list(s).map(Devices)
 }

@@ -119,6 +119,7 @@ pub(super) fn draft(o: &BuildOptions, plan: &Plan, corpus: &Source) -> Result<Ma
         format_version: Version::current().to_string(),
         dataset_id: String::new(),
         tool: Tool {
+            runtime: None,
             name: "logits-build".into(),
             version: env!("CARGO_PKG_VERSION").into(),
         },

@@ -97,6 +97,8 @@ pub struct BuildOptions {
     pub sessions: usize,
     /// Intra-op threads per session.
     pub intra_threads: usize,
+    /// Where sessions run: session i on `devices[i % len]` (`--device`).
+    pub devices: Vec<crate::runtime::Device>,
     /// What to do with an existing output directory.
     pub mode: CreateMode,
     /// This worker's index and the number of workers (job arrays); None: all shards here.
@@ -228,6 +230,7 @@ impl Default for BuildOptions {
             batch_size: 64,
             sessions: 1,
             intra_threads: 1,
+            devices: vec![crate::runtime::Device::Cpu],
             mode: CreateMode::New,
             worker: None,
             skip_non_finite: false,
@@ -320,13 +323,51 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The devices the sessions will run on: each GPU device checked by starting a session on it,
+/// `auto` resolved to CUDA device 0 or the CPU (with the reason).
+fn resolve_devices(
+    teacher: &crate::teacher::TeacherModel,
+    o: &BuildOptions,
+) -> Result<(Vec<crate::runtime::Device>, Option<String>)> {
+    use crate::runtime::Device;
+    let mut out = Vec::new();
+    let mut note = None;
+    for &d in &o.devices {
+        if d == Device::Cpu {
+            out.push(d);
+            continue;
+        }
+        let (_, used, why) = teacher.device_session(o.intra_threads, d)?;
+        if why.is_some() {
+            note = why;
+        }
+        out.push(used);
+    }
+    Ok((out, note))
+}
+
 /// Runs a build (or this worker's part of it), committing the manifest when every shard of
 /// the plan is complete. `progress(rows_done, rows_total)` is called as batches are written.
 pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<BuildReport> {
     let t0 = Instant::now();
     o.check().map_err(TeacherError::Options)?;
     let (plan, corpus) = plan::Plan::make(o)?;
-    let draft = draft::draft(o, &plan, &corpus)?;
+    // GPU devices are tried before anything is written, so one that cannot be used fails the
+    // build at once, with nothing to clean up.
+    let (devices, device_note) = resolve_devices(&plan.teacher, o)?;
+    let mut draft = draft::draft(o, &plan, &corpus)?;
+    draft.tool.runtime = Some(serde_json::json!({
+        "onnxruntime": crate::runtime::ort_version(),
+        "devices": devices.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        "providers": devices.iter().map(|d| d.provider()).collect::<Vec<_>>(),
+        "note": device_note,
+    }));
+    // The sessions run on the resolved devices (`auto` decided once, here).
+    let resolved = BuildOptions {
+        devices,
+        ..o.clone()
+    };
+    let o = &resolved;
     let rows = corpus.rows();
     let mut w = DatasetWriter::create(&o.out, draft, o.write.clone(), o.mode)?;
     // The tokenizer travels with a text dataset (the manifest names it by sha256; a receiving

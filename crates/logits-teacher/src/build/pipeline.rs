@@ -71,8 +71,13 @@ pub(super) fn run_pipeline(
     }
     // Sessions are created up front so a model ONNX Runtime refuses fails before any thread.
     let mut sessions = Vec::new();
-    for _ in 0..o.sessions {
-        sessions.push(plan.teacher.build_session(o.intra_threads)?);
+    for i in 0..o.sessions {
+        let device = o
+            .devices
+            .get(i % o.devices.len().max(1))
+            .copied()
+            .unwrap_or(crate::runtime::Device::Cpu);
+        sessions.push(plan.teacher.device_session(o.intra_threads, device)?.0);
     }
     let shard_plan = super::ShardPlan::new(corpus.rows(), o.rows_per_shard, o.holdout_from);
     let faults = &o.write.faults;
