@@ -660,6 +660,15 @@ fn probabilities_are_never_stored_as_logits() {
     );
     assert!(text(&o).contains("--output-is-probability"), "{}", text(&o));
     assert!(!out.join("manifest.json").exists());
+    // The graph path sees the same from its row sums and minima.
+    let o = build_with(&model, &out, &["--postprocess", "graph", "--overwrite"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("holds probabilities, not logits"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.join("manifest.json").exists());
     let o = build_with(&model, &out, &["--output-is-probability", "--overwrite"]);
     assert!(o.status.success(), "{}", text(&o));
     let m = manifest_of(&out);
@@ -1008,4 +1017,179 @@ fn devices_are_chosen_explicitly_and_never_fall_back_silently() {
     {
         assert_eq!(a["sha256"], b["sha256"]);
     }
+}
+
+/// `--postprocess graph` on the committed fixtures (a classifier with adaptive k and three
+/// temperatures, a tiny LM and the GPT-2 LM per token with features) gives the host path's
+/// targets: same ids, bit-equal values, logZ within 1e-6 relative; exactly tied logits keep
+/// the lower id first as FORMAT.md says; what the graph path cannot do (sampling, a hidden
+/// softmax) is refused or caught as on the host.
+#[test]
+fn in_graph_postprocessing_matches_the_host_on_the_fixtures() {
+    use logits_onnx::builder::{Dim, GraphBuilder};
+    use logits_onnx::model::ElemType;
+    let d = tempfile::tempdir().unwrap();
+    let both = |name: &str, args: &[String]| {
+        let mut outs = Vec::new();
+        for mode in ["host", "graph"] {
+            let out = d.path().join(format!("{name}-{mode}"));
+            let mut a = args.to_vec();
+            a.extend(
+                ["--out", out.to_str().unwrap(), "--postprocess", mode]
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
+            let o = common::logits_build(&a);
+            assert!(o.status.success(), "{name} {mode}: {}", common::text(&o));
+            outs.push(out);
+        }
+        let (n, worst) = common::same_targets(&outs[0], &outs[1]);
+        eprintln!("{name}: {n} positions, logZ within {worst:.1e}");
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let digits = common::fixture("fixtures/digits/digits_teacher.onnx");
+    let train = common::fixture("fixtures/digits/train.parquet");
+    both(
+        "digits",
+        &s(&[
+            "build",
+            "--model",
+            &digits,
+            "--corpus",
+            &train,
+            "--adaptive-k",
+            "2:0.99",
+            "-k",
+            "8",
+            "--temperatures",
+            "2,4,8",
+            "--quiet",
+        ]),
+    );
+    let tiny = common::fixture("fixtures/tinylm/tiny_lm.onnx");
+    let tok = common::fixture("fixtures/tinylm/tokenizer.json");
+    let text = common::fixture("fixtures/tinylm/holdout.jsonl");
+    both(
+        "tinylm",
+        &s(&[
+            "build",
+            "--model",
+            &tiny,
+            "--tokenizer",
+            &tok,
+            "--corpus",
+            &text,
+            "--window",
+            "64",
+            "--stride",
+            "48",
+            "-k",
+            "16",
+            "--adaptive-k",
+            "4:0.9",
+            "--temperatures",
+            "2",
+            "--feature",
+            "h=hidden:f16",
+            "--batch-size",
+            "8",
+            "--sessions",
+            "2",
+            "--quiet",
+        ]),
+    );
+    let gpt2 = common::fixture("fixtures/gpt2/gpt2_teacher.onnx");
+    let gtok = common::fixture("fixtures/gpt2/tokenizer.json");
+    let gtext = common::fixture("fixtures/gpt2/holdout.jsonl");
+    both(
+        "gpt2",
+        &s(&[
+            "build",
+            "--model",
+            &gpt2,
+            "--target",
+            "logits",
+            "--tokenizer",
+            &gtok,
+            "--corpus",
+            &gtext,
+            "--window",
+            "128",
+            "--stride",
+            "128",
+            "-k",
+            "32",
+            "--temperatures",
+            "2",
+            "--quiet",
+        ]),
+    );
+
+    // Ties: each input value appears twice in the output (ids i and i + 8).
+    let mut g = GraphBuilder::new();
+    let batch = Dim::Named("batch".into());
+    let x = g.input("pixels", ElemType::Float32, &[batch.clone(), Dim::Fixed(8)]);
+    let y = g.node(
+        "Concat",
+        &[&x, &x],
+        &[("axis", logits_onnx::builder::Attr::Int(1))],
+    );
+    g.output("logits", &y, ElemType::Float32, &[batch, Dim::Fixed(16)]);
+    let ties = d.path().join("ties.onnx");
+    fs::write(
+        &ties,
+        logits_onnx::model::encode(&g.finish("ties", 13, "test", "")),
+    )
+    .unwrap();
+    let corpus = d.path().join("ties.parquet");
+    let rows: Vec<Vec<f32>> = (0..40)
+        .map(|r| (0..8).map(|i| ((r * 3 + i * 5) % 4) as f32).collect())
+        .collect();
+    common::write_corpus(&corpus, &rows, false);
+    both(
+        "ties",
+        &s(&[
+            "build",
+            "--model",
+            ties.to_str().unwrap(),
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "-k",
+            "6",
+            "--quiet",
+        ]),
+    );
+    let t = targets_of(&d.path().join("ties-graph"));
+    assert!(
+        t.iter().all(|(ids, z)| ids
+            .windows(2)
+            .zip(z.windows(2))
+            .all(|(i, v)| v[0] > v[1] || (v[0] == v[1] && i[0] < i[1]))),
+        "ties must keep the lower id first: {:?}",
+        &t[..2]
+    );
+
+    // Refused on the graph path, said at once: sampled targets.
+    let out = d.path().join("sample-graph");
+    let o = common::logits_build(&s(&[
+        "build",
+        "--model",
+        &digits,
+        "--corpus",
+        &train,
+        "-k",
+        "4",
+        "--sample",
+        "8",
+        "--postprocess",
+        "graph",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
+    assert!(
+        common::text(&o).contains("--sample") && common::text(&o).contains("--postprocess host"),
+        "{}",
+        common::text(&o)
+    );
 }

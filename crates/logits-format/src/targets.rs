@@ -426,14 +426,28 @@ pub fn position_targets_ahead(
     temps: &[f64],
 ) -> Option<PositionTargets> {
     let all: Vec<f64> = std::iter::once(1.0).chain(temps.iter().copied()).collect();
-    let (mut top, m, sums) = row_pass(z, next, k.min(z.len()), &all)?;
-    let logz_at = |i: usize| m as f64 / all[i] + sums[i].ln();
-    let logz = logz_at(0);
+    let (top, m, sums) = row_pass(z, next, k.min(z.len()), &all)?;
+    let logz: Vec<f64> = (0..all.len())
+        .map(|i| m as f64 / all[i] + sums[i].ln())
+        .collect();
+    Some(targets_from_top(top, &logz, adaptive))
+}
+
+/// A position's targets from its top entries (by descending logit, ties to the lower id) and
+/// its logZ at T=1 then at each extra temperature, with the adaptive rule applied: the fewest
+/// entries from `min_k` whose T=1 probability reaches `mass`. Shared by the host computation
+/// and the teacher graph's own TopK and ReduceLogSumExp, so both keep the same entries.
+pub fn targets_from_top(
+    mut top: Vec<(u32, f32)>,
+    logz: &[f64],
+    adaptive: Option<(usize, f64)>,
+) -> PositionTargets {
+    let z1 = logz.first().copied().unwrap_or(0.0);
     if let Some((min_k, mass)) = adaptive {
         let mut cum = 0.0f64;
         let mut keep = top.len();
         for (i, &(_, x)) in top.iter().enumerate() {
-            cum += (x as f64 - logz).exp();
+            cum += (x as f64 - z1).exp();
             if i + 1 >= min_k && cum >= mass {
                 keep = i + 1;
                 break;
@@ -441,12 +455,12 @@ pub fn position_targets_ahead(
         }
         top.truncate(keep);
     }
-    Some(PositionTargets {
+    PositionTargets {
         ids: top.iter().map(|e| e.0).collect(),
         logits: top.iter().map(|e| e.1).collect(),
-        logz: logz as f32,
-        logz_temps: (1..all.len()).map(|i| logz_at(i) as f32).collect(),
-    })
+        logz: z1 as f32,
+        logz_temps: logz.iter().skip(1).map(|&l| l as f32).collect(),
+    }
 }
 
 /// What one pass over a row yields: the top-n (id, logit), the row's maximum, and for each

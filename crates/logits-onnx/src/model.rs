@@ -39,6 +39,14 @@ pub enum OnnxError {
         /// Close names, if any (", did you mean ...").
         hint: String,
     },
+    /// A rewrite the model does not allow (an opset too old for it, say).
+    #[error("{model}: {message}")]
+    Unsupported {
+        /// The model file (or a description of it).
+        model: String,
+        /// Why.
+        message: String,
+    },
 }
 
 /// Element type of a tensor, as ONNX names it.

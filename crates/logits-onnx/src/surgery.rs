@@ -513,3 +513,223 @@ mod tests {
         assert!(crate::load_bytes(p, &ok).is_ok());
     }
 }
+
+/// Names of the outputs [`append_postprocess`] adds.
+pub mod post {
+    /// The top-k logits, `[batch, (positions,) k]`, in the target's element type.
+    pub const VALUES: &str = "logits.post.topk_values";
+    /// Their class ids, int64, same shape.
+    pub const INDICES: &str = "logits.post.topk_indices";
+    /// logZ at T = 1 then at each extra temperature, double, `[batch, (positions,) |T|]`.
+    pub const LOGZ: &str = "logits.post.logz";
+    /// Σ and min of each row, double, `[batch, (positions,) 2]`: what tells probabilities
+    /// from logits when the graph shows no softmax (rows in [0, 1] summing to 1).
+    pub const SUM_MIN: &str = "logits.post.sum_min";
+}
+
+/// Returns a copy of `m` that also computes, inside the graph, what the build keeps of the
+/// target tensor `target` (its class axis last): `TopK` (k largest, sorted, ties to the lower
+/// index as ONNX Runtime orders them) and, in double precision, `ReduceLogSumExp` of
+/// target ÷ T for T = 1 and each of `temps`, as the outputs named in [`post`]. So only
+/// `[.., k]` and `[.., |T|]` leave the runtime instead of every logit. Needs opset 11 or newer
+/// (TopK with k as an input); the axes of ReduceLogSumExp follow the model's opset (an input
+/// from 18, an attribute before).
+pub fn append_postprocess(
+    m: &ModelProto,
+    target: &str,
+    k: usize,
+    temps: &[f64],
+    model: &str,
+) -> Result<ModelProto, OnnxError> {
+    use crate::onnx::{AttributeProto, NodeProto, TensorProto, attribute_proto};
+    let opset = m
+        .opset_import
+        .iter()
+        .find(|o| o.domain.as_deref().unwrap_or("").is_empty())
+        .and_then(|o| o.version)
+        .unwrap_or(1);
+    if opset < 11 {
+        return Err(OnnxError::Unsupported {
+            model: model.to_string(),
+            message: format!(
+                "opset {opset}: in-graph top-k needs opset 11 or newer (TopK with k as an input)"
+            ),
+        });
+    }
+    let mut out = expose(m, &[target.to_string()], model)?;
+    let types = elem_types(&out);
+    let target_type = types.get(target).copied().unwrap_or(1);
+    // FLOAT16 and BFLOAT16: ONNX Runtime's CPU provider runs such graphs through inserted casts
+    // to float, and its cast-chain optimisation can then feed the appended Cast the values
+    // before their rounding to half precision: logZ came out 1.4e-5 relative off the stored
+    // values on fixtures/zoo/half.onnx. The host path widens the stored values exactly.
+    if target_type == 10 || target_type == 16 {
+        return Err(OnnxError::Unsupported {
+            model: model.to_string(),
+            message: format!(
+                "target {target:?} is half precision: in-graph logZ would not be computed from the rounded values ONNX Runtime outputs; use --postprocess host"
+            ),
+        });
+    }
+    let g = out.graph.get_or_insert_with(Default::default);
+    // The target leaves the runtime only through what is computed from it: as a graph output
+    // (even of the original model) every run would copy all of it out.
+    g.output.retain(|o| o.name.as_deref() != Some(target));
+    let int_attr = |name: &str, v: i64| AttributeProto {
+        name: Some(name.into()),
+        i: Some(v),
+        r#type: Some(attribute_proto::AttributeType::Int as i32),
+        ..Default::default()
+    };
+    let node = |op: &str, inputs: Vec<String>, outputs: Vec<String>, attrs: Vec<AttributeProto>| {
+        NodeProto {
+            input: inputs,
+            output: outputs.clone(),
+            name: Some(format!("logits.post.{}", outputs[0])),
+            op_type: Some(op.to_string()),
+            attribute: attrs,
+            ..Default::default()
+        }
+    };
+    let init = |name: &str, data_type: i32, dims: Vec<i64>, raw: Vec<u8>| TensorProto {
+        name: Some(name.to_string()),
+        dims,
+        data_type: Some(data_type),
+        raw_data: Some(raw),
+        ..Default::default()
+    };
+    const FLOAT64: i32 = 11;
+    const INT64: i32 = 7;
+    g.initializer.push(init(
+        "logits.post.k",
+        INT64,
+        vec![1],
+        (k as i64).to_le_bytes().to_vec(),
+    ));
+    g.node.push(node(
+        "TopK",
+        vec![target.into(), "logits.post.k".into()],
+        vec![post::VALUES.into(), post::INDICES.into()],
+        vec![
+            int_attr("axis", -1),
+            int_attr("largest", 1),
+            int_attr("sorted", 1),
+        ],
+    ));
+    g.node.push(node(
+        "Cast",
+        vec![target.into()],
+        vec!["logits.post.f64".into()],
+        vec![int_attr("to", FLOAT64 as i64)],
+    ));
+    if opset >= 18 {
+        g.initializer.push(init(
+            "logits.post.axes",
+            INT64,
+            vec![1],
+            (-1i64).to_le_bytes().to_vec(),
+        ));
+    }
+    let mut lses = Vec::new();
+    for (i, &t) in std::iter::once(&1.0).chain(temps).enumerate() {
+        let x = if i == 0 {
+            "logits.post.f64".to_string()
+        } else {
+            let c = format!("logits.post.t{i}");
+            g.initializer
+                .push(init(&c, FLOAT64, vec![], t.to_le_bytes().to_vec()));
+            let d = format!("logits.post.div{i}");
+            g.node.push(node(
+                "Div",
+                vec!["logits.post.f64".into(), c],
+                vec![d.clone()],
+                vec![],
+            ));
+            d
+        };
+        let lse = format!("logits.post.lse{i}");
+        let (inputs, mut attrs) = if opset >= 18 {
+            (vec![x, "logits.post.axes".into()], vec![])
+        } else {
+            (
+                vec![x],
+                vec![AttributeProto {
+                    name: Some("axes".into()),
+                    ints: vec![-1],
+                    r#type: Some(attribute_proto::AttributeType::Ints as i32),
+                    ..Default::default()
+                }],
+            )
+        };
+        attrs.push(int_attr("keepdims", 1));
+        g.node
+            .push(node("ReduceLogSumExp", inputs, vec![lse.clone()], attrs));
+        lses.push(lse);
+    }
+    g.node.push(node(
+        "Concat",
+        lses,
+        vec![post::LOGZ.into()],
+        vec![int_attr("axis", -1)],
+    ));
+    // ReduceSum takes its axes as an input from opset 13, ReduceMin from 18.
+    let reduce = |op: &str, axes_input: bool, out: &str| {
+        if axes_input {
+            node(
+                op,
+                vec!["logits.post.f64".into(), "logits.post.axes".into()],
+                vec![out.into()],
+                vec![int_attr("keepdims", 1)],
+            )
+        } else {
+            node(
+                op,
+                vec!["logits.post.f64".into()],
+                vec![out.into()],
+                vec![
+                    AttributeProto {
+                        name: Some("axes".into()),
+                        ints: vec![-1],
+                        r#type: Some(attribute_proto::AttributeType::Ints as i32),
+                        ..Default::default()
+                    },
+                    int_attr("keepdims", 1),
+                ],
+            )
+        }
+    };
+    if opset >= 13 && opset < 18 {
+        g.initializer.push(init(
+            "logits.post.axes",
+            INT64,
+            vec![1],
+            (-1i64).to_le_bytes().to_vec(),
+        ));
+    }
+    g.node
+        .push(reduce("ReduceSum", opset >= 13, "logits.post.sum"));
+    g.node
+        .push(reduce("ReduceMin", opset >= 18, "logits.post.min"));
+    g.node.push(node(
+        "Concat",
+        vec!["logits.post.sum".into(), "logits.post.min".into()],
+        vec![post::SUM_MIN.into()],
+        vec![int_attr("axis", -1)],
+    ));
+    let typed = |name: &str, elem: i32| ValueInfoProto {
+        name: Some(name.to_string()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem),
+                shape: None,
+            })),
+            denotation: None,
+        }),
+        ..Default::default()
+    };
+    g.output.push(typed(post::VALUES, target_type));
+    g.output.push(typed(post::INDICES, INT64));
+    g.output.push(typed(post::LOGZ, FLOAT64));
+    g.output.push(typed(post::SUM_MIN, FLOAT64));
+    Ok(out)
+}

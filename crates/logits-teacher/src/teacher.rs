@@ -133,6 +133,17 @@ impl TeacherModel {
         })
     }
 
+    /// Moves the build's post-processing of `target` into the graph the sessions run
+    /// ([`surgery::append_postprocess`]: TopK of `k` and logZ at T = 1 and `temps`), so only
+    /// those leave the runtime.
+    pub fn postprocess_in_graph(&mut self, target: &str, k: usize, temps: &[f64]) -> Result<()> {
+        let model = self.path.display().to_string();
+        let proto = logits_onnx::load_bytes(&self.path, &self.run_bytes)?;
+        let rewritten = surgery::append_postprocess(&proto, target, k, temps, &model)?;
+        self.run_bytes = logits_onnx::model::encode(&rewritten);
+        Ok(())
+    }
+
     /// A new ONNX Runtime session over the (rewritten) model, with ONNX Runtime's defaults.
     pub fn session(&self, intra_threads: usize) -> Result<ort::session::Session> {
         self.session_with(intra_threads, true)

@@ -135,6 +135,11 @@ pub(crate) struct BuildArgs {
     /// as cuda:0,cuda:1 that the sessions take in turn. A GPU that cannot be used is an error.
     #[arg(long, default_value = "cpu", value_parser = parse_devices)]
     pub(crate) device: Devices,
+    /// Where top-k and logZ are computed: host (from every logit copied out of ONNX Runtime)
+    /// or graph (TopK and ReduceLogSumExp appended to the teacher graph, so only
+    /// [.., k] and [.., |T|] leave the runtime; logits targets without --sample).
+    #[arg(long, value_enum, default_value_t = Postprocess::Host)]
+    pub(crate) postprocess: Postprocess,
     /// zstd level of the shards.
     #[arg(long, default_value_t = 3)]
     pub(crate) zstd_level: i32,
@@ -196,4 +201,13 @@ pub(crate) struct Devices(pub(crate) Vec<logits_teacher::runtime::Device>);
 /// `--device`: one device or a comma-separated list.
 fn parse_devices(s: &str) -> Result<Devices, String> {
     logits_teacher::runtime::Device::parse_list(s).map(Devices)
+}
+
+/// `--postprocess`: where the targets are computed from the teacher's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Postprocess {
+    /// On the host, from every logit.
+    Host,
+    /// Inside the teacher graph (TopK, ReduceLogSumExp).
+    Graph,
 }

@@ -226,6 +226,7 @@ fn build(a: BuildArgs, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::
         batch_size: a.batch_size,
         sessions,
         devices: a.device.0.clone(),
+        in_graph: a.postprocess == args::Postprocess::Graph,
         intra_threads: a.threads.unwrap_or((cores / sessions.max(1)).max(1)),
         // A job-array worker always joins the shared build (with or without --resume): it
         // shares the output with the other workers.

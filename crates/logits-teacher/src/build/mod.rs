@@ -97,6 +97,9 @@ pub struct BuildOptions {
     pub sessions: usize,
     /// Intra-op threads per session.
     pub intra_threads: usize,
+    /// Compute top-k and logZ inside the teacher graph (`--postprocess graph`) instead of on
+    /// the host from every logit.
+    pub in_graph: bool,
     /// Where sessions run: session i on `devices[i % len]` (`--device`).
     pub devices: Vec<crate::runtime::Device>,
     /// What to do with an existing output directory.
@@ -231,6 +234,7 @@ impl Default for BuildOptions {
             sessions: 1,
             intra_threads: 1,
             devices: vec![crate::runtime::Device::Cpu],
+            in_graph: false,
             mode: CreateMode::New,
             worker: None,
             skip_non_finite: false,
@@ -361,6 +365,7 @@ pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<B
         "devices": devices.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
         "providers": devices.iter().map(|d| d.provider()).collect::<Vec<_>>(),
         "note": device_note,
+        "postprocess": if o.in_graph { "graph" } else { "host" },
     }));
     // The sessions run on the resolved devices (`auto` decided once, here).
     let resolved = BuildOptions {

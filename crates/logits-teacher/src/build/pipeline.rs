@@ -304,7 +304,21 @@ fn run_batch(plan: &Plan, session: &mut ort::session::Session, batch: Payload) -
     let sess_err = |message: String| session_error(plan, message);
     let mut run = session.run(values).map_err(|e| sess_err(e.to_string()))?;
     let mut outputs = HashMap::new();
-    let names = std::iter::once(&plan.target).chain(plan.features.iter().map(|f| &f.req.tensor));
+    let post = [
+        logits_onnx::surgery::post::VALUES,
+        logits_onnx::surgery::post::INDICES,
+        logits_onnx::surgery::post::LOGZ,
+        logits_onnx::surgery::post::SUM_MIN,
+    ]
+    .map(String::from);
+    let targets: &[String] = if plan.in_graph {
+        &post
+    } else {
+        std::slice::from_ref(&plan.target)
+    };
+    let names = targets
+        .iter()
+        .chain(plan.features.iter().map(|f| &f.req.tensor));
     for name in names {
         if !outputs.contains_key(name) {
             let v = run

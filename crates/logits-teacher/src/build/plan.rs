@@ -122,6 +122,9 @@ pub(super) struct Plan {
     pub skip_non_finite: bool,
     /// Set once a batch of the target has been checked for probabilities written as logits.
     pub kind_checked: AtomicBool,
+    /// Top-k and logZ come from the graph's own TopK and ReduceLogSumExp outputs
+    /// (`surgery::post`), not from the target's every logit.
+    pub in_graph: bool,
 }
 
 impl Plan {
@@ -136,7 +139,7 @@ impl Plan {
             // say): exposed like a feature; one that is already an output stays as it is.
             expose.push(t.clone());
         }
-        let teacher = TeacherModel::open(&o.model, &expose)?;
+        let mut teacher = TeacherModel::open(&o.model, &expose)?;
         let target = teacher.target_output(o.target.as_deref())?.clone();
         let model = o.model.display().to_string();
         let mut kind = teacher.kind(&target.name);
@@ -367,7 +370,26 @@ impl Plan {
                 gib(avail)
             )));
         }
+        if o.in_graph {
+            // What the graph path cannot do is refused, not quietly done on the host.
+            let why = if kind == OutputKind::Softmax {
+                Some(
+                    "the target holds probabilities (stored as their logarithms, taken on the host)",
+                )
+            } else if o.sample.is_some() {
+                Some("--sample draws from every class's probability, on the host")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(TeacherError::Options(format!(
+                    "--postprocess graph: {why}; use --postprocess host (the default)"
+                )));
+            }
+            teacher.postprocess_in_graph(&target.name, o.k as usize, &o.temperatures)?;
+        }
         let plan = Plan {
+            in_graph: o.in_graph,
             teacher,
             feed,
             target: target.name.clone(),

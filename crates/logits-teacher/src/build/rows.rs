@@ -11,7 +11,9 @@ use logits_format::manifest::Pooling;
 use logits_format::rows::{
     FeatureValues, InputValues, RowBatch, Targets, TensorValues, input_hash_v1,
 };
-use logits_format::targets::{PositionTargets, position_targets_ahead, sample_counts};
+use logits_format::targets::{
+    PositionTargets, position_targets_ahead, sample_counts, targets_from_top,
+};
 use logits_onnx::surgery::OutputKind;
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -173,6 +175,98 @@ fn targets_of(
     out
 }
 
+/// Targets from the graph's own post-processing outputs (`--postprocess graph`): its TopK
+/// values and indices `[n, (l,) k]` and logZ `[n, (l,) |T|]`, for the kept positions `cells`,
+/// with the adaptive rule applied here as on the host. A position whose logZ or kept values
+/// are not finite gives `Err((position, value))`. The guard against probabilities stored as
+/// logits reads the first batch off the same outputs: every logZ near 0 with every kept value
+/// in [0, 1].
+#[allow(clippy::type_complexity)]
+fn graph_targets(
+    plan: &Plan,
+    outputs: &Outputs,
+    n: usize,
+    l: usize,
+    cells: &[Vec<usize>],
+) -> Result<Vec<std::result::Result<Vec<(PositionTargets, Option<Draws>)>, (usize, f32)>>> {
+    use logits_onnx::surgery::post;
+    let err = |message: String| session_error(plan, message);
+    let (vshape, values) = output_f32(plan, outputs, post::VALUES)?;
+    let ids = outputs
+        .get(post::INDICES)
+        .ok_or_else(|| err(format!("no output {:?}", post::INDICES)))?
+        .try_extract_tensor::<i64>()
+        .map_err(|e| err(format!("output {:?}: {e}", post::INDICES)))?
+        .1;
+    let logz = outputs
+        .get(post::LOGZ)
+        .ok_or_else(|| err(format!("no output {:?}", post::LOGZ)))?
+        .try_extract_tensor::<f64>()
+        .map_err(|e| err(format!("output {:?}: {e}", post::LOGZ)))?
+        .1;
+    let k = vshape.last().copied().unwrap_or(0).max(0) as usize;
+    let nt = plan.temps.len() + 1;
+    if values.len() != n * l * k || ids.len() != values.len() || logz.len() != n * l * nt {
+        return Err(err(format!(
+            "in-graph top-k outputs have {} values, {} ids and {} logZ for {n} rows × {l} positions, k = {k}, {nt} temperatures",
+            values.len(),
+            ids.len(),
+            logz.len()
+        )));
+    }
+    if plan.kind == OutputKind::Logits && !plan.kind_checked.swap(true, Ordering::Relaxed) {
+        let sum_min = outputs
+            .get(post::SUM_MIN)
+            .ok_or_else(|| err(format!("no output {:?}", post::SUM_MIN)))?
+            .try_extract_tensor::<f64>()
+            .map_err(|e| err(format!("output {:?}: {e}", post::SUM_MIN)))?
+            .1;
+        // The same test as the host path's, on the graph's row sums and minima: every row in
+        // [0, 1] (its minimum ≥ 0, its top value ≤ 1) and summing to 1.
+        let looks = plan.axis >= 2
+            && !sum_min.is_empty()
+            && sum_min
+                .chunks(2)
+                .all(|c| (c[0] - 1.0).abs() <= 1e-3 && c[1] >= -1e-6)
+            && values.iter().all(|&x| x <= 1.0 + 1e-6);
+        if looks {
+            return Err(TeacherError::Options(format!(
+                "{}: target {:?} holds probabilities, not logits (every row of the first batch lies in [0, 1] and sums to 1), though the graph does not end in a recognised softmax; stored as logits, every log-probability would be wrong. Pass --output-is-probability (with --postprocess host) to store them as log-probabilities, or pass the pre-softmax logits (`logits-build inspect-model` lists the graph's tensors) as --target",
+                plan.teacher.path.display(),
+                plan.target
+            )));
+        }
+    }
+    let mut out = Vec::with_capacity(cells.len());
+    for (r, ps) in cells.iter().enumerate() {
+        let mut kept = Ok(Vec::with_capacity(ps.len()));
+        for &p in ps {
+            let c = r * l + p;
+            let v = &values[c * k..(c + 1) * k];
+            let z = &logz[c * nt..(c + 1) * nt];
+            let bad = z
+                .iter()
+                .map(|&x| x as f32)
+                .chain(v.iter().copied())
+                .find(|x| !x.is_finite());
+            if let Some(value) = bad {
+                kept = Err((p, value));
+                break;
+            }
+            let top: Vec<(u32, f32)> = ids[c * k..(c + 1) * k]
+                .iter()
+                .zip(v)
+                .map(|(&i, &x)| (i as u32, x))
+                .collect();
+            if let Ok(list) = &mut kept {
+                list.push((targets_from_top(top, z, plan.adaptive), None));
+            }
+        }
+        out.push(kept);
+    }
+    Ok(out)
+}
+
 /// The first non-finite value of each row's features, if any: (row, tensor, value).
 fn bad_features(
     plan: &Plan,
@@ -235,12 +329,22 @@ pub(super) fn tensor_rows(
     outputs: &Outputs,
 ) -> Result<(RowBatch, Vec<u64>)> {
     let n = b.row_ids.len();
-    let (shape, raw) = output_f32(plan, outputs, &plan.target)?;
+    // Every logit (host post-processing), or the graph's top-k, whose last axis is k.
+    let (shape, raw) = if plan.in_graph {
+        let (s, _) = output_f32(plan, outputs, logits_onnx::surgery::post::VALUES)?;
+        (s, None)
+    } else {
+        let (s, raw) = output_f32(plan, outputs, &plan.target)?;
+        (s, Some(raw))
+    };
+    let last = if plan.in_graph {
+        shape.last().copied().unwrap_or(-1)
+    } else {
+        plan.axis as i64
+    };
     let l = match (plan.per_position, shape.as_slice()) {
-        (false, [rows, c]) if *rows == n as i64 && *c == plan.axis as i64 => 1,
-        (true, [rows, t, c]) if *rows == n as i64 && *c == plan.axis as i64 && *t >= 0 => {
-            *t as usize
-        }
+        (false, [rows, c]) if *rows == n as i64 && *c == last => 1,
+        (true, [rows, t, c]) if *rows == n as i64 && *c == last && *t >= 0 => *t as usize,
         _ => {
             return Err(session_error(
                 plan,
@@ -253,7 +357,7 @@ pub(super) fn tensor_rows(
             ));
         }
     };
-    let logits = target_values(plan, &raw)?;
+    let logits = raw.as_deref().map(|r| target_values(plan, r)).transpose()?;
     // The positions kept: all, or those the mask input marks.
     let cells: Vec<Vec<usize>> = match &plan.mask {
         None => vec![(0..l).collect(); n],
@@ -281,7 +385,10 @@ pub(super) fn tensor_rows(
             cells
         }
     };
-    let targets = targets_of(plan, &logits, l, &cells, &b.row_ids);
+    let targets = match &logits {
+        Some(z) => targets_of(plan, z, l, &cells, &b.row_ids),
+        None => graph_targets(plan, outputs, n, l, &cells)?,
+    };
     let feats = feature_values(plan, outputs, n)?;
     let widths: Vec<usize> = plan.features.iter().map(|f| f.width).collect();
     let fbad = bad_features(plan, &feats, n, &|r, fi| {
@@ -420,11 +527,22 @@ pub(super) fn text_rows(
     let lens: Vec<usize> = windows.iter().map(|w| w.ids.len()).collect();
     // The vocabulary-sized output is read in place (no copy): it is the largest buffer of a
     // language-model build.
-    let (shape, raw) = output_f32(plan, outputs, &plan.target)?;
-    let want: Vec<i64> = if plan.per_position {
-        vec![n as i64, l as i64, plan.axis as i64]
+    let (shape, raw) = if plan.in_graph {
+        let (s, _) = output_f32(plan, outputs, logits_onnx::surgery::post::VALUES)?;
+        (s, None)
     } else {
-        vec![n as i64, plan.axis as i64]
+        let (s, raw) = output_f32(plan, outputs, &plan.target)?;
+        (s, Some(raw))
+    };
+    let last = if plan.in_graph {
+        plan.k as i64
+    } else {
+        plan.axis as i64
+    };
+    let want: Vec<i64> = if plan.per_position {
+        vec![n as i64, l as i64, last]
+    } else {
+        vec![n as i64, last]
     };
     if shape != want {
         return Err(session_error(
@@ -435,14 +553,17 @@ pub(super) fn text_rows(
             ),
         ));
     }
-    let logits = target_values(plan, &raw)?;
+    let logits = raw.as_deref().map(|r| target_values(plan, r)).transpose()?;
     let row_ids: Vec<u64> = windows.iter().map(|w| w.row_id).collect();
     let (tl, cells): (usize, Vec<Vec<usize>>) = if plan.per_position {
         (l, lens.iter().map(|&len| (0..len).collect()).collect())
     } else {
         (1, vec![vec![0]; n])
     };
-    let targets = targets_of(plan, &logits, tl, &cells, &row_ids);
+    let targets = match &logits {
+        Some(z) => targets_of(plan, z, tl, &cells, &row_ids),
+        None => graph_targets(plan, outputs, n, tl, &cells)?,
+    };
     let feats = feature_values(plan, outputs, n * l)?;
     let widths: Vec<usize> = plan.features.iter().map(|f| f.width).collect();
     let fbad = bad_features(plan, &feats, n, &|r, fi| {
