@@ -698,7 +698,7 @@ pub fn append_postprocess(
             )
         }
     };
-    if opset >= 13 && opset < 18 {
+    if (13..18).contains(&opset) {
         g.initializer.push(init(
             "logits.post.axes",
             INT64,
