@@ -9,9 +9,11 @@
 //! four blocks of width 512 (a small real teacher).
 //!
 //! Run: `cargo bench --bench build` (ONNX Runtime from ORT_DYLIB_PATH or scripts/fetch-ort.sh's
-//! cache); `-- classifier`, `-- classifier-1k`, `-- zoo`, `-- lm` or `-- lm-small` runs one
+//! cache); `-- classifier`, `-- classifier-1k`, `-- zoo`, `-- lm`, `-- lm-small` or
+//! `-- postprocess` (host against in-graph top-k and logZ) runs one
 //! part only (`zoo`: the CNN and the BERT sequence classifier of the teacher-family matrix, as
-//! torch.onnx and transformers exported them). `LOGITS_BUILD_BIN`
+//! torch.onnx and transformers exported them); `-- gpu` (only when asked, with
+//! `LOGITS_BENCH_DEVICE=cuda:N`: scripts/gpu-check.sh) is the GPU check. `LOGITS_BUILD_BIN`
 //! points at another `logits-build` binary and `LOGITS_ROOT` at the repository (for running the
 //! benchmark on another machine), `LOGITS_BENCH_CONFIGS=SxT,...` picks sessions × threads.
 //! Figures are recorded in BENCHMARKS.md.
@@ -19,7 +21,16 @@
 use std::fs::File;
 use std::path::Path;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Instant;
+
+/// `LOGITS_BENCH_DEVICE` (e.g. `cuda:0`): where bare ONNX Runtime and the builds run (the CPU
+/// when unset). Read once, in `main`.
+static DEVICE: OnceLock<Option<logits_teacher::runtime::Device>> = OnceLock::new();
+
+fn device() -> Option<logits_teacher::runtime::Device> {
+    DEVICE.get().copied().flatten()
+}
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Float32Type;
@@ -98,7 +109,10 @@ fn bare_ort_shaped(
         for w in 0..sessions {
             let teacher = &teacher;
             s.spawn(move || {
-                let mut sess = teacher.session(threads).expect("session");
+                let mut sess = match device() {
+                    Some(d) => teacher.device_session(threads, d).expect("session").0,
+                    None => teacher.session(threads).expect("session"),
+                };
                 let mut at = w * batch;
                 while at < rows {
                     let n = batch.min(rows - at);
@@ -159,6 +173,12 @@ fn build_with(
             vec!["-k", "5", "--temperatures", "2,4"]
         })
         .args(["--rows-per-shard", "50000", "--json", "--overwrite"])
+        .args(
+            device()
+                .filter(|_| !extra.contains(&"--device"))
+                .map(|d| vec!["--device".to_string(), d.to_string()])
+                .unwrap_or_default(),
+        )
         .args([
             "--batch-size",
             &batch.to_string(),
@@ -193,7 +213,10 @@ fn bare_lm(
         for w in 0..sessions {
             let teacher = &teacher;
             s.spawn(move || {
-                let mut sess = teacher.session(threads).expect("session");
+                let mut sess = match device() {
+                    Some(d) => teacher.device_session(threads, d).expect("session").0,
+                    None => teacher.session(threads).expect("session"),
+                };
                 let mut at = w * batch;
                 while at < windows.len() {
                     let chunk = &windows[at..(at + batch).min(windows.len())];
@@ -336,8 +359,13 @@ fn configs(defaults: &[(usize, usize, usize)]) -> Vec<(usize, usize, usize)> {
 /// A random GPT-style teacher over a 32,000-entry vocabulary, written by the student's
 /// exporter (so no Python is needed to make it).
 fn lm_teacher(path: &Path, dim: usize, layers: usize, heads: usize) {
+    lm_teacher_vocab(path, 32_000, dim, layers, heads)
+}
+
+/// [`lm_teacher`] over `vocab` entries.
+fn lm_teacher_vocab(path: &Path, vocab: usize, dim: usize, layers: usize, heads: usize) {
     let spec = logits_student::transformer::GptSpec {
-        vocab: 32_000,
+        vocab,
         context: 128,
         dim,
         layers,
@@ -440,6 +468,10 @@ fn lm(root: &Path, tmp: &Path, model: &Path, name: &str) {
 fn main() {
     // The same allocator setting as the binaries, so both sides of each ratio run alike.
     logits::keep_freed_memory();
+    let _ = DEVICE.set(std::env::var("LOGITS_BENCH_DEVICE").ok().map(|d| {
+        d.parse()
+            .unwrap_or_else(|e| panic!("LOGITS_BENCH_DEVICE: {e}"))
+    }));
     // LOGITS_ROOT: the repository when the benchmark binary runs away from where it was built.
     let root_dir =
         std::env::var("LOGITS_ROOT").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
@@ -473,6 +505,12 @@ fn main() {
             "random GPT, 4 blocks of width 512, 8 heads",
         ),
     ];
+    if run("postprocess") {
+        postprocess(root, dir.path());
+    }
+    if parts.iter().any(|p| p == "gpu") {
+        gpu(root, dir.path());
+    }
     for (part, (dim, layers, heads), name) in teachers {
         if run(part) {
             let model = dir.path().join(format!("{part}.onnx"));
@@ -660,4 +698,223 @@ fn zoo_sequence_classifier(root: &Path, tmp: &Path) {
             b / bare
         );
     }
+}
+
+/// `--postprocess host` against `--postprocess graph` (TopK and ReduceLogSumExp in the teacher
+/// graph), same corpus, batch, sessions and threads: the
+/// digits classifier, and per token the projection-only and 4-block random LMs over 32,000
+/// entries and the projection-only one over 128,256 (a Llama-3-sized vocabulary), whose peak
+/// RSS is compared too.
+fn postprocess(root: &Path, tmp: &Path) {
+    let host = ["--postprocess", "host"];
+    let graph = ["--postprocess", "graph"];
+    let model = root.join("fixtures/digits/digits_teacher.onnx");
+    let src = read(&root.join("fixtures/digits/train.parquet"));
+    let c = tmp.join("pp_x100.parquet");
+    let rows = replicate(&src, 100, &c);
+    println!(
+        "\npost-processing on the host vs in the graph: digits teacher, {rows} rows, k=5, logZ at T=1, 2, 4, batch 256"
+    );
+    println!(
+        "{:>9} {:>8} {:>12} {:>12} {:>7}",
+        "sessions", "threads", "host r/s", "graph r/s", "ratio"
+    );
+    for (_, sessions, threads) in configs(&[(256, 1, 1), (256, 1, 2)]) {
+        let best = |extra: &[&str]| {
+            (0..3)
+                .map(|_| build_with(&model, &c, &tmp.join("pp"), 256, sessions, threads, extra).0)
+                .fold(0.0, f64::max)
+        };
+        let (h, g) = (best(&host), best(&graph));
+        println!(
+            "{sessions:>9} {threads:>8} {h:>12.0} {g:>12.0} {:>7.3}",
+            g / h
+        );
+    }
+    let tok = root.join("fixtures/tinylm/tokenizer.json");
+    let src = std::fs::read_to_string(root.join("fixtures/tinylm/train.jsonl")).expect("corpus");
+    let c3 = tmp.join("pp_lm.jsonl");
+    std::fs::write(&c3, src.repeat(3)).expect("write");
+    let lm_args = |mode: &'static str| {
+        vec![
+            "--tokenizer".to_string(),
+            tok.display().to_string(),
+            "--window".into(),
+            "128".into(),
+            "--values".into(),
+            "int8".into(),
+            "-k".into(),
+            "32".into(),
+            "--temperatures".into(),
+            "2".into(),
+            "--postprocess".into(),
+            mode.into(),
+        ]
+    };
+    println!(
+        "\nper token, window 128, batch 16, k=32, int8, logZ at T=1 and 2 (tiny corpus x3): tokens/s as rows/s of windows; peak RSS of the build"
+    );
+    println!(
+        "{:<44} {:>9} {:>8} {:>10} {:>10} {:>7} {:>10} {:>10}",
+        "teacher", "sessions", "threads", "host r/s", "graph r/s", "ratio", "host MiB", "graph MiB"
+    );
+    for (name, vocab, dim, layers, heads) in [
+        ("projection-only LM, 32,000 entries", 32_000, 256, 0, 4),
+        ("4-block LM (width 512), 32,000 entries", 32_000, 512, 4, 8),
+        ("projection-only LM, 128,256 entries", 128_256, 256, 0, 4),
+    ] {
+        let model = tmp.join(format!("pp_{vocab}_{layers}.onnx"));
+        lm_teacher_vocab(&model, vocab, dim, layers, heads);
+        for (_, sessions, threads) in configs(&[(16, 1, 2), (16, 2, 1)]) {
+            let run = |mode: &'static str| {
+                let a = lm_args(mode);
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                (0..2)
+                    .map(|_| build_with(&model, &c3, &tmp.join("pplm"), 16, sessions, threads, &a))
+                    .fold((0.0, 0.0), |acc, r| {
+                        (f64::max(acc.0, r.0), f64::max(acc.1, r.1))
+                    })
+            };
+            let (h, hr) = run("host");
+            let (g, gr) = run("graph");
+            println!(
+                "{name:<44} {sessions:>9} {threads:>8} {h:>10.1} {g:>10.1} {:>7.3} {:>10.1} {:>10.1}",
+                g / h,
+                hr / 1048576.0,
+                gr / 1048576.0
+            );
+        }
+    }
+}
+
+/// The GPU check (`scripts/gpu-check.sh`; needs `LOGITS_BENCH_DEVICE=cuda:N` and the GPU build
+/// of ONNX Runtime): per token over two teachers written here by the student's exporter, a
+/// GPT-2-small-shaped one (12 blocks of width 768, 50,257 entries) and one with Llama-3's
+/// vocabulary (128,256 entries, 4 blocks of width 1,024; GPT-2's block design, not Llama's):
+/// tokens/s of bare ONNX Runtime on the GPU, of the build on the GPU with the post-processing
+/// in the graph and on the host, and of the CPU build; then the GPU and CPU shards compared.
+fn gpu(root: &Path, tmp: &Path) {
+    let Some(d) = device() else {
+        panic!("the gpu part needs LOGITS_BENCH_DEVICE=cuda:N (scripts/gpu-check.sh sets it)");
+    };
+    let tok = root.join("fixtures/tinylm/tokenizer.json");
+    let src = std::fs::read_to_string(root.join("fixtures/tinylm/train.jsonl")).expect("corpus");
+    let c = tmp.join("gpu.jsonl");
+    std::fs::write(&c, src.repeat(3)).expect("write");
+    let corpus = logits_teacher::text::TextCorpus::open(
+        &[logits_teacher::text::TextSource::guess(&c, "text")],
+        None,
+        &tok,
+        128,
+        128,
+    )
+    .expect("text corpus");
+    let mut windows = Vec::new();
+    corpus
+        .read_each(0..corpus.rows(), 1024, |b| {
+            windows.extend(b.into_iter().map(|w| w.ids));
+            true
+        })
+        .expect("read");
+    let batch = 16;
+    println!(
+        "\nGPU check on {d}: {} windows of <= 128 tokens, batch {batch}, k=32, int8, logZ at T=1 and 2 (rows/s are windows/s)",
+        windows.len()
+    );
+    println!(
+        "{:<36} {:>10} {:>10} {:>7} {:>10} {:>7} {:>10} {:>8} {:>10} {:>10}",
+        "teacher",
+        "bare r/s",
+        "graph r/s",
+        "ratio",
+        "host r/s",
+        "ratio",
+        "CPU r/s",
+        "ids =",
+        "values Δ",
+        "logZ Δ"
+    );
+    let args = |mode: &str, dev: &str| -> Vec<String> {
+        [
+            "--tokenizer",
+            tok.to_str().expect("utf8"),
+            "--window",
+            "128",
+            "--values",
+            "int8",
+            "-k",
+            "32",
+            "--temperatures",
+            "2",
+            "--postprocess",
+            mode,
+            "--device",
+            dev,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    for (name, vocab, dim, layers, heads) in [
+        ("GPT-2-small shape, 50,257 entries", 50_257, 768, 12, 12),
+        ("128,256 entries, 4 blocks of 1,024", 128_256, 1024, 4, 16),
+    ] {
+        let model = tmp.join(format!("gpu_{vocab}.onnx"));
+        lm_teacher_vocab(&model, vocab, dim, layers, heads);
+        let _ = bare_lm(&model, &windows[..windows.len().min(32)], batch, 1, 1);
+        let bare = bare_lm(&model, &windows, batch, 1, 1);
+        let run = |mode: &str, dev: &str, out: &str| {
+            let a = args(mode, dev);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            build_with(&model, &c, &tmp.join(out), batch, 1, 2, &a).0
+        };
+        let g = run("graph", &d.to_string(), "gpu_graph");
+        let h = run("host", &d.to_string(), "gpu_host");
+        let cpu = run("host", "cpu", "gpu_cpu");
+        let (same, n, dv, dz) = compare_targets(&tmp.join("gpu_cpu"), &tmp.join("gpu_graph"));
+        println!(
+            "{name:<36} {bare:>10.1} {g:>10.1} {:>7.3} {h:>10.1} {:>7.3} {cpu:>10.1} {:>7.2}% {dv:>10.2e} {dz:>10.2e}",
+            g / bare,
+            h / bare,
+            100.0 * same as f64 / n.max(1) as f64
+        );
+    }
+}
+
+/// Positions whose ids agree, positions, the largest |value| difference where they agree and
+/// the largest relative logZ difference between two builds of the same corpus.
+fn compare_targets(a: &Path, b: &Path) -> (usize, usize, f64, f64) {
+    use logits_format::{Dataset, ReadOptions};
+    let read = |p: &Path| {
+        let ds = Dataset::open(p).expect("dataset");
+        let mut s = ds.stream(&ReadOptions::default()).expect("stream");
+        let mut out = Vec::new();
+        while let Some(x) = s.next_rows() {
+            out.push(x.expect("batch").targets.expect("targets"));
+        }
+        out
+    };
+    let (mut same, mut n, mut dv, mut dz) = (0, 0, 0.0f64, 0.0f64);
+    for (x, y) in read(a).iter().zip(&read(b)) {
+        let (kx, ky) = (
+            x.topk.as_ref().expect("topk"),
+            y.topk.as_ref().expect("topk"),
+        );
+        for p in 0..x.logz.len().min(y.logz.len()) {
+            n += 1;
+            let (rx, ry) = (
+                kx.offsets[p]..kx.offsets[p + 1],
+                ky.offsets[p]..ky.offsets[p + 1],
+            );
+            if kx.ids[rx.clone()] == ky.ids[ry.clone()] {
+                same += 1;
+                for (u, v) in kx.logits[rx].iter().zip(&ky.logits[ry]) {
+                    dv = dv.max((u - v).abs() as f64);
+                }
+            }
+            let (u, v) = (x.logz[p] as f64, y.logz[p] as f64);
+            dz = dz.max((u - v).abs() / u.abs().max(1e-30));
+        }
+    }
+    (same, n, dv, dz)
 }
