@@ -391,21 +391,7 @@ fn lm(root: &Path, tmp: &Path, model: &Path, name: &str) {
     std::fs::write(&c1, &src).expect("write");
     std::fs::write(&c10, src.repeat(10)).expect("write");
     let (window, batch) = (128usize, 16usize);
-    let corpus = logits_teacher::text::TextCorpus::open(
-        &[logits_teacher::text::TextSource::guess(&c1, "text")],
-        None,
-        &tok,
-        window,
-        window,
-    )
-    .expect("text corpus");
-    let mut windows = Vec::new();
-    corpus
-        .read_each(0..corpus.rows(), 1024, |b| {
-            windows.extend(b.into_iter().map(|w| w.ids));
-            true
-        })
-        .expect("read");
+    let windows = token_windows(&c1, &tok, window);
     let positions: usize = windows.iter().map(Vec::len).sum();
     // A 1x build lasts a few seconds, of which loading and hashing the model and tokenizing
     // the corpus are a tenth: throughput is measured on 10x.
@@ -642,21 +628,7 @@ fn zoo_sequence_classifier(root: &Path, tmp: &Path) {
     let src = std::fs::read_to_string(root.join("fixtures/zoo/docs.jsonl")).expect("docs");
     let c = tmp.join("docs40.jsonl");
     std::fs::write(&c, src.repeat(40)).expect("write");
-    let corpus = logits_teacher::text::TextCorpus::open(
-        &[logits_teacher::text::TextSource::guess(&c, "text")],
-        None,
-        &tok,
-        64,
-        64,
-    )
-    .expect("text corpus");
-    let mut windows = Vec::new();
-    corpus
-        .read_each(0..corpus.rows(), 1024, |b| {
-            windows.extend(b.into_iter().map(|w| w.ids));
-            true
-        })
-        .expect("read");
+    let windows = token_windows(&c, &tok, 64);
     let batch = 32;
     println!(
         "\nzoo BERT sequence classifier (transformers, 2 layers of width 64, 5 classes), {} windows of <= 64 tokens, k=3, batch {batch}",
@@ -801,21 +773,7 @@ fn gpu(root: &Path, tmp: &Path) {
     let src = std::fs::read_to_string(root.join("fixtures/tinylm/train.jsonl")).expect("corpus");
     let c = tmp.join("gpu.jsonl");
     std::fs::write(&c, src.repeat(3)).expect("write");
-    let corpus = logits_teacher::text::TextCorpus::open(
-        &[logits_teacher::text::TextSource::guess(&c, "text")],
-        None,
-        &tok,
-        128,
-        128,
-    )
-    .expect("text corpus");
-    let mut windows = Vec::new();
-    corpus
-        .read_each(0..corpus.rows(), 1024, |b| {
-            windows.extend(b.into_iter().map(|w| w.ids));
-            true
-        })
-        .expect("read");
+    let windows = token_windows(&c, &tok, 128);
     let batch = 16;
     println!(
         "\nGPU check on {d}: {} windows of <= 128 tokens, batch {batch}, k=32, int8, logZ at T=1 and 2 (rows/s are windows/s)",
@@ -917,4 +875,24 @@ fn compare_targets(a: &Path, b: &Path) -> (usize, usize, f64, f64) {
         }
     }
     (same, n, dv, dz)
+}
+
+/// The token windows (`window` tokens, no overlap) of a JSON-lines text corpus.
+fn token_windows(corpus: &Path, tok: &Path, window: usize) -> Vec<Vec<u32>> {
+    let corpus = logits_teacher::text::TextCorpus::open(
+        &[logits_teacher::text::TextSource::guess(corpus, "text")],
+        None,
+        tok,
+        window,
+        window,
+    )
+    .expect("text corpus");
+    let mut windows = Vec::new();
+    corpus
+        .read_each(0..corpus.rows(), 1024, |b| {
+            windows.extend(b.into_iter().map(|w| w.ids));
+            true
+        })
+        .expect("read");
+    windows
 }

@@ -75,6 +75,23 @@ fn output_f32<'a>(
     float_values(v).map_err(|e| err(format!("output {name:?}: {e}")))
 }
 
+/// The target as the session returned it — every logit (host post-processing), or the
+/// graph's top-k values — with its shape and the size its last axis must have (the classes,
+/// or k).
+#[allow(clippy::type_complexity)]
+fn target_output<'a>(
+    plan: &Plan,
+    outputs: &'a Outputs,
+) -> Result<(Vec<i64>, Option<std::borrow::Cow<'a, [f32]>>, i64)> {
+    if plan.in_graph {
+        let (s, _) = output_f32(plan, outputs, logits_onnx::surgery::post::VALUES)?;
+        Ok((s, None, plan.k as i64))
+    } else {
+        let (s, raw) = output_f32(plan, outputs, &plan.target)?;
+        Ok((s, Some(raw), plan.axis as i64))
+    }
+}
+
 /// The guard against storing probabilities as logits: on the first batch post-processed, a
 /// target the graph does not show to be a softmax (a softmax written as Exp → ReduceSum →
 /// Div, say) whose every row lies in [0, 1] and sums to 1 stops the build, saying what to do.
@@ -329,19 +346,7 @@ pub(super) fn tensor_rows(
     outputs: &Outputs,
 ) -> Result<(RowBatch, Vec<u64>)> {
     let n = b.row_ids.len();
-    // Every logit (host post-processing), or the graph's top-k, whose last axis is k.
-    let (shape, raw) = if plan.in_graph {
-        let (s, _) = output_f32(plan, outputs, logits_onnx::surgery::post::VALUES)?;
-        (s, None)
-    } else {
-        let (s, raw) = output_f32(plan, outputs, &plan.target)?;
-        (s, Some(raw))
-    };
-    let last = if plan.in_graph {
-        shape.last().copied().unwrap_or(-1)
-    } else {
-        plan.axis as i64
-    };
+    let (shape, raw, last) = target_output(plan, outputs)?;
     let l = match (plan.per_position, shape.as_slice()) {
         (false, [rows, c]) if *rows == n as i64 && *c == last => 1,
         (true, [rows, t, c]) if *rows == n as i64 && *c == last && *t >= 0 => *t as usize,
@@ -527,18 +532,7 @@ pub(super) fn text_rows(
     let lens: Vec<usize> = windows.iter().map(|w| w.ids.len()).collect();
     // The vocabulary-sized output is read in place (no copy): it is the largest buffer of a
     // language-model build.
-    let (shape, raw) = if plan.in_graph {
-        let (s, _) = output_f32(plan, outputs, logits_onnx::surgery::post::VALUES)?;
-        (s, None)
-    } else {
-        let (s, raw) = output_f32(plan, outputs, &plan.target)?;
-        (s, Some(raw))
-    };
-    let last = if plan.in_graph {
-        plan.k as i64
-    } else {
-        plan.axis as i64
-    };
+    let (shape, raw, last) = target_output(plan, outputs)?;
     let want: Vec<i64> = if plan.per_position {
         vec![n as i64, l as i64, last]
     } else {
