@@ -101,9 +101,11 @@ fn unreadable_inputs_exit_1_with_the_file_named() {
     let dir = tempfile::tempdir().unwrap();
     dataset(dir.path());
     let m = dir.path().join("manifest.json");
-    let s = fs::read_to_string(&m)
-        .unwrap()
-        .replacen("\"format_version\": \"1.", "\"format_version\": \"3.", 1);
+    let s = fs::read_to_string(&m).unwrap().replacen(
+        "\"format_version\": \"1.",
+        "\"format_version\": \"3.",
+        1,
+    );
     fs::write(&m, s).unwrap();
     let o = inspect(&[dir.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
