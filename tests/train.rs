@@ -902,3 +902,26 @@ fn train_help_shows_the_defaults() {
     }
     assert!(help.matches("[default:").count() >= 25, "{help}");
 }
+
+/// Datasets whose f16 values carry the exact tail (format 1.1) train: the loader reads the
+/// tail column they are decoded against.
+#[test]
+fn half_precision_datasets_with_the_exact_tail_train() {
+    let d = tempfile::tempdir().unwrap();
+    let ds = d.path().join("f16");
+    let mut a = common::digits_build_args(ds.to_str().unwrap());
+    a.extend(["--values".to_string(), "f16".to_string()]);
+    let o = common::logits_build(&a);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let out = d.path().join("run");
+    let o = common::logits_train(&[
+        "train",
+        ds.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", common::text(&o));
+}

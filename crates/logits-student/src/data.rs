@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
 
-use logits_format::manifest::{FeatureEncoding, Granularity, ValueEncoding};
+use logits_format::manifest::{FeatureEncoding, Granularity};
 use logits_format::rows::SampledEntries;
 use logits_format::schema;
 use logits_format::{Dataset, ReadOptions, RowBatch};
@@ -621,7 +621,8 @@ pub(crate) fn target_columns(
             ));
         }
         columns.extend([schema::TOPK_IDS, schema::TOPK_VALUES, schema::LOGZ].map(String::from));
-        if t.values == ValueEncoding::Int8 {
+        // int8, and f16/bf16 from format 1.1, decode against the stored exact tail.
+        if t.has_logtail() {
             columns.push(schema::TOPK_LOGTAIL.into());
         }
         if !t.temperatures.is_empty() {
