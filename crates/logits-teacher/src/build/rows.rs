@@ -92,6 +92,22 @@ fn target_output<'a>(
     }
 }
 
+/// The data of a session output of element type `T` (the graph path's ids, logZ, sums).
+fn output_of<'a, T: ort::value::PrimitiveTensorElementType>(
+    plan: &Plan,
+    outputs: &'a Outputs,
+    name: &str,
+) -> Result<&'a [T]> {
+    let err = |message: String| session_error(plan, message);
+    let v = outputs
+        .get(name)
+        .ok_or_else(|| err(format!("no output {name:?}")))?;
+    let (_, data) = v
+        .try_extract_tensor::<T>()
+        .map_err(|e| err(format!("output {name:?}: {e}")))?;
+    Ok(data)
+}
+
 /// The guard against storing probabilities as logits: on the first batch post-processed, a
 /// target the graph does not show to be a softmax (a softmax written as Exp → ReduceSum →
 /// Div, say) whose every row lies in [0, 1] and sums to 1 stops the build, saying what to do.
@@ -209,18 +225,8 @@ fn graph_targets(
     use logits_onnx::surgery::post;
     let err = |message: String| session_error(plan, message);
     let (vshape, values) = output_f32(plan, outputs, post::VALUES)?;
-    let ids = outputs
-        .get(post::INDICES)
-        .ok_or_else(|| err(format!("no output {:?}", post::INDICES)))?
-        .try_extract_tensor::<i64>()
-        .map_err(|e| err(format!("output {:?}: {e}", post::INDICES)))?
-        .1;
-    let logz = outputs
-        .get(post::LOGZ)
-        .ok_or_else(|| err(format!("no output {:?}", post::LOGZ)))?
-        .try_extract_tensor::<f64>()
-        .map_err(|e| err(format!("output {:?}: {e}", post::LOGZ)))?
-        .1;
+    let ids = output_of::<i64>(plan, outputs, post::INDICES)?;
+    let logz = output_of::<f64>(plan, outputs, post::LOGZ)?;
     let k = vshape.last().copied().unwrap_or(0).max(0) as usize;
     let nt = plan.temps.len() + 1;
     if values.len() != n * l * k || ids.len() != values.len() || logz.len() != n * l * nt {
@@ -232,12 +238,7 @@ fn graph_targets(
         )));
     }
     if plan.kind == OutputKind::Logits && !plan.kind_checked.swap(true, Ordering::Relaxed) {
-        let sum_min = outputs
-            .get(post::SUM_MIN)
-            .ok_or_else(|| err(format!("no output {:?}", post::SUM_MIN)))?
-            .try_extract_tensor::<f64>()
-            .map_err(|e| err(format!("output {:?}: {e}", post::SUM_MIN)))?
-            .1;
+        let sum_min = output_of::<f64>(plan, outputs, post::SUM_MIN)?;
         // The same test as the host path's, on the graph's row sums and minima: every row in
         // [0, 1] (its minimum ≥ 0, its top value ≤ 1) and summing to 1.
         let looks = plan.axis >= 2
