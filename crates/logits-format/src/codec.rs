@@ -48,7 +48,7 @@ fn child_field(dt: &DataType) -> FieldRef {
 }
 
 /// Builds a non-null list array over `child` with `offsets` (which must start at 0).
-fn list_array(column: &str, child: ArrayRef, offsets: &[usize]) -> Result<ArrayRef> {
+pub(crate) fn list_array(column: &str, child: ArrayRef, offsets: &[usize]) -> Result<ArrayRef> {
     if offsets.first() != Some(&0) || offsets.last() != Some(&child.len()) {
         return Err(bad_batch(
             column,
@@ -83,7 +83,7 @@ fn list_array(column: &str, child: ArrayRef, offsets: &[usize]) -> Result<ArrayR
 }
 
 /// Wraps a per-position array in the row level when targets are per position.
-fn per_row(
+pub(crate) fn per_row(
     column: &str,
     g: Granularity,
     arr: ArrayRef,
@@ -362,7 +362,7 @@ pub fn check_rows(manifest: &Manifest, b: &RowBatch) -> Result<()> {
     Ok(())
 }
 
-fn ids_array(enc: IdEncoding, ids: &[u32]) -> ArrayRef {
+pub(crate) fn ids_array(enc: IdEncoding, ids: &[u32]) -> ArrayRef {
     match enc {
         // check_targets guarantees ids < axis_size <= 65,536 for u16.
         IdEncoding::U16 => Arc::new(UInt16Array::from_iter_values(ids.iter().map(|&i| i as u16))),

@@ -34,6 +34,7 @@
 
 pub mod card;
 pub mod codec;
+pub(crate) mod coded;
 pub mod corpus;
 pub mod error;
 pub mod fault;

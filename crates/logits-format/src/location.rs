@@ -437,7 +437,7 @@ pub fn commit(r: &Remote, plan_shards: Option<u32>) -> Result<Manifest> {
         plan_shards,
         "run the missing workers",
     )?;
-    let expected = Schema::new(crate::schema::shard_schema(&draft).fields().clone());
+    let expected = Schema::new(crate::schema::file_schema(&draft).fields().clone());
     let recs: Vec<&ShardRecord> = records.values().collect();
     let next = AtomicUsize::new(0);
     let first_error = std::sync::Mutex::new(None::<(usize, FormatError)>);

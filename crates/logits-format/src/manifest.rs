@@ -13,7 +13,7 @@ pub const FORMAT_NAME: &str = "logits-dataset";
 /// The format major version this library reads and writes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The format minor version this library writes.
-pub const FORMAT_MINOR: u32 = 1;
+pub const FORMAT_MINOR: u32 = 2;
 /// The manifest's file name inside a dataset directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
@@ -409,9 +409,40 @@ pub struct TargetSpec {
     /// datasets, whose f16/bf16 entries are decoded as stored.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exact_tail: bool,
+    /// Context-coded top-k (format 1.2): ids and int8 steps stored together in `topk_coded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coding: Option<Coding>,
+}
+
+/// A coding of the top-k entries (FORMAT.md, "Context-coded top-k").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coding {
+    /// The coding and its version.
+    pub scheme: CodingScheme,
+    /// The input column whose value at each position is the id models' context (a token id
+    /// column of the same length as the row's positions); absent: no context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+/// Named, versioned top-k codings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CodingScheme {
+    /// Adaptive binary range coding of int8 steps and ids, models restarting per row group.
+    #[serde(rename = "ctx-v1")]
+    CtxV1,
 }
 
 impl TargetSpec {
+    /// The most entries a position keeps (0 without top-k).
+    pub fn max_k(&self) -> u64 {
+        match self.topk {
+            Some(TopK::Fixed { k }) => (k as u64).min(self.axis_size),
+            Some(TopK::Adaptive { max_k, .. }) => (max_k as u64).min(self.axis_size),
+            None => 0,
+        }
+    }
+
     /// True when shards carry `topk_logtail` (int8, or f16/bf16 with the exact tail).
     pub fn has_logtail(&self) -> bool {
         self.topk.is_some() && (self.values == ValueEncoding::Int8 || self.exact_tail)
@@ -813,6 +844,30 @@ impl Manifest {
                     "u16 ids cannot address an axis of {} entries",
                     t.axis_size
                 ));
+            }
+            if let Some(c) = &t.coding {
+                if t.topk.is_none() || t.values != ValueEncoding::Int8 {
+                    return Err("coded top-k (targets.coding) needs top-k with int8 values".into());
+                }
+                if let Some(col) = &c.context {
+                    let input = self.inputs.iter().find(|i| &i.column == col);
+                    let integer = input.is_some_and(|i| {
+                        matches!(
+                            i.stored,
+                            DType::Int64
+                                | DType::Int32
+                                | DType::Uint32
+                                | DType::Uint16
+                                | DType::Int8
+                                | DType::Uint8
+                        )
+                    });
+                    if !integer {
+                        return Err(format!(
+                            "the coding's context {col:?} is not an integer input column"
+                        ));
+                    }
+                }
             }
             if let Some(k) = &t.topk {
                 match k {

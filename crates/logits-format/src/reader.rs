@@ -399,6 +399,8 @@ impl BatchStream {
             shards,
             columns: wanted,
             expected: schema::shard_schema(&ds.manifest),
+            file_expected: schema::file_schema(&ds.manifest),
+            coder: Default::default(),
             dataset_id: ds.manifest.dataset_id.clone(),
             chunk_rows: o.batch_size.clamp(1, 4096),
             order_seed,
@@ -537,6 +539,10 @@ struct ReadJob {
     shards: Vec<(PathBuf, ShardEntry)>,
     columns: Vec<String>,
     expected: arrow_schema::SchemaRef,
+    /// The shards' own schema (differs from `expected` for coded top-k).
+    file_expected: arrow_schema::SchemaRef,
+    /// The coded top-k decoder of the shard being read.
+    coder: std::cell::RefCell<Option<Box<crate::coded::BlockCoder>>>,
     dataset_id: String,
     chunk_rows: usize,
     order_seed: Option<u64>,
@@ -746,12 +752,15 @@ impl ReadJob {
         check_shard_key(path, builder.metadata(), entry)?;
         let arrow = builder.schema().clone();
         let mut roots = Vec::new();
-        for c in &self.columns {
+        if let Some(c) = self.coder.borrow_mut().as_mut() {
+            c.forget();
+        }
+        for c in &self.file_columns() {
             let i = arrow.index_of(c).map_err(|_| FormatError::ShardMismatch {
                 path: path.to_path_buf(),
                 message: format!("column {c:?} is missing from the shard"),
             })?;
-            let want = self.expected.field_with_name(c).ok();
+            let want = self.file_expected.field_with_name(c).ok();
             if want.map(|w| w.data_type()) != Some(arrow.field(i).data_type()) {
                 return Err(FormatError::ShardMismatch {
                     path: path.to_path_buf(),
@@ -841,8 +850,69 @@ impl ReadJob {
         Ok(())
     }
 
+    /// The columns to read from the files: the asked-for ones, with coded top-k's
+    /// `topk_coded` (and its context column) in place of `topk_ids` and `topk_values`.
+    fn file_columns(&self) -> Vec<String> {
+        let Some(t) = self.coding() else {
+            return self.columns.clone();
+        };
+        let topk = [schema::TOPK_IDS, schema::TOPK_VALUES];
+        let mut cols: Vec<String> = Vec::new();
+        for c in &self.columns {
+            let c = if topk.contains(&c.as_str()) {
+                schema::TOPK_CODED
+            } else {
+                c.as_str()
+            };
+            if !cols.iter().any(|x| x == c) {
+                cols.push(c.to_string());
+            }
+        }
+        if let Some(ctx) = t.coding.as_ref().and_then(|c| c.context.as_ref())
+            && cols.iter().any(|c| c == schema::TOPK_CODED)
+            && !cols.contains(ctx)
+        {
+            cols.push(ctx.clone());
+        }
+        cols
+    }
+
+    fn coding(&self) -> Option<&crate::manifest::TargetSpec> {
+        self.ds
+            .manifest
+            .targets
+            .as_ref()
+            .filter(|t| t.coding.is_some())
+    }
+
+    /// A batch as read from a file, with coded top-k decoded into the plain columns.
+    fn plain(&self, b: RecordBatch) -> Result<RecordBatch> {
+        let Some(t) = self.coding() else {
+            return Ok(b);
+        };
+        if b.column_by_name(schema::TOPK_CODED).is_none() {
+            return Ok(b);
+        }
+        let fields: Vec<arrow_schema::FieldRef> = self
+            .expected
+            .fields()
+            .iter()
+            .filter(|f| self.columns.contains(f.name()))
+            .cloned()
+            .collect();
+        let out = std::sync::Arc::new(arrow_schema::Schema::new(fields));
+        let mut slot = self.coder.borrow_mut();
+        let coder = slot
+            .get_or_insert_with(|| Box::new(crate::coded::BlockCoder::new(t.axis_size, t.max_k())));
+        crate::coded::arrow::decode_batch(t, &b, &out, coder)
+    }
+
     /// Filters to the row range and sends one batch; false when the receiver is gone.
     fn send(&self, path: &Path, b: RecordBatch, tx: &SyncSender<Chunk>) -> Result<bool> {
+        let b = self.plain(b).map_err(|e| FormatError::InShard {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
         self.rows.borrow_mut().see(path, &b)?;
         // The contract is checked here, where the shard is known, so the error names it.
         codec::decode(self.ds.manifest(), &b)

@@ -22,6 +22,9 @@ pub const LABEL: &str = "label";
 pub const TOPK_IDS: &str = "topk_ids";
 /// Top-k values in the manifest's value encoding.
 pub const TOPK_VALUES: &str = "topk_values";
+/// A row's context-coded top-k ids and int8 steps (`targets.coding`; replaces `topk_ids` and
+/// `topk_values` in the file).
+pub const TOPK_CODED: &str = "topk_coded";
 /// ln of the exact tail mass at T=1 (int8 value encoding).
 pub const TOPK_LOGTAIL: &str = "topk_logtail";
 /// log-sum-exp of the raw logits over the whole output axis, at T=1.
@@ -40,8 +43,9 @@ pub const INPUT_PREFIX: &str = "in_";
 pub const SCALE_SUFFIX: &str = "_scale";
 
 /// Column names no input or feature may take.
-pub const RESERVED_COLUMNS: [&str; 11] = [
+pub const RESERVED_COLUMNS: [&str; 12] = [
     ROW_ID,
+    TOPK_CODED,
     USER_ID,
     INPUT_HASH,
     LABEL,
@@ -194,6 +198,29 @@ pub fn shard_schema(manifest: &Manifest) -> SchemaRef {
     for f in &manifest.features {
         fields.extend(feature_fields(f));
     }
+    Arc::new(Schema::new(fields))
+}
+
+/// The Arrow schema of the shard files of `manifest`: [`shard_schema`], except that coded
+/// top-k (`targets.coding`) stores one `topk_coded` Binary per row in place of `topk_ids` and
+/// `topk_values` (readers decode it back, [`shard_schema`] is what they return).
+pub fn file_schema(manifest: &Manifest) -> SchemaRef {
+    let logical = shard_schema(manifest);
+    if manifest.targets.as_ref().is_none_or(|t| t.coding.is_none()) {
+        return logical;
+    }
+    let fields: Vec<Field> = logical
+        .fields()
+        .iter()
+        .filter(|f| f.name() != TOPK_VALUES)
+        .map(|f| {
+            if f.name() == TOPK_IDS {
+                Field::new(TOPK_CODED, DataType::Binary, false)
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
     Arc::new(Schema::new(fields))
 }
 

@@ -46,6 +46,8 @@ pub struct SynthSpec {
     pub seed: u64,
     /// Write f16/bf16 values as format 1.0 did: without the exact tail (older datasets).
     pub legacy_half: bool,
+    /// Context-coded top-k (`ctx-v1`, int8 values; no context input).
+    pub coded: bool,
 }
 
 impl Default for SynthSpec {
@@ -65,6 +67,7 @@ impl Default for SynthSpec {
             rows: 100,
             seed: 1,
             legacy_half: false,
+            coded: false,
         }
     }
 }
@@ -143,6 +146,10 @@ pub fn draft(spec: &SynthSpec) -> Manifest {
             sampled: spec.sampled.clone(),
             exact_tail: !spec.legacy_half
                 && matches!(spec.values, ValueEncoding::F16 | ValueEncoding::Bf16),
+            coding: spec.coded.then_some(Coding {
+                scheme: CodingScheme::CtxV1,
+                context: None,
+            }),
         }),
         features: spec
             .features

@@ -60,7 +60,7 @@ impl Seen {
 pub fn validate(ds: &Dataset) -> ValidationReport {
     let m = ds.manifest();
     let mut rep = ValidationReport::default();
-    let expected = schema::shard_schema(m);
+    let expected = schema::file_schema(m);
     let corpus_rows = m.corpus.rows;
     let mut seen = Seen::new(corpus_rows);
     for &id in &m.totals.skipped_row_ids {
@@ -163,8 +163,16 @@ fn check_shard_bytes(
         .map_err(|e| format!("{name}: {e}"))?;
     let mut last: Option<u64> = None;
     let (mut first, mut positions, mut entries) = (None, 0u64, 0u64);
+    let coded = m.targets.as_ref().filter(|t| t.coding.is_some());
+    let mut coder = coded.map(|t| crate::coded::BlockCoder::new(t.axis_size, t.max_k()));
+    let plain = schema::shard_schema(m);
     for b in reader {
         let b = b.map_err(|e| format!("{name}: parquet: {e}"))?;
+        let b = match (coded, coder.as_mut()) {
+            (Some(t), Some(c)) => crate::coded::arrow::decode_batch(t, &b, &plain, c)
+                .map_err(|e| format!("{name}: {e}"))?,
+            _ => b,
+        };
         let rows = codec::decode(m, &b).map_err(|e| format!("{name}: {e}"))?;
         for &id in &rows.row_ids {
             if last.is_some_and(|l| id <= l) {

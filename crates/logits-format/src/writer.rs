@@ -782,6 +782,10 @@ pub fn writer_properties(
             P::INT64 if top == schema::ROW_ID => {
                 b = b.set_column_encoding(col.path().clone(), Encoding::DELTA_BINARY_PACKED);
             }
+            P::BYTE_ARRAY if top == schema::TOPK_CODED => {
+                // Entropy-coded already: zstd would spend time and gain nothing.
+                b = b.set_column_compression(col.path().clone(), Compression::UNCOMPRESSED);
+            }
             P::BYTE_ARRAY if top == schema::USER_ID => {
                 b = b.set_column_dictionary_enabled(col.path().clone(), true);
             }
@@ -797,6 +801,10 @@ pub struct ShardWriter {
     manifest_targets: bool,
     manifest: Manifest,
     schema: SchemaRef,
+    /// The file's schema and the coding state, for coded top-k.
+    coded: Option<(SchemaRef, Box<crate::coded::BlockCoder>)>,
+    /// Rows per row group (and coding block).
+    block_rows: u64,
     index: u32,
     rel: String,
     tmp: PathBuf,
@@ -830,19 +838,30 @@ impl ShardWriter {
         let dest = root.join(&rel);
         let tmp = temp_name(&dest);
         let file = File::create(&tmp).map_err(|e| FormatError::io(&tmp, e))?;
-        let props = writer_properties(manifest, schema, options, &rel)?;
+        let file_schema = schema::file_schema(manifest);
+        let props = writer_properties(manifest, &file_schema, options, &rel)?;
         let sink = HashingFile {
             file,
             hasher: Sha256::new(),
             bytes: 0,
         };
-        let writer = ArrowWriter::try_new(sink, schema.clone(), Some(props))
+        let writer = ArrowWriter::try_new(sink, file_schema.clone(), Some(props))
             .map_err(|e| FormatError::parquet(&tmp, e))?;
+        let coded = manifest
+            .targets
+            .as_ref()
+            .filter(|t| t.coding.is_some())
+            .map(|t| {
+                let coder = crate::coded::BlockCoder::new(t.axis_size, t.max_k());
+                (file_schema.clone(), Box::new(coder))
+            });
         Ok(ShardWriter {
             writer: Some(writer),
             manifest_targets: manifest.targets.is_some(),
             manifest: manifest.clone(),
             schema: schema.clone(),
+            coded,
+            block_rows: options.row_group_rows.max(1) as u64,
             index,
             rel,
             tmp,
@@ -875,8 +894,30 @@ impl ShardWriter {
             .writer
             .as_mut()
             .ok_or_else(|| FormatError::parquet(&self.tmp, "writer already closed"))?;
-        w.write(&rb)
-            .map_err(|e| FormatError::parquet(&self.tmp, e))?;
+        match (&mut self.coded, &self.manifest.targets) {
+            (Some((file, coder)), Some(spec)) => {
+                // Cut at block boundaries, each closing its row group, so that every row group
+                // starts a coding block and decodes on its own.
+                let mut start = 0;
+                while start < rb.num_rows() {
+                    let in_block = (self.rows + start as u64) % self.block_rows;
+                    let n = ((self.block_rows - in_block) as usize).min(rb.num_rows() - start);
+                    let part = rb.slice(start, n);
+                    let coded = crate::coded::arrow::encode_batch(spec, &part, file, coder, |i| {
+                        i == 0 && in_block == 0
+                    })?;
+                    w.write(&coded)
+                        .map_err(|e| FormatError::parquet(&self.tmp, e))?;
+                    if in_block + n as u64 == self.block_rows {
+                        w.flush().map_err(|e| FormatError::parquet(&self.tmp, e))?;
+                    }
+                    start += n;
+                }
+            }
+            _ => w
+                .write(&rb)
+                .map_err(|e| FormatError::parquet(&self.tmp, e))?,
+        }
         self.rows += batch.len() as u64;
         self.first = self.first.or(batch.row_ids.first().copied());
         self.last = batch.row_ids.last().copied();

@@ -213,7 +213,23 @@ fn build(a: BuildArgs, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::
         k: a.k,
         adaptive,
         temperatures: a.temperatures,
-        values: a.values,
+        values: match (a.values, a.coded) {
+            (None, coded) => {
+                if coded {
+                    logits_format::manifest::ValueEncoding::Int8
+                } else {
+                    logits_format::manifest::ValueEncoding::F32
+                }
+            }
+            (Some(v), true) if v != logits_format::manifest::ValueEncoding::Int8 => {
+                return Err(logits::usage(format!(
+                    "--coded codes int8 values; drop --values {} or use --values int8",
+                    v.name()
+                )));
+            }
+            (Some(v), _) => v,
+        },
+        coded: a.coded,
         sample: a.sample.map(|draws| SampledSpec {
             draws,
             temperature: a.sample_temperature,

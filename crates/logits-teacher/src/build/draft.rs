@@ -162,6 +162,13 @@ pub(super) fn draft(o: &BuildOptions, plan: &Plan, corpus: &Source) -> Result<Ma
             sampled: plan.sample.clone(),
             // Half-precision values carry the exact tail as int8's do (format 1.1).
             exact_tail: matches!(o.values, ValueEncoding::F16 | ValueEncoding::Bf16),
+            // The input token at each position is the id models' best context (BENCHMARKS.md).
+            coding: o.coded.then(|| Coding {
+                scheme: CodingScheme::CtxV1,
+                context: text
+                    .filter(|_| plan.per_position && plan.store_inputs)
+                    .map(|tp| format!("in_{}", sanitize_column(&tp.ids))),
+            }),
         }),
         features: feature_specs,
         inputs: if plan.store_inputs {

@@ -81,6 +81,8 @@ pub struct BuildOptions {
     pub temperatures: Vec<f64>,
     /// Value encoding.
     pub values: ValueEncoding,
+    /// Context-coded top-k (`ctx-v1`; needs int8 values).
+    pub coded: bool,
     /// Sampled targets.
     pub sample: Option<SampledSpec>,
     /// Features to capture.
@@ -225,6 +227,7 @@ impl Default for BuildOptions {
             adaptive: None,
             temperatures: vec![],
             values: ValueEncoding::F32,
+            coded: false,
             sample: None,
             features: vec![],
             store_inputs: true,
