@@ -67,6 +67,15 @@ target/debug/logits-build build --model fixtures/tinylm/tiny_lm.onnx --tokenizer
   --sample 20 --feature h=hidden:f16 --values bf16 --rows-per-shard 20 --batch-size 8 --quiet
 "$py" scripts/check_python_package.py "$out/digits_int8" "$out/tinylm_bf16" "$out/digits" | tee -a "$log"
 
+step "context-coded top-k: FORMAT.md's Python decoder against the Rust writer and reader"
+head -n 40 fixtures/gpt2/holdout.jsonl > "$out/gpt2_40.jsonl"
+for enc in "--values int8" "--coded"; do
+  target/debug/logits-build build --model fixtures/gpt2/gpt2_teacher.onnx --target logits \
+    --tokenizer fixtures/gpt2/tokenizer.json --corpus "$out/gpt2_40.jsonl" --window 64 --stride 48 -k 32 \
+    $enc --rows-per-shard 20 --out "$out/gpt2${enc//[- ]/_}" --quiet
+done
+"$py" scripts/check_coded.py "$out/gpt2__values_int8" "$out/gpt2__coded" | tee -a "$log"
+
 step "the README: every sh and python block run as written, its shown output checked"
 # The tools on PATH are this build's (scripts/check_readme.py --bin); the README's
 # `pip install ./python` reuses the package build above.

@@ -210,6 +210,15 @@ fn print_summary(
                 ""
             }
         );
+        if let Some(c) = &tg.coding {
+            println!(
+                "            coded ctx-v1 (ids and steps in topk_coded{})",
+                c.context
+                    .as_ref()
+                    .map(|x| format!(", context {x}"))
+                    .unwrap_or_default()
+            );
+        }
         if let Some(s) = &tg.sampled {
             println!(
                 "            sampled: {} draws at T={} (seed {})",

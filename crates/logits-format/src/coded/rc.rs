@@ -175,7 +175,8 @@ impl Counters {
         let p = (cell & 0xFFFF) as i32;
         let n = cell >> 16;
         let target = if bit { 65_535 } else { 0 };
-        let p = (p + (((target - p) * rates[n as usize]) >> 16)).clamp(P_MIN, P_MAX);
+        let step = ((target - p) as i64 * rates[n as usize] as i64) >> 16;
+        let p = (p + step as i32).clamp(P_MIN, P_MAX);
         self.c[i] = p as u32 | (n + (n < self.limit) as u32) << 16;
     }
 }
@@ -210,6 +211,9 @@ pub(crate) fn stretch_table() -> Vec<i16> {
     }
     t
 }
+
+/// Mixer weights stay within ±256 (16-bit fractions), so every sum fits its integer type.
+const W_LIMIT: i32 = 1 << 24;
 
 /// Inputs a mixer combines at most.
 pub(crate) const MAX_INPUTS: usize = 8;
@@ -265,7 +269,8 @@ impl Mixer {
     pub fn update(&mut self, bit: bool) {
         let err = (((bit as i32) << 12) - self.pr) * self.lr;
         for i in 0..self.n {
-            self.w[self.sel + i] += (self.st[i] * err) >> 10;
+            let w = self.w[self.sel + i] + ((self.st[i] * err) >> 10);
+            self.w[self.sel + i] = w.clamp(-W_LIMIT, W_LIMIT);
         }
     }
 }
