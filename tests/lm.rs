@@ -315,3 +315,63 @@ fn writes_a_hugging_face_directory_with_the_datasets_tokenizer() {
         text(&o)
     );
 }
+
+#[test]
+fn trains_from_a_context_coded_dataset_and_refuses_coding_other_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("coded");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "build",
+            "--model",
+            &fixture("fixtures/tinylm/tiny_lm.onnx"),
+            "--tokenizer",
+            &fixture("fixtures/tinylm/tokenizer.json"),
+            "--corpus",
+            &fixture("fixtures/tinylm/train.jsonl"),
+            "--window",
+            "32",
+            "-k",
+            "16",
+            "--quiet",
+            "--out",
+            &out.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let o = common::logits_build(&args(&["--coded", "--values", "f16"]));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--coded codes int8 values"),
+        "{}",
+        text(&o)
+    );
+    let o = common::logits_build(&args(&["--coded"]));
+    assert!(o.status.success(), "{}", text(&o));
+    let m = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(
+        m.contains("\"ctx-v1\"") && m.contains("\"in_input_ids\""),
+        "{m}"
+    );
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_logits-inspect"))
+        .arg(&out)
+        .arg("--validate")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && text(&o).contains("validation: OK"),
+        "{}",
+        text(&o)
+    );
+    let run = dir.path().join("run");
+    let o = common::logits_train(&common::tiny_lm_train_args(
+        &out.display().to_string(),
+        &run.display().to_string(),
+        &["--steps", "3"],
+    ));
+    assert!(o.status.success(), "{}", text(&o));
+}

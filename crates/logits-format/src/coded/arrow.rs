@@ -190,15 +190,14 @@ pub(crate) fn decode_batch(
         .column_by_name(schema::ROW_ID)
         .and_then(|c| c.as_primitive_opt::<UInt64Type>());
     let (mut ids, mut steps, mut entries, mut rows) = (Vec::new(), Vec::new(), vec![0], vec![0]);
-    for r in 0..file.num_rows() {
-        let row =
-            coder
-                .decode_row(blobs.value(r), &toks[r])
-                .map_err(|d| FormatError::InvalidRow {
-                    row_id: row_ids.map_or(r as u64, |a| a.value(r)),
-                    column: schema::TOPK_CODED.into(),
-                    message: d.0,
-                })?;
+    for (r, toks) in toks.iter().enumerate() {
+        let row = coder
+            .decode_row(blobs.value(r), toks)
+            .map_err(|d| FormatError::InvalidRow {
+                row_id: row_ids.map_or(r as u64, |a| a.value(r)),
+                column: schema::TOPK_CODED.into(),
+                message: d.0,
+            })?;
         let positions = row.offsets.len() - 1;
         if g == Granularity::Example && positions != 1 {
             return Err(bad(

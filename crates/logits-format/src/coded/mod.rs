@@ -206,9 +206,9 @@ impl BlockCoder {
         ids.resize(k, 0);
         steps.resize(k, 0);
         let mut prev = 0u8;
-        for r in 0..k {
-            steps[r] = self.model.code_step(io, steps[r], r, prev);
-            prev = steps[r];
+        for (r, s) in steps.iter_mut().enumerate() {
+            *s = self.model.code_step(io, *s, r, prev);
+            prev = *s;
         }
         let mut prev_id = NO_TOKEN;
         for r in 0..k {

@@ -146,7 +146,7 @@ impl Model {
         let mut cells = [0usize; 3];
         let mut local = 1usize;
         for d in (0..self.id_bits).rev() {
-            if (self.id_bits - 1 - d) % CHUNK_BITS == 0 {
+            if (self.id_bits - 1 - d).is_multiple_of(CHUNK_BITS) {
                 cells = [
                     bucket(0, node, 0),
                     bucket(token, node, 1),

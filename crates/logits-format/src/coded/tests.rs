@@ -26,14 +26,14 @@ fn rows(n: usize, positions: usize, k: usize, axis: u64, seed: u64) -> Vec<(Plai
                 let kk = 1 + (lcg(&mut x) as usize % k);
                 let mut seen = std::collections::BTreeSet::new();
                 while seen.len() < kk.min(axis as usize) {
-                    let id = if lcg(&mut x) % 3 == 0 {
+                    let id = if lcg(&mut x).is_multiple_of(3) {
                         lcg(&mut x) % axis
                     } else {
                         (t as u64 * 7 + lcg(&mut x) % 5) % axis
                     };
                     if seen.insert(id) {
                         row.ids.push(id as u32);
-                        row.steps.push(if lcg(&mut x) % 2 == 0 {
+                        row.steps.push(if lcg(&mut x).is_multiple_of(2) {
                             0
                         } else {
                             (lcg(&mut x) % 40) as u8
