@@ -23,7 +23,7 @@ Writes FIXTURES.json with sha256 of every file, the parameter count, training ti
 held-out perplexity next to the vocabulary size (a uniform guess has perplexity 8,192).
 
 Usage: PY=$(LOGITS_VENV=.cache/venv-lm scripts/pyenv.sh scripts/requirements-lm.txt)
-       $PY scripts/make_lm_fixture.py [--minutes 25] [--steps 4000]
+       $PY scripts/make_lm_fixture.py [--minutes 25] [--steps 4000] [--vocab 8192 --out DIR]
 """
 import ast
 import hashlib
@@ -171,7 +171,12 @@ def evaluate(model, stream, n, ctx, batch=32):
 
 
 def main():
+    global VOCAB, OUT
     args = sys.argv
+    # --vocab N --out DIR make a benchmark teacher elsewhere (not the committed fixture), e.g.
+    # the >= 32,000-vocabulary real-text teacher of the compact-targets benchmark.
+    VOCAB = int(args[args.index("--vocab") + 1]) if "--vocab" in args else VOCAB
+    OUT = pathlib.Path(args[args.index("--out") + 1]) if "--out" in args else OUT
     minutes = float(args[args.index("--minutes") + 1]) if "--minutes" in args else 25.0
     max_steps = int(args[args.index("--steps") + 1]) if "--steps" in args else 4000
     torch.manual_seed(SEED)

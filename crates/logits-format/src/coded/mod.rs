@@ -178,6 +178,25 @@ impl BlockCoder {
         Ok(row)
     }
 
+    /// Runs one row through the models with `io` (a measuring [`BitIo`]), as
+    /// [`BlockCoder::encode_row`] would code it.
+    #[cfg(test)]
+    pub(crate) fn meter_row<I: BitIo>(
+        &mut self,
+        row: &PlainRow,
+        tokens: &[u32],
+        restart: bool,
+        io: &mut I,
+    ) {
+        self.begin(restart);
+        for p in 0..row.offsets.len().saturating_sub(1) {
+            let (a, b) = (row.offsets[p], row.offsets[p + 1]);
+            let mut ids = row.ids[a..b].to_vec();
+            let mut steps = row.steps[a..b].to_vec();
+            self.position(io, &mut ids, &mut steps, token(tokens, p));
+        }
+    }
+
     /// Forgets the block being read (a new shard starts; its first row must restart).
     pub fn forget(&mut self) {
         self.in_block = None;
@@ -202,14 +221,17 @@ impl BlockCoder {
         steps: &mut Vec<u8>,
         token: u32,
     ) {
+        io.section(0);
         let k = self.model.code_count(io, ids.len() as u64).min(self.max_k) as usize;
         ids.resize(k, 0);
         steps.resize(k, 0);
+        io.section(1);
         let mut prev = 0u8;
         for (r, s) in steps.iter_mut().enumerate() {
             *s = self.model.code_step(io, *s, r, prev);
             prev = *s;
         }
+        io.section(2);
         let mut prev_id = NO_TOKEN;
         for r in 0..k {
             let lo = if r > 0 && steps[r] == 0 {

@@ -16,6 +16,10 @@ pub(crate) const NO_TOKEN: u32 = u32::MAX;
 pub(crate) trait BitIo {
     /// Codes or decodes one bit with P(1) = `p1` / 2^16.
     fn bit(&mut self, bit: bool, p1: u32) -> bool;
+
+    /// Marks what the next bits code (0 counts, 1 steps, 2 ids): for measurements only.
+    #[inline]
+    fn section(&mut self, _section: usize) {}
 }
 
 impl BitIo for Encoder {
@@ -85,9 +89,9 @@ impl Model {
             rates: rate_table(255),
             stretch: stretch_table(),
             count: Counters::new(1 << k_bits, 255),
-            steps: Counters::new(16 * 4 * 256, 255),
-            ids: [table(255), table(127), table(127)],
-            mix: Mixer::new(ID_INPUTS, 64 * RANK_BUCKETS, 2),
+            steps: Counters::new(32 * 8 * 256, 255),
+            ids: [table(8), table(60), table(60)],
+            mix: Mixer::new(ID_INPUTS, 64 * RANK_BUCKETS * 4, 1),
         }
     }
 
@@ -115,7 +119,7 @@ impl Model {
 
     /// Codes the int8 step of rank `r` (the previous rank's step is `prev`).
     pub fn code_step<I: BitIo>(&mut self, io: &mut I, step: u8, r: usize, prev: u8) -> u8 {
-        let ctx = (r.min(15) * 4 + (prev as usize).min(3)) << 8;
+        let ctx = (r.min(31) * 8 + (prev as usize).min(7)) << 8;
         let mut node = 1usize;
         for d in (0..8).rev() {
             let want = (step >> d) & 1 == 1;
@@ -166,7 +170,14 @@ impl Model {
                     self.ids[1].p(cells[1] + local),
                     self.ids[2].p(cells[2] + local),
                 ];
-                let sel = (d as usize).min(63) * RANK_BUCKETS + rb;
+                // Weights by depth, rank and how often the token's counter has been seen.
+                let seen = match self.ids[1].n(cells[1] + local) {
+                    0 => 0,
+                    1..=3 => 1,
+                    4..=15 => 2,
+                    _ => 3,
+                };
+                let sel = ((d as usize).min(63) * RANK_BUCKETS + rb) * 4 + seen;
                 let pr = self.mix.mix(&p, sel, &self.stretch);
                 let b = io.bit(want, pr);
                 self.mix.update(b);

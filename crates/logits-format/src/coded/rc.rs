@@ -168,6 +168,12 @@ impl Counters {
         self.c[i] & 0xFFFF
     }
 
+    /// How often counter `i` was updated (saturating at the table's limit).
+    #[inline]
+    pub fn n(&self, i: usize) -> u32 {
+        self.c[i] >> 16
+    }
+
     /// Moves counter `i` towards `bit`.
     #[inline]
     pub fn update(&mut self, i: usize, bit: bool, rates: &[i32]) {
@@ -269,7 +275,7 @@ impl Mixer {
     pub fn update(&mut self, bit: bool) {
         let err = (((bit as i32) << 12) - self.pr) * self.lr;
         for i in 0..self.n {
-            let w = self.w[self.sel + i] + ((self.st[i] * err) >> 10);
+            let w = self.w[self.sel + i] + ((self.st[i] * err) >> 11);
             self.w[self.sel + i] = w.clamp(-W_LIMIT, W_LIMIT);
         }
     }

@@ -203,6 +203,29 @@ fn measure() {
         assert_eq!(&dec.decode_row(blob, tokens).unwrap(), pr);
     }
     let dec_s = start.elapsed().as_secs_f64();
+    struct Meter([f64; 3], usize);
+    impl model::BitIo for Meter {
+        fn bit(&mut self, bit: bool, p1: u32) -> bool {
+            let p = p1 as f64 / 65_536.0;
+            self.0[self.1] -= if bit { p.log2() } else { (1.0 - p).log2() };
+            bit
+        }
+        fn section(&mut self, s: usize) {
+            self.1 = s;
+        }
+    }
+    let mut meter = Meter([0.0; 3], 0);
+    let mut m = BlockCoder::new(t.axis_size, max_k);
+    for (i, (_, tokens, pr)) in all.iter().enumerate() {
+        m.meter_row(pr, tokens, i % 1024 == 0, &mut meter);
+    }
+    let e = entries as f64;
+    println!(
+        "bits per entry: counts {:.3}, steps {:.3}, ids {:.3}",
+        meter.0[0] / e,
+        meter.0[1] / e,
+        meter.0[2] / e
+    );
     println!(
         "{ds}: {n} rows, {entries} entries, coded {bytes} B = {:.4} B/entry ({:.3} bits); encode {:.2} M entries/s, decode {:.2} M entries/s",
         bytes as f64 / entries as f64,
