@@ -23,7 +23,7 @@ Writes FIXTURES.json with sha256 of every file, the parameter count, training ti
 held-out perplexity next to the vocabulary size (a uniform guess has perplexity 8,192).
 
 Usage: PY=$(LOGITS_VENV=.cache/venv-lm scripts/pyenv.sh scripts/requirements-lm.txt)
-       $PY scripts/make_lm_fixture.py [--minutes 25] [--steps 4000] [--vocab 8192 --out DIR]
+       $PY scripts/make_lm_fixture.py [--minutes 25] [--steps 4000] [--vocab 8192 --out DIR --chars 4000000]
 """
 import ast
 import hashlib
@@ -75,6 +75,10 @@ def docstrings(root: pathlib.Path, skip=("test", "tests", "idlelib", "lib2to3", 
 def documents():
     stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
     docs = docstrings(stdlib) + docstrings(pathlib.Path(np.__file__).parent)
+    if MAX_CHARS > 4_000_000:
+        # Benchmark teachers with larger vocabularies: PyTorch's docstrings too (the fixture,
+        # made with the default, stays as it was).
+        docs += docstrings(pathlib.Path(torch.__file__).parent)
     seen, uniq = set(), []
     for d in docs:
         if d not in seen:
@@ -171,12 +175,15 @@ def evaluate(model, stream, n, ctx, batch=32):
 
 
 def main():
-    global VOCAB, OUT
+    global VOCAB, OUT, MAX_CHARS
     args = sys.argv
     # --vocab N --out DIR make a benchmark teacher elsewhere (not the committed fixture), e.g.
     # the >= 32,000-vocabulary real-text teacher of the compact-targets benchmark.
     VOCAB = int(args[args.index("--vocab") + 1]) if "--vocab" in args else VOCAB
     OUT = pathlib.Path(args[args.index("--out") + 1]) if "--out" in args else OUT
+    # A larger vocabulary needs more text to learn its merges (the standard library's and NumPy's
+    # docstrings give ~30,600; beyond 4 M characters PyTorch's are added).
+    MAX_CHARS = int(args[args.index("--chars") + 1]) if "--chars" in args else MAX_CHARS
     minutes = float(args[args.index("--minutes") + 1]) if "--minutes" in args else 25.0
     max_steps = int(args[args.index("--steps") + 1]) if "--steps" in args else 4000
     torch.manual_seed(SEED)

@@ -2,9 +2,15 @@
 //! go), and decoding error, for every value encoding, on
 //!   (a) per-example targets, k = 8 over 1,000 classes;
 //!   (b) per-token targets, k = 32 over a 32,000-entry vocabulary,
-//! with realistically peaked logits (see `logits_format::synth`).
+//! with realistically peaked logits (see `logits_format::synth`); int8 also context-coded
+//! (`ctx-v1`, shown as `int8c`).
 //!
 //! Run: `cargo bench -p logits-format --bench format [-- --zstd LEVEL] [--quick]`.
+//!
+//! Real teachers: `cargo bench -p logits-format --bench format -- --real F32 DATASET...`
+//! reads datasets `logits-build` wrote from one corpus (the f32 one as the reference; the
+//! commands are in BENCHMARKS.md) and reports each one's bytes per entry by column group, its
+//! decoding error against the f32 build and its read throughput through the reader.
 //! Figures are recorded in BENCHMARKS.md.
 
 use std::time::Instant;
@@ -23,6 +29,14 @@ struct Case {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--real") {
+        let dirs: Vec<&String> = args[i + 1..]
+            .iter()
+            .filter(|a| !a.starts_with("--"))
+            .collect();
+        real(&dirs);
+        return;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let zstd_level: i32 = args
         .iter()
@@ -117,9 +131,14 @@ fn main() {
             "mean KL",
             "max KL"
         );
-        for enc in ValueEncoding::ALL {
+        let encs = ValueEncoding::ALL
+            .iter()
+            .map(|&e| (e, false))
+            .chain([(ValueEncoding::Int8, true)]);
+        for (enc, coded) in encs {
             let spec = SynthSpec {
                 values: enc,
+                coded,
                 ..spec0.clone()
             };
             let dir = tempfile::tempdir().expect("tempdir");
@@ -179,7 +198,7 @@ fn main() {
                     .map(|n| cols.get(*n).copied().unwrap_or(0))
                     .sum::<u64>()
             };
-            let ids = col(&["topk_ids"]);
+            let ids = col(&["topk_ids", "topk_coded"]);
             let values = col(&["topk_values", "topk_logtail"]);
             let logz = col(&["logz"]);
             let rest = m.totals.bytes - ids - values - logz;
@@ -187,7 +206,7 @@ fn main() {
             let mb = m.totals.bytes as f64 / 1e6;
             println!(
                 "  {:<5} {:>9.0} {:>10.1} {:>9.0} {:>10.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>11.2e} {:>11.2e} {:>11.2e}",
-                enc.name(),
+                if coded { "int8c" } else { enc.name() },
                 spec.rows as f64 / write_s,
                 mb / write_s,
                 spec.rows as f64 / read_s,
@@ -209,20 +228,103 @@ fn main() {
     println!(
         "KL = KL(exact || decoded) per position over the kept entries plus one tail bucket, in nats."
     );
+    println!("int8c: `ids` holds the coded ids and steps (topk_coded), `values` the exact tail.");
+}
+
+/// Every row of a dataset, through the reader, and the seconds it took.
+fn read_rows(ds: &Dataset) -> (Vec<RowBatch>, f64) {
+    let t = Instant::now();
+    let mut stream = ds
+        .stream(&ReadOptions {
+            batch_size: 256,
+            ..Default::default()
+        })
+        .expect("stream");
+    let mut got = Vec::new();
+    while let Some(b) = stream.next_rows() {
+        got.push(b.expect("read"));
+    }
+    (got, t.elapsed().as_secs_f64())
+}
+
+/// The real-teacher part: datasets built by `logits-build` from one corpus, against the first
+/// (an f32 build).
+fn real(dirs: &[&String]) {
+    let Some((reference, rest)) = dirs.split_first() else {
+        eprintln!("--real F32_DATASET DATASET...: datasets built by logits-build from one corpus");
+        std::process::exit(2);
+    };
+    let (want, _) = read_rows(&Dataset::open(std::path::Path::new(reference)).expect("open"));
+    println!(
+        "  {:<40} {:<6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>12}",
+        "dataset",
+        "enc",
+        "B/entry",
+        "top-k",
+        "logz",
+        "tail",
+        "rest",
+        "mean KL",
+        "max KL",
+        "read ent/s"
+    );
+    for dir in std::iter::once(reference).chain(rest) {
+        let ds = Dataset::open(std::path::Path::new(dir)).expect("open");
+        let m = ds.manifest().clone();
+        let (got, secs) = read_rows(&ds);
+        let (_, mean_kl, max_kl) = decoding_error(&want, &got);
+        let cols = column_bytes(&ds).expect("column bytes");
+        let col = |names: &[&str]| -> u64 {
+            names
+                .iter()
+                .map(|n| cols.get(*n).copied().unwrap_or(0))
+                .sum()
+        };
+        let topk = col(&["topk_ids", "topk_values", "topk_coded"]);
+        let (logz, tail) = (col(&["logz", "logz_temps"]), col(&["topk_logtail"]));
+        let e = m.totals.entries as f64;
+        let t = m.targets.as_ref().expect("targets");
+        println!(
+            "  {:<40} {:<6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>11.2e} {:>11.2e} {:>12.0}",
+            dir,
+            if t.coding.is_some() {
+                "int8c"
+            } else {
+                t.values.name()
+            },
+            m.totals.bytes as f64 / e,
+            topk as f64 / e,
+            logz as f64 / e,
+            tail as f64 / e,
+            (m.totals.bytes - topk - logz - tail) as f64 / e,
+            mean_kl,
+            max_kl,
+            e / secs
+        );
+    }
+    println!(
+        "B/entry all-in; top-k = ids + values (or the coded column); read = the whole reader (Parquet, checks, decoding)."
+    );
 }
 
 /// Max |log p error| at T=1 and the mean and max KL(exact ‖ decoded) over positions, with the
 /// kept entries plus the tail as one bucket.
 fn decoding_error(want: &[RowBatch], got: &[RowBatch]) -> (f64, f64, f64) {
     let (mut max_err, mut sum_kl, mut max_kl, mut n) = (0.0f64, 0.0f64, 0.0f64, 0usize);
+    // Entries by id within each position: coded datasets store tied ids in id order.
     let flat = |bs: &[RowBatch]| -> (Vec<f32>, Vec<usize>, Vec<f32>) {
         let (mut logits, mut offsets, mut logz) = (vec![], vec![0usize], vec![]);
         for b in bs {
             let t = b.targets.as_ref().expect("targets");
             let k = t.topk.as_ref().expect("topk");
-            let base = logits.len();
-            logits.extend(&k.logits);
-            offsets.extend(k.offsets[1..].iter().map(|o| o + base));
+            for p in 0..t.logz.len() {
+                let mut e: Vec<(u32, f32)> = (k.offsets[p]..k.offsets[p + 1])
+                    .map(|i| (k.ids[i], k.logits[i]))
+                    .collect();
+                e.sort_by_key(|x| x.0);
+                logits.extend(e.iter().map(|x| x.1));
+                offsets.push(logits.len());
+            }
             logz.extend(&t.logz);
         }
         (logits, offsets, logz)
