@@ -100,7 +100,7 @@ pub(crate) struct BuildArgs {
     #[arg(long)]
     pub(crate) values: Option<ValueEncoding>,
     /// Context-code the top-k (`ctx-v1`, FORMAT.md): ids and int8 steps entropy-coded with the
-    /// input token as context, about 1.45 bytes per entry on an LM's per-token targets at
+    /// input token as context, about 1.4 bytes per entry on an LM's per-token targets at
     /// k = 32 instead of 2.2; readable through logits (Rust, Python), not plain Parquet tools.
     #[arg(long)]
     pub(crate) coded: bool,
