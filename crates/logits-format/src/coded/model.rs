@@ -39,6 +39,8 @@ impl BitIo for Decoder<'_> {
 
 /// Tree levels per hashed bucket: a bucket holds one 4-bit subtree's 15 counters (16 cells,
 /// one cache line), so an id costs one memory access per model per 4 bits, not per bit.
+/// Subtrees start at bits 3, 7, 11, … from the bottom (and at the top bit), so the short one is
+/// at the top of the tree, where few nodes exist and their buckets stay in cache.
 pub(crate) const CHUNK_BITS: u32 = 4;
 
 /// The first cell of the bucket of context value `a` at tree node `node` in table `salt`.
@@ -150,7 +152,7 @@ impl Model {
         let mut cells = [0usize; 3];
         let mut local = 1usize;
         for d in (0..self.id_bits).rev() {
-            if (self.id_bits - 1 - d).is_multiple_of(CHUNK_BITS) {
+            if d == self.id_bits - 1 || d % CHUNK_BITS == CHUNK_BITS - 1 {
                 cells = [
                     bucket(0, node, 0),
                     bucket(token, node, 1),
