@@ -106,6 +106,9 @@ pub fn dataset_card(m: &Manifest) -> String {
                 .unwrap_or_default(),
             temps.join(", ")
         ));
+        if t.coding.is_some() {
+            b.push_str("The top-k ids and values are context-coded (`ctx-v1`, format 1.2) in the binary column `topk_coded`: read them with the `logits` package (Rust or Python), or decode them with the Python reference decoder of `schemas/FORMAT.md` (\"Context-coded top-k\"); plain Parquet readers see only the coded bytes.\n\n");
+        }
     }
     if !m.inputs.is_empty() || !m.features.is_empty() {
         b.push_str("## Columns\n\n");
