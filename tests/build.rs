@@ -1193,3 +1193,21 @@ fn in_graph_postprocessing_matches_the_host_on_the_fixtures() {
         common::text(&o)
     );
 }
+
+/// `--coded` is for per-token targets: on a classifier (one distribution per row) it is
+/// refused before anything is written, saying why and what to do.
+#[test]
+fn coding_per_example_targets_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("coded");
+    let mut a = common::digits_build_args(out.to_str().unwrap());
+    a.push("--coded".into());
+    let o = common::logits_build(&a);
+    let t = common::text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("per-token targets") && t.contains("drop --coded"),
+        "{t}"
+    );
+    assert!(!out.exists(), "nothing should be written");
+}

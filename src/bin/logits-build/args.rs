@@ -99,9 +99,9 @@ pub(crate) struct BuildArgs {
     /// Value encoding: f32, f16, bf16 or int8 [default: f32; int8 with --coded].
     #[arg(long)]
     pub(crate) values: Option<ValueEncoding>,
-    /// Context-code the top-k (`ctx-v1`, FORMAT.md): ids and int8 steps entropy-coded with the
-    /// input token as context, about 1.4 bytes per entry on an LM's per-token targets at
-    /// k = 32 instead of 2.2; readable through logits (Rust, Python), not plain Parquet tools.
+    /// Context-code per-token top-k (`ctx-v1`, FORMAT.md): ids and int8 steps entropy-coded with
+    /// the input token as context, about 1.4 bytes per entry on an LM's targets at k = 32
+    /// instead of 2.2; readable through logits (Rust, Python), not plain Parquet tools.
     #[arg(long)]
     pub(crate) coded: bool,
     /// Also store N sampled ids per position (RS-KD), drawn at --sample-temperature.

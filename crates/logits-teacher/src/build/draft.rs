@@ -7,7 +7,7 @@ use logits_onnx::model::{Dim as ODim, ElemType};
 
 use super::BuildOptions;
 use super::plan::{Plan, Source};
-use crate::error::Result;
+use crate::error::{Result, TeacherError};
 
 /// The manifest's name for an ONNX element type.
 pub(super) fn dtype_of(e: ElemType) -> Option<DType> {
@@ -51,6 +51,16 @@ fn tensor_info(t: &logits_onnx::TensorSummary) -> TensorInfo {
 
 /// The draft manifest of a build: everything but the shards and totals.
 pub(super) fn draft(o: &BuildOptions, plan: &Plan, corpus: &Source) -> Result<Manifest> {
+    if o.coded && !plan.per_position {
+        // Each row is then its own coded value of a few entries, whose header and coder flush
+        // outweigh what the context saves (BENCHMARKS.md, format benchmark case (a)).
+        return Err(TeacherError::Options(
+            "--coded context-codes per-token targets; this teacher gives one distribution per \
+             example, where plain int8 is smaller (2.5 against 3.5 bytes per entry at k = 8): \
+             drop --coded"
+                .into(),
+        ));
+    }
     let teacher = &plan.teacher;
     let text = plan.feed.text.as_ref();
     let mut input_specs = Vec::new();
