@@ -147,8 +147,10 @@ impl BlockCoder {
                 tokens.len()
             )));
         }
-        // A position takes at least a few bits; more positions than bytes × 8 is damage.
-        if positions > blob.len().saturating_mul(8) + 8 {
+        // A coded decision costs at least -log2(4095/4096) bits, so a well-predicted position
+        // may take far less than a bit: the bound only stops absurd headers; a damaged stream
+        // is caught as it runs past its end (below, per position).
+        if positions > blob.len().saturating_mul(1 << 14) + 64 {
             return Err(Damaged(format!(
                 "{positions} positions in {} bytes",
                 blob.len()
@@ -171,6 +173,9 @@ impl BlockCoder {
             row.ids.extend_from_slice(&ids);
             row.steps.extend_from_slice(&steps);
             row.offsets.push(row.ids.len());
+            if d.overrun() > 4 {
+                return Err(Damaged("the row's coded data is cut short".into()));
+            }
         }
         if d.overrun() > 4 {
             return Err(Damaged("the row's coded data is cut short".into()));
