@@ -40,6 +40,9 @@ struct Ran {
 /// others stop taking work at their next step instead of finishing the corpus.
 struct Halt<'a> {
     failed: std::sync::atomic::AtomicBool,
+    /// Set by the writer when a batch ahead of it failed: the reader stops, while the batches
+    /// already in flight still finish so the shards before the failure are completed.
+    draining: AtomicBool,
     /// The caller's stop flag (SIGINT/SIGTERM), if any.
     stop: Option<&'a AtomicBool>,
 }
@@ -57,6 +60,12 @@ impl Halt<'_> {
 /// error or because the writer stopped — its channels disconnect and its neighbours see that
 /// at their next send or receive. The writer, on any error, drops its receiver and sets the
 /// halt flag; the reader and sessions then stop at their next batch.
+///
+/// An error of the reader, a session or post-processing belongs to one batch, usually ahead of
+/// the shard the writer is on. The writer then stops the reader, lets the batches in flight
+/// (a few per session) finish the shards before the failing batch, and returns the error when
+/// it reaches that batch: every shard read in full before the failure is recorded, so a resume
+/// redoes no more than the failing shard, whatever the number of sessions.
 pub(super) fn run_pipeline(
     o: &BuildOptions,
     plan: &Arc<Plan>,
@@ -83,6 +92,7 @@ pub(super) fn run_pipeline(
     let faults = &o.write.faults;
     let halt = Halt {
         failed: std::sync::atomic::AtomicBool::new(false),
+        draining: AtomicBool::new(false),
         stop: o.stop,
     };
     let halt = &halt;
@@ -106,7 +116,7 @@ pub(super) fn run_pipeline(
                 let mut injected = None;
                 let r = corpus.read_each(range, o.batch_size, |batch| {
                     n += 1;
-                    if halt.halted() {
+                    if halt.halted() || halt.draining.load(Ordering::Relaxed) {
                         return false;
                     }
                     if faults.hit("reader", n) {
@@ -118,7 +128,8 @@ pub(super) fn run_pipeline(
                     job_tx.send(Job { tag, batch }).is_ok()
                 });
                 let failed = r.err().or(injected);
-                let stop = failed.is_some() || halt.halted();
+                let stop =
+                    failed.is_some() || halt.halted() || halt.draining.load(Ordering::Relaxed);
                 if count_tx.send((s, seq, failed)).is_err() || stop {
                     return;
                 }
@@ -213,8 +224,9 @@ fn serve<T, U>(
 }
 
 /// Puts finished batches back in shard order and writes them, shard by shard, recording each
-/// finished shard. Returns at the first error of any stage, or when a stop was asked for
-/// (checked at least every 50 ms), leaving the shards finished so far recorded.
+/// finished shard. Returns the first failed batch's error once every batch before it is
+/// written (see [`run_pipeline`]), a writer error at once, or an interruption when a stop was
+/// asked for (checked at least every 50 ms), leaving the shards finished so far recorded.
 #[allow(clippy::too_many_arguments)]
 fn write_in_order(
     w: &mut DatasetWriter,
@@ -228,8 +240,24 @@ fn write_in_order(
 ) -> Result<(u64, u64)> {
     let mut pending: BTreeMap<(u32, u32), (u64, RowBatch, Vec<u64>)> = BTreeMap::new();
     let mut counts: HashMap<u32, u32> = HashMap::new();
+    // Errors by the place (shard, batch in shard) they take in the output: a reader error
+    // after n batches of a shard sits at (shard, n).
+    let mut failures: BTreeMap<(u32, u32), TeacherError> = BTreeMap::new();
     let (mut written, mut skipped) = (0u64, 0u64);
     let interrupted = || halt.stop.is_some_and(|s| s.load(Ordering::Relaxed));
+    let fail_at = |failures: &mut BTreeMap<(u32, u32), TeacherError>, at, e| {
+        failures.entry(at).or_insert(e);
+        halt.draining.store(true, Ordering::Relaxed);
+    };
+    let take_counts = |counts: &mut HashMap<u32, u32>,
+                       failures: &mut BTreeMap<(u32, u32), TeacherError>| {
+        while let Ok((cs, n, err)) = count_rx.try_recv() {
+            if let Some(e) = err {
+                fail_at(failures, (cs, n), e);
+            }
+            counts.insert(cs, n);
+        }
+    };
     for &s in todo {
         let mut shard = w.shard(s)?;
         let mut seq = 0u32;
@@ -237,12 +265,7 @@ fn write_in_order(
             if interrupted() {
                 return Err(TeacherError::Interrupted(String::new()));
             }
-            while let Ok((cs, n, err)) = count_rx.try_recv() {
-                if let Some(e) = err {
-                    return Err(e);
-                }
-                counts.insert(cs, n);
-            }
+            take_counts(&mut counts, &mut failures);
             if let Some((n, batch, skip)) = pending.remove(&(s, seq)) {
                 if faults.hit("writer", n) {
                     return Err(fault_error("writer", n));
@@ -263,30 +286,37 @@ fn write_in_order(
                 seq += 1;
                 continue;
             }
+            if let Some(e) = failures.remove(&(s, seq)) {
+                return Err(e);
+            }
             if counts.get(&s) == Some(&seq) {
                 break;
             }
             match done_rx.recv_timeout(std::time::Duration::from_millis(50)) {
-                Ok((tag, r)) => {
-                    let (batch, skip) = r?;
+                Ok((tag, Ok((batch, skip)))) => {
                     pending.insert((tag.shard, tag.seq), (tag.n, batch, skip));
                 }
+                Ok((tag, Err(e))) => fail_at(&mut failures, (tag.shard, tag.seq), e),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     // Workers are gone; whatever is left must already be counted.
-                    while let Ok((cs, n, err)) = count_rx.try_recv() {
-                        if let Some(e) = err {
-                            return Err(e);
-                        }
-                        counts.insert(cs, n);
-                    }
+                    take_counts(&mut counts, &mut failures);
                     if interrupted() {
                         return Err(TeacherError::Interrupted(String::new()));
                     }
+                    let here = failures.remove(&(s, seq));
                     if counts.get(&s) != Some(&seq) && !pending.contains_key(&(s, seq)) {
-                        return Err(TeacherError::Pipeline(
-                            "workers stopped before the shard was complete".into(),
-                        ));
+                        // Never wait for a batch no one will send: the failure that stopped
+                        // the work, else a plain account of it.
+                        let first = failures.into_values().next();
+                        return Err(here.or(first).unwrap_or_else(|| {
+                            TeacherError::Pipeline(
+                                "workers stopped before the shard was complete".into(),
+                            )
+                        }));
+                    }
+                    if let Some(e) = here {
+                        return Err(e);
                     }
                 }
             }
