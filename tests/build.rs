@@ -1001,6 +1001,10 @@ fn devices_are_chosen_explicitly_and_never_fall_back_silently() {
         serde_json::json!(["CPUExecutionProvider"])
     );
     assert!(mc["tool"]["runtime"]["note"].is_null(), "{mc}");
+    // The default `--postprocess auto` is the host on the CPU, also when `--device auto`
+    // found no GPU (its plan for a GPU is made again for the CPU).
+    assert_eq!(mc["tool"]["runtime"]["postprocess"], "host");
+    assert_eq!(ma["tool"]["runtime"]["postprocess"], "host");
     assert_eq!(ma["tool"]["runtime"]["devices"], serde_json::json!(["cpu"]));
     assert!(
         ma["tool"]["runtime"]["note"]
@@ -1167,6 +1171,53 @@ fn in_graph_postprocessing_matches_the_host_on_the_fixtures() {
             .all(|(i, v)| v[0] > v[1] || (v[0] == v[1] && i[0] < i[1]))),
         "ties must keep the lower id first: {:?}",
         &t[..2]
+    );
+
+    // A bfloat16 target (a float32 graph cast at its end, as mixed-precision exports write
+    // it): TopK and logZ read the rounded values, many of them tied, as the host does.
+    let mut g = GraphBuilder::new();
+    let batch = Dim::Named("batch".into());
+    let x = g.input("pixels", ElemType::Float32, &[batch.clone(), Dim::Fixed(8)]);
+    let y = g.node(
+        "Concat",
+        &[&x, &x],
+        &[("axis", logits_onnx::builder::Attr::Int(1))],
+    );
+    let z = g.node(
+        "Cast",
+        &[&y],
+        &[("to", logits_onnx::builder::Attr::Int(16))],
+    );
+    g.output("logits", &z, ElemType::BFloat16, &[batch, Dim::Fixed(16)]);
+    let half = d.path().join("bf16.onnx");
+    fs::write(
+        &half,
+        logits_onnx::model::encode(&g.finish("bf16", 13, "test", "")),
+    )
+    .unwrap();
+    let corpus = d.path().join("bf16.parquet");
+    let rows: Vec<Vec<f32>> = (0..40)
+        .map(|r| {
+            (0..8)
+                .map(|i| ((r * 8 + i) as f32 * 0.731).sin() * 6.0)
+                .collect()
+        })
+        .collect();
+    common::write_corpus(&corpus, &rows, false);
+    both(
+        "bf16",
+        &s(&[
+            "build",
+            "--model",
+            half.to_str().unwrap(),
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "-k",
+            "6",
+            "--temperatures",
+            "2",
+            "--quiet",
+        ]),
     );
 
     // Refused on the graph path, said at once: sampled targets.

@@ -577,29 +577,12 @@ fn sequence_students_refuse_what_they_cannot_learn() {
 /// `--postprocess graph` (TopK and ReduceLogSumExp appended to the teacher graph) gives the
 /// host's targets on every family as exported: the same ids, bit-equal values, logZ within
 /// 1e-6 relative (opsets from 13 to 18, float16 outputs, per-position and per-example
-/// targets, masks, text and tensor corpora).
+/// targets, masks, text and tensor corpora). The float16 MLP is the case where ONNX Runtime
+/// would otherwise hand the appended nodes the unrounded float32 values (logZ 7e-5 off).
 #[test]
 fn in_graph_postprocessing_matches_the_host_on_every_family() {
     let d = tempfile::tempdir().unwrap();
     for f in FAMILIES {
-        if f.name == "half" {
-            // Half-precision targets are refused on the graph path (their logZ would not be
-            // computed from the rounded values): said clearly, at once.
-            let out = d.path().join("half-graph");
-            let o = build(
-                f,
-                out.to_str().unwrap(),
-                &["--target", f.target, "--postprocess", "graph"],
-            );
-            let t = text(&o);
-            assert_eq!(o.status.code(), Some(1), "{t}");
-            assert!(
-                t.contains("half precision") && t.contains("--postprocess host"),
-                "{t}"
-            );
-            assert!(!out.join("manifest.json").exists());
-            continue;
-        }
         let host = d.path().join(format!("{}-host", f.name));
         let graph = d.path().join(format!("{}-graph", f.name));
         for (out, mode) in [(&host, "host"), (&graph, "graph")] {

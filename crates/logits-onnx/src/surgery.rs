@@ -516,7 +516,7 @@ mod tests {
 
 /// Names of the outputs [`append_postprocess`] adds.
 pub mod post {
-    /// The top-k logits, `[batch, (positions,) k]`, in the target's element type.
+    /// The top-k logits, `[batch, (positions,) k]`, in the target's element type (float32 for bfloat16).
     pub const VALUES: &str = "logits.post.topk_values";
     /// Their class ids, int64, same shape.
     pub const INDICES: &str = "logits.post.topk_indices";
@@ -533,7 +533,8 @@ pub mod post {
 /// target ÷ T for T = 1 and each of `temps`, as the outputs named in [`post`]. So only
 /// `[.., k]` and `[.., |T|]` leave the runtime instead of every logit. Needs opset 11 or newer
 /// (TopK with k as an input); the axes of ReduceLogSumExp follow the model's opset (an input
-/// from 18, an attribute before).
+/// from 18, an attribute before). A float16 or bfloat16 target is read through a copy in its
+/// own type so the appended nodes see its rounded values; bfloat16 values leave as float32.
 pub fn append_postprocess(
     m: &ModelProto,
     target: &str,
@@ -559,18 +560,6 @@ pub fn append_postprocess(
     let mut out = expose(m, &[target.to_string()], model)?;
     let types = elem_types(&out);
     let target_type = types.get(target).copied().unwrap_or(1);
-    // FLOAT16 and BFLOAT16: on fixtures/zoo/half.onnx the appended logZ came out 1.4e-5
-    // relative off the values ONNX Runtime returned (most likely its CPU provider's cast
-    // handling around float16 feeds the appended Cast values before their rounding; not
-    // investigated further). The host path widens the returned values exactly.
-    if target_type == 10 || target_type == 16 {
-        return Err(OnnxError::Unsupported {
-            model: model.to_string(),
-            message: format!(
-                "target {target:?} is half precision: in-graph logZ would not be computed from the rounded values ONNX Runtime outputs; use --postprocess host"
-            ),
-        });
-    }
     let g = out.graph.get_or_insert_with(Default::default);
     // The target leaves the runtime only through what is computed from it: as a graph output
     // (even of the original model) every run would copy all of it out.
@@ -600,6 +589,36 @@ pub fn append_postprocess(
     };
     const FLOAT64: i32 = 11;
     const INT64: i32 = 7;
+    // Half-precision targets (FLOAT16, BFLOAT16) are read through a one-input Concat, a copy
+    // in the target's own type. Without it ONNX Runtime's CPU provider, which computes a
+    // float16 Gemm in float32 between Casts it inserts, drops the Cast to float16 before our
+    // Cast to double as a redundant pair, so TopK and logZ saw the unrounded values (logZ
+    // 7e-5 relative off on fixtures/zoo/half.onnx); through the copy they see exactly what
+    // the model outputs, as the host path does. TopK takes no bfloat16 before opset 24, so a
+    // bfloat16 copy is widened to float32 (exactly) and the values leave as float32.
+    let (src, values_type) = if target_type == 10 || target_type == 16 {
+        let copy = "logits.post.rounded".to_string();
+        g.node.push(node(
+            "Concat",
+            vec![target.into()],
+            vec![copy.clone()],
+            vec![int_attr("axis", -1)],
+        ));
+        if target_type == 16 {
+            let wide = "logits.post.f32".to_string();
+            g.node.push(node(
+                "Cast",
+                vec![copy],
+                vec![wide.clone()],
+                vec![int_attr("to", 1)],
+            ));
+            (wide, 1)
+        } else {
+            (copy, target_type)
+        }
+    } else {
+        (target.to_string(), target_type)
+    };
     g.initializer.push(init(
         "logits.post.k",
         INT64,
@@ -608,7 +627,7 @@ pub fn append_postprocess(
     ));
     g.node.push(node(
         "TopK",
-        vec![target.into(), "logits.post.k".into()],
+        vec![src.clone(), "logits.post.k".into()],
         vec![post::VALUES.into(), post::INDICES.into()],
         vec![
             int_attr("axis", -1),
@@ -618,7 +637,7 @@ pub fn append_postprocess(
     ));
     g.node.push(node(
         "Cast",
-        vec![target.into()],
+        vec![src],
         vec!["logits.post.f64".into()],
         vec![int_attr("to", FLOAT64 as i64)],
     ));
@@ -727,7 +746,7 @@ pub fn append_postprocess(
         }),
         ..Default::default()
     };
-    g.output.push(typed(post::VALUES, target_type));
+    g.output.push(typed(post::VALUES, values_type));
     g.output.push(typed(post::INDICES, INT64));
     g.output.push(typed(post::LOGZ, FLOAT64));
     g.output.push(typed(post::SUM_MIN, FLOAT64));

@@ -28,6 +28,6 @@ pub mod runtime;
 pub mod teacher;
 pub mod text;
 
-pub use build::{BuildOptions, BuildReport, FeatureRequest, build, merge};
+pub use build::{BuildOptions, BuildReport, FeatureRequest, Postprocess, build, merge};
 pub use error::{Result, TeacherError};
 pub use teacher::{TeacherModel, describe_model};

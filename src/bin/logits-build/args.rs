@@ -140,10 +140,11 @@ pub(crate) struct BuildArgs {
     /// as cuda:0,cuda:1 that the sessions take in turn. A GPU that cannot be used is an error.
     #[arg(long, default_value = "cpu", value_parser = parse_devices)]
     pub(crate) device: Devices,
-    /// Where top-k and logZ are computed: host (from every logit copied out of ONNX Runtime)
-    /// or graph (TopK and ReduceLogSumExp appended to the teacher graph, so only
-    /// [.., k] and [.., |T|] leave the runtime; logits targets without --sample).
-    #[arg(long, value_enum, default_value_t = Postprocess::Host)]
+    /// Where top-k and logZ are computed: host (from every logit copied out of ONNX Runtime),
+    /// graph (TopK and ReduceLogSumExp appended to the teacher graph, so only [.., k] and
+    /// [.., |T|] leave the runtime; logits targets without --sample), or auto: graph when the
+    /// teacher runs on a GPU, host on the CPU (faster there: BENCHMARKS.md).
+    #[arg(long, value_enum, default_value_t = Postprocess::Auto)]
     pub(crate) postprocess: Postprocess,
     /// zstd level of the shards.
     #[arg(long, default_value_t = 3)]
@@ -215,4 +216,6 @@ pub(crate) enum Postprocess {
     Host,
     /// Inside the teacher graph (TopK, ReduceLogSumExp).
     Graph,
+    /// The graph on a GPU, the host on the CPU.
+    Auto,
 }

@@ -242,7 +242,11 @@ fn build(a: BuildArgs, stop: &'static std::sync::atomic::AtomicBool) -> anyhow::
         batch_size: a.batch_size,
         sessions,
         devices: a.device.0.clone(),
-        in_graph: a.postprocess == args::Postprocess::Graph,
+        postprocess: match a.postprocess {
+            args::Postprocess::Host => logits_teacher::Postprocess::Host,
+            args::Postprocess::Graph => logits_teacher::Postprocess::Graph,
+            args::Postprocess::Auto => logits_teacher::Postprocess::Auto,
+        },
         intra_threads: a.threads.unwrap_or((cores / sessions.max(1)).max(1)),
         // A job-array worker always joins the shared build (with or without --resume): it
         // shares the output with the other workers.

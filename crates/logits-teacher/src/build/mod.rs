@@ -99,9 +99,8 @@ pub struct BuildOptions {
     pub sessions: usize,
     /// Intra-op threads per session.
     pub intra_threads: usize,
-    /// Compute top-k and logZ inside the teacher graph (`--postprocess graph`) instead of on
-    /// the host from every logit.
-    pub in_graph: bool,
+    /// Where top-k and logZ are computed from the teacher's output (`--postprocess`).
+    pub postprocess: Postprocess,
     /// Where sessions run: session i on `devices[i % len]` (`--device`).
     pub devices: Vec<crate::runtime::Device>,
     /// What to do with an existing output directory.
@@ -213,6 +212,19 @@ impl BuildOptions {
     }
 }
 
+/// Where top-k and logZ are computed from the teacher's output (`--postprocess`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Postprocess {
+    /// On the host, from every logit copied out of ONNX Runtime.
+    Host,
+    /// Inside the teacher graph (TopK, ReduceLogSumExp); a target it cannot take is refused.
+    Graph,
+    /// Inside the graph when the sessions run on a GPU (where copying every logit out is what
+    /// costs), on the host on the CPU (measured faster there, BENCHMARKS.md); a target the
+    /// graph path cannot take stays on the host, with the reason in the manifest.
+    Auto,
+}
+
 impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {
@@ -237,7 +249,7 @@ impl Default for BuildOptions {
             sessions: 1,
             intra_threads: 1,
             devices: vec![crate::runtime::Device::Cpu],
-            in_graph: false,
+            postprocess: Postprocess::Auto,
             mode: CreateMode::New,
             worker: None,
             skip_non_finite: false,
@@ -358,17 +370,29 @@ fn resolve_devices(
 pub fn build(o: &BuildOptions, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<BuildReport> {
     let t0 = Instant::now();
     o.check().map_err(TeacherError::Options)?;
-    let (plan, corpus) = plan::Plan::make(o)?;
+    let (mut plan, mut corpus) = plan::Plan::make(o)?;
     // GPU devices are tried before anything is written, so one that cannot be used fails the
     // build at once, with nothing to clean up.
     let (devices, device_note) = resolve_devices(&plan.teacher, o)?;
+    if o.postprocess == Postprocess::Auto
+        && plan.in_graph
+        && devices.iter().all(|d| *d == crate::runtime::Device::Cpu)
+    {
+        // `--device auto` found no GPU: the CPU's choice is the host path.
+        let on_cpu = BuildOptions {
+            devices: devices.clone(),
+            ..o.clone()
+        };
+        (plan, corpus) = plan::Plan::make(&on_cpu)?;
+    }
     let mut draft = draft::draft(o, &plan, &corpus)?;
     draft.tool.runtime = Some(serde_json::json!({
         "onnxruntime": crate::runtime::ort_version(),
         "devices": devices.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
         "providers": devices.iter().map(|d| d.provider()).collect::<Vec<_>>(),
         "note": device_note,
-        "postprocess": if o.in_graph { "graph" } else { "host" },
+        "postprocess": if plan.in_graph { "graph" } else { "host" },
+        "postprocess_note": plan.postprocess_note,
     }));
     // The sessions run on the resolved devices (`auto` decided once, here).
     let resolved = BuildOptions {

@@ -125,6 +125,8 @@ pub(super) struct Plan {
     /// Top-k and logZ come from the graph's own TopK and ReduceLogSumExp outputs
     /// (`surgery::post`), not from the target's every logit.
     pub in_graph: bool,
+    /// Why `--postprocess auto` kept a GPU build's post-processing on the host (manifest).
+    pub postprocess_note: Option<String>,
 }
 
 impl Plan {
@@ -370,26 +372,10 @@ impl Plan {
                 gib(avail)
             )));
         }
-        if o.in_graph {
-            // What the graph path cannot do is refused, not quietly done on the host.
-            let why = if kind == OutputKind::Softmax {
-                Some(
-                    "the target holds probabilities (stored as their logarithms, taken on the host)",
-                )
-            } else if o.sample.is_some() {
-                Some("--sample draws from every class's probability, on the host")
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                return Err(TeacherError::Options(format!(
-                    "--postprocess graph: {why}; use --postprocess host (the default)"
-                )));
-            }
-            teacher.postprocess_in_graph(&target.name, o.k as usize, &o.temperatures)?;
-        }
+        let (in_graph, postprocess_note) = postprocess_place(o, kind, &mut teacher, &target.name)?;
         let plan = Plan {
-            in_graph: o.in_graph,
+            in_graph,
+            postprocess_note,
             teacher,
             feed,
             target: target.name.clone(),
@@ -489,4 +475,108 @@ fn probe(
         seen.insert(n.clone(), shape);
     }
     Ok(seen)
+}
+
+/// Decides where top-k and logZ are computed (`--postprocess`) and, for the graph, appends
+/// them to the teacher's graph. Returns whether they are in the graph, and why `auto` kept a
+/// GPU build on the host. What `graph` cannot do is refused, not quietly done on the host.
+fn postprocess_place(
+    o: &BuildOptions,
+    kind: OutputKind,
+    teacher: &mut TeacherModel,
+    target: &str,
+) -> Result<(bool, Option<String>)> {
+    use super::Postprocess;
+    use crate::runtime::Device;
+    let wanted = match o.postprocess {
+        Postprocess::Host => return Ok((false, None)),
+        Postprocess::Graph => true,
+        // `--device auto` counts as a GPU here; the build plans again if it found none.
+        Postprocess::Auto => o.devices.iter().any(|d| *d != Device::Cpu),
+    };
+    if !wanted {
+        return Ok((false, None));
+    }
+    let why = if kind == OutputKind::Softmax {
+        Some("the target holds probabilities (stored as their logarithms, taken on the host)")
+    } else if o.sample.is_some() {
+        Some("--sample draws from every class's probability, on the host")
+    } else {
+        None
+    };
+    let auto = o.postprocess == Postprocess::Auto;
+    match why {
+        Some(why) if auto => return Ok((false, Some(format!("--postprocess auto: host, {why}")))),
+        Some(why) => {
+            return Err(TeacherError::Options(format!(
+                "--postprocess graph: {why}; use --postprocess host"
+            )));
+        }
+        None => {}
+    }
+    match teacher.postprocess_in_graph(target, o.k as usize, &o.temperatures) {
+        Ok(()) => Ok((true, None)),
+        Err(TeacherError::Onnx(e @ logits_onnx::OnnxError::Unsupported { .. })) if auto => {
+            Ok((false, Some(format!("--postprocess auto: host, {e}"))))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::Postprocess;
+    use crate::runtime::Device;
+
+    fn digits() -> TeacherModel {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/digits/digits_teacher.onnx");
+        TeacherModel::open(&p, &[]).expect("the digits fixture")
+    }
+
+    /// `auto` puts top-k and logZ in the graph exactly when a session may run on a GPU, keeps
+    /// on the host what the graph path cannot do (saying why), and `graph` refuses it.
+    #[test]
+    fn auto_chooses_the_graph_on_a_gpu_and_the_host_on_the_cpu() {
+        let place = |postprocess, devices: Vec<Device>, sample: bool| {
+            let o = BuildOptions {
+                postprocess,
+                devices,
+                sample: sample.then_some(SampledSpec {
+                    draws: 4,
+                    temperature: 1.0,
+                    seed: 1,
+                }),
+                ..BuildOptions::default()
+            };
+            let mut t = digits();
+            postprocess_place(&o, OutputKind::Logits, &mut t, "logits")
+        };
+        let auto = Postprocess::Auto;
+        assert_eq!(
+            place(auto, vec![Device::Cpu], false).ok(),
+            Some((false, None))
+        );
+        assert_eq!(
+            place(auto, vec![Device::Cuda(0)], false).ok(),
+            Some((true, None))
+        );
+        assert_eq!(
+            place(auto, vec![Device::Cpu, Device::Auto], false).ok(),
+            Some((true, None))
+        );
+        let (graph, note) = place(auto, vec![Device::TensorRt(1)], true).expect("auto");
+        assert!(!graph && note.is_some_and(|n| n.contains("--sample")));
+        assert_eq!(
+            place(Postprocess::Host, vec![Device::Cuda(0)], false).ok(),
+            Some((false, None))
+        );
+        assert_eq!(
+            place(Postprocess::Graph, vec![Device::Cpu], false).ok(),
+            Some((true, None))
+        );
+        let e = place(Postprocess::Graph, vec![Device::Cuda(0)], true).expect_err("refused");
+        assert!(e.to_string().contains("--postprocess host"), "{e}");
+    }
 }
