@@ -1129,39 +1129,53 @@ fn in_graph_postprocessing_matches_the_host_on_the_fixtures() {
         ]),
     );
 
-    // Ties: each input value appears twice in the output (ids i and i + 8).
-    let mut g = GraphBuilder::new();
-    let batch = Dim::Named("batch".into());
-    let x = g.input("pixels", ElemType::Float32, &[batch.clone(), Dim::Fixed(8)]);
-    let y = g.node(
-        "Concat",
-        &[&x, &x],
-        &[("axis", logits_onnx::builder::Attr::Int(1))],
-    );
-    g.output("logits", &y, ElemType::Float32, &[batch, Dim::Fixed(16)]);
-    let ties = d.path().join("ties.onnx");
-    fs::write(
-        &ties,
-        logits_onnx::model::encode(&g.finish("ties", 13, "test", "")),
-    )
-    .unwrap();
-    let corpus = d.path().join("ties.parquet");
-    let rows: Vec<Vec<f32>> = (0..40)
-        .map(|r| (0..8).map(|i| ((r * 3 + i * 5) % 4) as f32).collect())
-        .collect();
-    common::write_corpus(&corpus, &rows, false);
-    both(
+    // A graph whose output holds each input value twice (ids i and i + 8), as float32 or cast
+    // to bfloat16 at its end (as mixed-precision exports write it), built from 40 rows of 8
+    // values both ways.
+    let doubled = |name: &str, bf16: bool, rows: Vec<Vec<f32>>, k: &str| {
+        use logits_onnx::builder::Attr;
+        let mut g = GraphBuilder::new();
+        let batch = Dim::Named("batch".into());
+        let x = g.input("pixels", ElemType::Float32, &[batch.clone(), Dim::Fixed(8)]);
+        let mut y = g.node("Concat", &[&x, &x], &[("axis", Attr::Int(1))]);
+        let mut elem = ElemType::Float32;
+        if bf16 {
+            y = g.node("Cast", &[&y], &[("to", Attr::Int(16))]);
+            elem = ElemType::BFloat16;
+        }
+        g.output("logits", &y, elem, &[batch, Dim::Fixed(16)]);
+        let model = d.path().join(format!("{name}.onnx"));
+        fs::write(
+            &model,
+            logits_onnx::model::encode(&g.finish(name, 13, "test", "")),
+        )
+        .unwrap();
+        let corpus = d.path().join(format!("{name}.parquet"));
+        common::write_corpus(&corpus, &rows, false);
+        both(
+            name,
+            &s(&[
+                "build",
+                "--model",
+                model.to_str().unwrap(),
+                "--corpus",
+                corpus.to_str().unwrap(),
+                "-k",
+                k,
+                "--temperatures",
+                "2",
+                "--quiet",
+            ]),
+        );
+    };
+    // Ties: exactly tied logits keep the lower id first on both paths.
+    doubled(
         "ties",
-        &s(&[
-            "build",
-            "--model",
-            ties.to_str().unwrap(),
-            "--corpus",
-            corpus.to_str().unwrap(),
-            "-k",
-            "6",
-            "--quiet",
-        ]),
+        false,
+        (0..40)
+            .map(|r| (0..8).map(|i| ((r * 3 + i * 5) % 4) as f32).collect())
+            .collect(),
+        "6",
     );
     let t = targets_of(&d.path().join("ties-graph"));
     assert!(
@@ -1172,52 +1186,18 @@ fn in_graph_postprocessing_matches_the_host_on_the_fixtures() {
         "ties must keep the lower id first: {:?}",
         &t[..2]
     );
-
-    // A bfloat16 target (a float32 graph cast at its end, as mixed-precision exports write
-    // it): TopK and logZ read the rounded values, many of them tied, as the host does.
-    let mut g = GraphBuilder::new();
-    let batch = Dim::Named("batch".into());
-    let x = g.input("pixels", ElemType::Float32, &[batch.clone(), Dim::Fixed(8)]);
-    let y = g.node(
-        "Concat",
-        &[&x, &x],
-        &[("axis", logits_onnx::builder::Attr::Int(1))],
-    );
-    let z = g.node(
-        "Cast",
-        &[&y],
-        &[("to", logits_onnx::builder::Attr::Int(16))],
-    );
-    g.output("logits", &z, ElemType::BFloat16, &[batch, Dim::Fixed(16)]);
-    let half = d.path().join("bf16.onnx");
-    fs::write(
-        &half,
-        logits_onnx::model::encode(&g.finish("bf16", 13, "test", "")),
-    )
-    .unwrap();
-    let corpus = d.path().join("bf16.parquet");
-    let rows: Vec<Vec<f32>> = (0..40)
-        .map(|r| {
-            (0..8)
-                .map(|i| ((r * 8 + i) as f32 * 0.731).sin() * 6.0)
-                .collect()
-        })
-        .collect();
-    common::write_corpus(&corpus, &rows, false);
-    both(
+    // bfloat16: TopK and logZ read the rounded values, many of them tied, as the host does.
+    doubled(
         "bf16",
-        &s(&[
-            "build",
-            "--model",
-            half.to_str().unwrap(),
-            "--corpus",
-            corpus.to_str().unwrap(),
-            "-k",
-            "6",
-            "--temperatures",
-            "2",
-            "--quiet",
-        ]),
+        true,
+        (0..40)
+            .map(|r| {
+                (0..8)
+                    .map(|i| ((r * 8 + i) as f32 * 0.731).sin() * 6.0)
+                    .collect()
+            })
+            .collect(),
+        "6",
     );
 
     // Refused on the graph path, said at once: sampled targets.
