@@ -166,18 +166,27 @@ impl TeacherModel {
         device: Device,
     ) -> Result<(ort::session::Session, Device, Option<String>)> {
         let gpu = |d: Device| -> Result<ort::session::Session> {
-            let ep = match d {
-                Device::Cuda(i) => ort::ep::CUDA::default()
+            let cuda = |i: u32| {
+                ort::ep::CUDA::default()
                     .with_device_id(i as i32)
                     .build()
-                    .error_on_failure(),
-                Device::TensorRt(i) => ort::ep::TensorRT::default()
-                    .with_device_id(i as i32)
-                    .build()
-                    .error_on_failure(),
+                    .error_on_failure()
+            };
+            let eps = match d {
+                Device::Cuda(i) => vec![cuda(i)],
+                // What TensorRT cannot take (the double-precision logZ of the in-graph
+                // post-processing: TensorRT has no float64) runs on the same GPU through CUDA,
+                // not on the CPU, which would copy every logit out again.
+                Device::TensorRt(i) => vec![
+                    ort::ep::TensorRT::default()
+                        .with_device_id(i as i32)
+                        .build()
+                        .error_on_failure(),
+                    cuda(i),
+                ],
                 Device::Cpu | Device::Auto => return self.session_with(intra_threads, false),
             };
-            self.session_on(intra_threads, false, ep).map_err(|e| {
+            self.session_on(intra_threads, false, eps).map_err(|e| {
                 let lib = runtime::library_in_use()
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| "(none found)".into());
@@ -213,14 +222,14 @@ impl TeacherModel {
 
     fn session_with(&self, intra_threads: usize, spin: bool) -> Result<ort::session::Session> {
         let cpu = ort::ep::CPU::default().with_arena_allocator(true).build();
-        self.session_on(intra_threads, spin, cpu)
+        self.session_on(intra_threads, spin, vec![cpu])
     }
 
     fn session_on(
         &self,
         intra_threads: usize,
         spin: bool,
-        ep: ort::ep::ExecutionProviderDispatch,
+        eps: Vec<ort::ep::ExecutionProviderDispatch>,
     ) -> Result<ort::session::Session> {
         let env = runtime::environment()?;
         let err = |e: String| TeacherError::Session {
@@ -241,7 +250,7 @@ impl TeacherModel {
             .map_err(|e| err(e.to_string()))?
             .with_intra_op_spinning(spin)
             .map_err(|e| err(e.to_string()))?
-            .with_execution_providers([ep])
+            .with_execution_providers(eps)
             .map_err(|e| err(e.to_string()))?;
         builder
             .commit_from_memory(&self.run_bytes)
