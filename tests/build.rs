@@ -1242,3 +1242,78 @@ fn coding_per_example_targets_is_refused() {
     );
     assert!(!out.exists(), "nothing should be written");
 }
+
+/// The I/O binding that GPU sessions run through (only the kept outputs bound, fresh output
+/// buffers every run while the last run's outputs are turned into rows on another thread),
+/// forced on the CPU: the same shards, byte for byte, as plain runs — per token with a
+/// feature on both post-processing paths with two sessions, and a classifier.
+#[test]
+fn io_binding_gives_the_same_shards() {
+    let d = tempfile::tempdir().unwrap();
+    let shards = |out: &std::path::Path| -> Vec<serde_json::Value> {
+        let m: serde_json::Value =
+            serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        m["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["sha256"].clone())
+            .collect()
+    };
+    let both = |name: &str, args: Vec<String>| {
+        let mut got = Vec::new();
+        for bind in [false, true] {
+            let out = d.path().join(format!("{name}-{bind}"));
+            let mut a = args.clone();
+            a.extend(["--out".to_string(), out.display().to_string()]);
+            let env: &[(&str, &str)] = if bind {
+                &[("LOGITS_FAULT", "io-binding:1")]
+            } else {
+                &[]
+            };
+            let o = common::output_within(common::build_command(&a, env), 300, name);
+            assert!(o.status.success(), "{name} {bind}: {}", common::text(&o));
+            got.push(shards(&out));
+        }
+        assert!(!got[0].is_empty());
+        assert_eq!(got[0], got[1], "{name}: shards differ with I/O binding");
+    };
+    for post in ["host", "graph"] {
+        let a: Vec<String> = [
+            "build",
+            "--model",
+            &common::fixture("fixtures/gpt2/gpt2_teacher.onnx"),
+            "--target",
+            "logits",
+            "--tokenizer",
+            &common::fixture("fixtures/gpt2/tokenizer.json"),
+            "--corpus",
+            &common::fixture("fixtures/gpt2/holdout.jsonl"),
+            "--window",
+            "128",
+            "--stride",
+            "128",
+            "-k",
+            "32",
+            "--temperatures",
+            "2",
+            "--feature",
+            "h=hidden:f16",
+            "--sessions",
+            "2",
+            "--batch-size",
+            "4",
+            "--postprocess",
+            post,
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        both(&format!("gpt2-{post}"), a);
+    }
+    let mut a = common::digits_build_args("unused");
+    a.retain(|x| x != "--out" && x != "unused");
+    a.extend(["--sessions".into(), "2".into()]);
+    both("digits", a);
+}

@@ -86,7 +86,9 @@ pub(super) fn run_pipeline(
             .get(i % o.devices.len().max(1))
             .copied()
             .unwrap_or(crate::runtime::Device::Cpu);
-        sessions.push(plan.teacher.device_session(o.intra_threads, device)?.0);
+        let session = plan.teacher.device_session(o.intra_threads, device)?.0;
+        let io = Io::for_session(plan, &session, device, faults_bind(o))?;
+        sessions.push((session, io));
     }
     let shard_plan = super::ShardPlan::new(corpus.rows(), o.rows_per_shard, o.holdout_from);
     let faults = &o.write.faults;
@@ -137,7 +139,7 @@ pub(super) fn run_pipeline(
         });
         // Sessions are borrowed, not moved: output values live in their session's memory, so
         // every session outlives the post-processing workers that may still hold its outputs.
-        for session in sessions.iter_mut() {
+        for (session, io) in sessions.iter_mut() {
             let rx = Arc::clone(&job_rx);
             let tx = ran_tx.clone();
             let plan = Arc::clone(plan);
@@ -149,7 +151,7 @@ pub(super) fn run_pipeline(
                     let ran = if faults.hit("session", job.tag.n) {
                         Err(fault_error("session", job.tag.n))
                     } else {
-                        run_batch(&plan, session, job.batch)
+                        run_batch(&plan, session, io.as_mut(), job.batch)
                     };
                     (job.tag, ran)
                 })
@@ -193,6 +195,12 @@ struct Tag {
     shard: u32,
     seq: u32,
     n: u64,
+}
+
+/// Whether the tests asked for I/O binding on the CPU (`LOGITS_FAULT=io-binding:1`), the path
+/// GPU sessions take.
+fn faults_bind(o: &BuildOptions) -> bool {
+    o.write.faults.value("io-binding").is_some()
 }
 
 /// The error an armed fault point produces (tests only).
@@ -327,13 +335,58 @@ fn write_in_order(
     Ok((written, skipped))
 }
 
+/// How a session's batches go in and out when it runs on a GPU: through an I/O binding,
+/// with only the outputs the build keeps bound, to page-locked host memory, so the device
+/// copies them out by DMA and leaves every other output (and, on the graph path, the
+/// logits) on the device.
+struct Io {
+    binding: ort::session::IoBinding,
+    outputs: ort::memory::MemoryInfo<'static>,
+}
+
+impl Io {
+    /// The binding for `session` on `device`; None on the CPU, where plain runs are the same
+    /// copies (`bind` forces it there, for the tests of this path).
+    fn for_session(
+        plan: &Plan,
+        session: &ort::session::Session,
+        device: crate::runtime::Device,
+        bind: bool,
+    ) -> Result<Option<Io>> {
+        use crate::runtime::Device;
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        let err = |e: ort::Error| session_error(plan, format!("I/O binding: {e}"));
+        let outputs = match device {
+            Device::Cuda(_) | Device::TensorRt(_) => MemoryInfo::new(
+                AllocationDevice::CUDA_PINNED,
+                0,
+                AllocatorType::Device,
+                MemoryType::CPUOutput,
+            ),
+            Device::Cpu | Device::Auto if bind => MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            ),
+            Device::Cpu | Device::Auto => return Ok(None),
+        }
+        .map_err(err)?;
+        let binding = session.create_binding().map_err(err)?;
+        Ok(Some(Io { binding, outputs }))
+    }
+}
+
 /// Runs one batch through the teacher, keeping the target and feature outputs for
 /// post-processing on another thread.
-fn run_batch(plan: &Plan, session: &mut ort::session::Session, batch: Payload) -> Result<Ran> {
+fn run_batch(
+    plan: &Plan,
+    session: &mut ort::session::Session,
+    io: Option<&mut Io>,
+    batch: Payload,
+) -> Result<Ran> {
     let values = plan.feed.inputs_for(&batch)?;
     let sess_err = |message: String| session_error(plan, message);
-    let mut run = session.run(values).map_err(|e| sess_err(e.to_string()))?;
-    let mut outputs = HashMap::new();
     let post = [
         logits_onnx::surgery::post::VALUES,
         logits_onnx::surgery::post::INDICES,
@@ -346,16 +399,43 @@ fn run_batch(plan: &Plan, session: &mut ort::session::Session, batch: Payload) -
     } else {
         std::slice::from_ref(&plan.target)
     };
-    let names = targets
+    let mut names: Vec<&String> = Vec::new();
+    for name in targets
         .iter()
-        .chain(plan.features.iter().map(|f| &f.req.tensor));
-    for name in names {
-        if !outputs.contains_key(name) {
-            let v = run
-                .remove(name)
-                .ok_or_else(|| sess_err(format!("no output {name:?}")))?;
-            outputs.insert(name.clone(), v);
+        .chain(plan.features.iter().map(|f| &f.req.tensor))
+    {
+        if !names.contains(&name) {
+            names.push(name);
         }
+    }
+    let mut run = match io {
+        None => session.run(values).map_err(|e| sess_err(e.to_string()))?,
+        Some(io) => {
+            let bind_err = |e: ort::Error| sess_err(format!("I/O binding: {e}"));
+            // Fresh bindings every run: the outputs of the last one are still being turned
+            // into rows on another thread, and an output left bound would be written again.
+            io.binding.clear();
+            for (name, value) in &values {
+                io.binding
+                    .bind_input(name.as_str(), value)
+                    .map_err(bind_err)?;
+            }
+            for name in &names {
+                io.binding
+                    .bind_output_to_device(name.as_str(), &io.outputs)
+                    .map_err(bind_err)?;
+            }
+            session
+                .run_binding(&io.binding)
+                .map_err(|e| sess_err(e.to_string()))?
+        }
+    };
+    let mut outputs = HashMap::new();
+    for name in names {
+        let v = run
+            .remove(name)
+            .ok_or_else(|| sess_err(format!("no output {name:?}")))?;
+        outputs.insert(name.clone(), v);
     }
     Ok(Ran { batch, outputs })
 }
