@@ -40,7 +40,8 @@ impl Faults {
     }
 
     /// The count armed for `point`, for points that carry a setting rather than a place
-    /// (`delay-ms:N` slows every teacher run by N ms, so a test can act mid-build).
+    /// (`delay-ms:N` slows every teacher run by N ms, so a test can act mid-build;
+    /// `io-binding:1` runs CPU sessions through the I/O binding GPU sessions use).
     pub fn value(&self, point: &str) -> Option<u64> {
         self.points
             .iter()
