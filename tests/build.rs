@@ -1200,6 +1200,97 @@ fn in_graph_postprocessing_matches_the_host_on_the_fixtures() {
         "6",
     );
 
+    // Wide class axes, which the graph path reduces in chunks of 8,192 classes: 20,000 classes
+    // per row (3 chunks) and 2 positions × 10,000 classes (2 chunks, rank 3), at opsets 13
+    // and 18 (reduction axes as attributes or inputs).
+    for (name, opset, positions) in [("wide13", 13, 1usize), ("wide18", 18, 2)] {
+        let classes = 20_000 / positions;
+        let mut g = GraphBuilder::new();
+        let batch = Dim::Named("batch".into());
+        let x = g.input("pixels", ElemType::Float32, &[batch.clone(), Dim::Fixed(8)]);
+        let w: Vec<f32> = (0..8 * 20_000)
+            .map(|i| ((i as f32) * 0.377).sin() * 2.0)
+            .collect();
+        let w = g.weight("w", &[8, 20_000], &w);
+        let mut y = g.node("MatMul", &[&x, &w], &[]);
+        let mut dims = vec![batch, Dim::Fixed(classes as i64)];
+        if positions > 1 {
+            let shape = g.ints("shape", &[3], &[0, positions as i64, classes as i64]);
+            y = g.node("Reshape", &[&y, &shape], &[]);
+            dims.insert(1, Dim::Fixed(positions as i64));
+        }
+        g.output("logits", &y, ElemType::Float32, &dims);
+        let model = d.path().join(format!("{name}.onnx"));
+        fs::write(
+            &model,
+            logits_onnx::model::encode(&g.finish(name, opset, "test", "")),
+        )
+        .unwrap();
+        let corpus = d.path().join(format!("{name}.parquet"));
+        let rows: Vec<Vec<f32>> = (0..30)
+            .map(|r| (0..8).map(|i| ((r * 8 + i) as f32 * 0.913).cos()).collect())
+            .collect();
+        common::write_corpus(&corpus, &rows, false);
+        both(
+            name,
+            &s(&[
+                "build",
+                "--model",
+                model.to_str().unwrap(),
+                "--corpus",
+                corpus.to_str().unwrap(),
+                "-k",
+                "16",
+                "--temperatures",
+                "2,4",
+                "--quiet",
+            ]),
+        );
+    }
+
+    // The probability guard's row sums and minima, combined over 3 chunks, still tell a
+    // hidden softmax (Softmax × 1, which the graph reading does not see through).
+    let mut g = GraphBuilder::new();
+    let batch = Dim::Named("batch".into());
+    let x = g.input("pixels", ElemType::Float32, &[batch.clone(), Dim::Fixed(8)]);
+    let w: Vec<f32> = (0..8 * 20_000)
+        .map(|i| ((i as f32) * 0.377).sin())
+        .collect();
+    let w = g.weight("w", &[8, 20_000], &w);
+    let z = g.node("MatMul", &[&x, &w], &[]);
+    let p = g.node(
+        "Softmax",
+        &[&z],
+        &[("axis", logits_onnx::builder::Attr::Int(-1))],
+    );
+    let one = g.weight("one", &[1], &[1.0]);
+    let p = g.node("Mul", &[&p, &one], &[]);
+    g.output("probs", &p, ElemType::Float32, &[batch, Dim::Fixed(20_000)]);
+    let model = d.path().join("wide_probs.onnx");
+    fs::write(
+        &model,
+        logits_onnx::model::encode(&g.finish("wide_probs", 13, "test", "")),
+    )
+    .unwrap();
+    let out = d.path().join("wide-probs-graph");
+    let o = common::logits_build(&s(&[
+        "build",
+        "--model",
+        model.to_str().unwrap(),
+        "--corpus",
+        d.path().join("wide13.parquet").to_str().unwrap(),
+        "--postprocess",
+        "graph",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
+    assert!(
+        common::text(&o).contains("holds probabilities, not logits"),
+        "{}",
+        common::text(&o)
+    );
+
     // Refused on the graph path, said at once: sampled targets.
     let out = d.path().join("sample-graph");
     let o = common::logits_build(&s(&[

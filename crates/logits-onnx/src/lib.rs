@@ -12,6 +12,8 @@
 //! - [`builder`]: writing new models (the student's export) node by node.
 //! - [`surgery`]: exposing intermediate tensors as graph outputs, and finding a softmax at an
 //!   output.
+//! - [`postprocess`]: the build's top-k and logZ appended to a teacher graph, chunked so the
+//!   double-precision work never copies every logit at once.
 //! - [`inspect`]: reading what a graph computes for a user choosing flags: the recommended
 //!   target and feature, which tensors are activations, a token input's vocabulary.
 //!
@@ -23,6 +25,7 @@ pub mod onnx;
 pub mod builder;
 pub mod inspect;
 pub mod model;
+pub mod postprocess;
 pub mod surgery;
 
 pub use model::{ElemType, ModelSummary, OnnxError, TensorSummary, load, load_bytes};

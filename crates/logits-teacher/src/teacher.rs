@@ -134,12 +134,26 @@ impl TeacherModel {
     }
 
     /// Moves the build's post-processing of `target` into the graph the sessions run
-    /// ([`surgery::append_postprocess`]: TopK of `k` and logZ at T = 1 and `temps`), so only
-    /// those leave the runtime.
-    pub fn postprocess_in_graph(&mut self, target: &str, k: usize, temps: &[f64]) -> Result<()> {
+    /// ([`logits_onnx::postprocess::append_postprocess`]: TopK of `k` and logZ at T = 1 and
+    /// `temps`, in chunks of the `classes` on the target's last axis), so only those leave
+    /// the runtime.
+    pub fn postprocess_in_graph(
+        &mut self,
+        target: &str,
+        k: usize,
+        temps: &[f64],
+        classes: usize,
+    ) -> Result<()> {
         let model = self.path.display().to_string();
         let proto = logits_onnx::load_bytes(&self.path, &self.run_bytes)?;
-        let rewritten = surgery::append_postprocess(&proto, target, k, temps, &model)?;
+        let rewritten = logits_onnx::postprocess::append_postprocess(
+            &proto,
+            target,
+            k,
+            temps,
+            Some(classes).filter(|&c| c > 0),
+            &model,
+        )?;
         self.run_bytes = logits_onnx::model::encode(&rewritten);
         Ok(())
     }

@@ -388,10 +388,10 @@ fn run_batch(
     let values = plan.feed.inputs_for(&batch)?;
     let sess_err = |message: String| session_error(plan, message);
     let post = [
-        logits_onnx::surgery::post::VALUES,
-        logits_onnx::surgery::post::INDICES,
-        logits_onnx::surgery::post::LOGZ,
-        logits_onnx::surgery::post::SUM_MIN,
+        logits_onnx::postprocess::post::VALUES,
+        logits_onnx::postprocess::post::INDICES,
+        logits_onnx::postprocess::post::LOGZ,
+        logits_onnx::postprocess::post::SUM_MIN,
     ]
     .map(String::from);
     let targets: &[String] = if plan.in_graph {

@@ -123,7 +123,7 @@ pub(super) struct Plan {
     /// Set once a batch of the target has been checked for probabilities written as logits.
     pub kind_checked: AtomicBool,
     /// Top-k and logZ come from the graph's own TopK and ReduceLogSumExp outputs
-    /// (`surgery::post`), not from the target's every logit.
+    /// (`postprocess::post`), not from the target's every logit.
     pub in_graph: bool,
     /// Why `--postprocess auto` kept a GPU build's post-processing on the host (manifest).
     pub postprocess_note: Option<String>,
@@ -372,7 +372,8 @@ impl Plan {
                 gib(avail)
             )));
         }
-        let (in_graph, postprocess_note) = postprocess_place(o, kind, &mut teacher, &target.name)?;
+        let (in_graph, postprocess_note) =
+            postprocess_place(o, kind, &mut teacher, &target.name, axis as usize)?;
         let plan = Plan {
             in_graph,
             postprocess_note,
@@ -485,6 +486,7 @@ fn postprocess_place(
     kind: OutputKind,
     teacher: &mut TeacherModel,
     target: &str,
+    classes: usize,
 ) -> Result<(bool, Option<String>)> {
     use super::Postprocess;
     use crate::runtime::Device;
@@ -514,7 +516,7 @@ fn postprocess_place(
         }
         None => {}
     }
-    match teacher.postprocess_in_graph(target, o.k as usize, &o.temperatures) {
+    match teacher.postprocess_in_graph(target, o.k as usize, &o.temperatures, classes) {
         Ok(()) => Ok((true, None)),
         Err(TeacherError::Onnx(e @ logits_onnx::OnnxError::Unsupported { .. })) if auto => {
             Ok((false, Some(format!("--postprocess auto: host, {e}"))))
@@ -551,7 +553,7 @@ mod tests {
                 ..BuildOptions::default()
             };
             let mut t = digits();
-            postprocess_place(&o, OutputKind::Logits, &mut t, "logits")
+            postprocess_place(&o, OutputKind::Logits, &mut t, "logits", 10)
         };
         let auto = Postprocess::Auto;
         assert_eq!(

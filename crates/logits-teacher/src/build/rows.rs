@@ -84,7 +84,7 @@ fn target_output<'a>(
     outputs: &'a Outputs,
 ) -> Result<(Vec<i64>, Option<std::borrow::Cow<'a, [f32]>>, i64)> {
     if plan.in_graph {
-        let (s, _) = output_f32(plan, outputs, logits_onnx::surgery::post::VALUES)?;
+        let (s, _) = output_f32(plan, outputs, logits_onnx::postprocess::post::VALUES)?;
         Ok((s, None, plan.k as i64))
     } else {
         let (s, raw) = output_f32(plan, outputs, &plan.target)?;
@@ -222,7 +222,7 @@ fn graph_targets(
     l: usize,
     cells: &[Vec<usize>],
 ) -> Result<Vec<std::result::Result<Vec<(PositionTargets, Option<Draws>)>, (usize, f32)>>> {
-    use logits_onnx::surgery::post;
+    use logits_onnx::postprocess::post;
     let err = |message: String| session_error(plan, message);
     let (vshape, values) = output_f32(plan, outputs, post::VALUES)?;
     let ids = output_of::<i64>(plan, outputs, post::INDICES)?;
