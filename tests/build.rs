@@ -1132,6 +1132,37 @@ fn in_graph_postprocessing_matches_the_host_on_the_fixtures() {
     // A graph whose output holds each input value twice (ids i and i + 8), as float32 or cast
     // to bfloat16 at its end (as mixed-precision exports write it), built from 40 rows of 8
     // values both ways.
+    let write_model = |name: &str, g: GraphBuilder, opset: i64| {
+        let model = d.path().join(format!("{name}.onnx"));
+        fs::write(
+            &model,
+            logits_onnx::model::encode(&g.finish(name, opset, "test", "")),
+        )
+        .unwrap();
+        model
+    };
+    // Builds `g` over a corpus of `rows` both ways and compares the targets.
+    let compare =
+        |name: &str, g: GraphBuilder, opset, rows: Vec<Vec<f32>>, k: &str, temps: &str| {
+            let model = write_model(name, g, opset);
+            let corpus = d.path().join(format!("{name}.parquet"));
+            common::write_corpus(&corpus, &rows, false);
+            both(
+                name,
+                &s(&[
+                    "build",
+                    "--model",
+                    model.to_str().unwrap(),
+                    "--corpus",
+                    corpus.to_str().unwrap(),
+                    "-k",
+                    k,
+                    "--temperatures",
+                    temps,
+                    "--quiet",
+                ]),
+            );
+        };
     let doubled = |name: &str, bf16: bool, rows: Vec<Vec<f32>>, k: &str| {
         use logits_onnx::builder::Attr;
         let mut g = GraphBuilder::new();
@@ -1144,29 +1175,7 @@ fn in_graph_postprocessing_matches_the_host_on_the_fixtures() {
             elem = ElemType::BFloat16;
         }
         g.output("logits", &y, elem, &[batch, Dim::Fixed(16)]);
-        let model = d.path().join(format!("{name}.onnx"));
-        fs::write(
-            &model,
-            logits_onnx::model::encode(&g.finish(name, 13, "test", "")),
-        )
-        .unwrap();
-        let corpus = d.path().join(format!("{name}.parquet"));
-        common::write_corpus(&corpus, &rows, false);
-        both(
-            name,
-            &s(&[
-                "build",
-                "--model",
-                model.to_str().unwrap(),
-                "--corpus",
-                corpus.to_str().unwrap(),
-                "-k",
-                k,
-                "--temperatures",
-                "2",
-                "--quiet",
-            ]),
-        );
+        compare(name, g, 13, rows, k, "2");
     };
     // Ties: exactly tied logits keep the lower id first on both paths.
     doubled(
@@ -1220,32 +1229,10 @@ fn in_graph_postprocessing_matches_the_host_on_the_fixtures() {
             dims.insert(1, Dim::Fixed(positions as i64));
         }
         g.output("logits", &y, ElemType::Float32, &dims);
-        let model = d.path().join(format!("{name}.onnx"));
-        fs::write(
-            &model,
-            logits_onnx::model::encode(&g.finish(name, opset, "test", "")),
-        )
-        .unwrap();
-        let corpus = d.path().join(format!("{name}.parquet"));
         let rows: Vec<Vec<f32>> = (0..30)
             .map(|r| (0..8).map(|i| ((r * 8 + i) as f32 * 0.913).cos()).collect())
             .collect();
-        common::write_corpus(&corpus, &rows, false);
-        both(
-            name,
-            &s(&[
-                "build",
-                "--model",
-                model.to_str().unwrap(),
-                "--corpus",
-                corpus.to_str().unwrap(),
-                "-k",
-                "16",
-                "--temperatures",
-                "2,4",
-                "--quiet",
-            ]),
-        );
+        compare(name, g, opset, rows, "16", "2,4");
     }
 
     // The probability guard's row sums and minima, combined over 3 chunks, still tell a
@@ -1266,12 +1253,7 @@ fn in_graph_postprocessing_matches_the_host_on_the_fixtures() {
     let one = g.weight("one", &[1], &[1.0]);
     let p = g.node("Mul", &[&p, &one], &[]);
     g.output("probs", &p, ElemType::Float32, &[batch, Dim::Fixed(20_000)]);
-    let model = d.path().join("wide_probs.onnx");
-    fs::write(
-        &model,
-        logits_onnx::model::encode(&g.finish("wide_probs", 13, "test", "")),
-    )
-    .unwrap();
+    let model = write_model("wide_probs", g, 13);
     let out = d.path().join("wide-probs-graph");
     let o = common::logits_build(&s(&[
         "build",
