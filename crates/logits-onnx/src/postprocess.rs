@@ -13,10 +13,9 @@
 
 use crate::model::OnnxError;
 use crate::onnx::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, TypeProto, ValueInfoProto,
-    attribute_proto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto, attribute_proto,
 };
-use crate::surgery::{elem_types, expose};
+use crate::surgery::{declared_opset, elem_types, expose, tensor_type};
 
 /// Names of the outputs [`append_postprocess`] adds.
 pub mod post {
@@ -60,12 +59,7 @@ pub fn append_postprocess(
     classes: Option<usize>,
     model: &str,
 ) -> Result<ModelProto, OnnxError> {
-    let opset = m
-        .opset_import
-        .iter()
-        .find(|o| o.domain.as_deref().unwrap_or("").is_empty())
-        .and_then(|o| o.version)
-        .unwrap_or(1);
+    let opset = declared_opset(m).unwrap_or(1);
     if opset < 11 {
         return Err(OnnxError::Unsupported {
             model: model.to_string(),
@@ -123,13 +117,7 @@ pub fn append_postprocess(
     append_row_stats(g, &src, classes, temps, opset);
     let typed = |name: &str, elem: i32| ValueInfoProto {
         name: Some(name.to_string()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem),
-                shape: None,
-            })),
-            denotation: None,
-        }),
+        r#type: Some(tensor_type(Some(elem))),
         ..Default::default()
     };
     g.output.push(typed(post::VALUES, values_type));

@@ -38,13 +38,7 @@ pub fn expose(m: &ModelProto, names: &[String], model: &str) -> Result<ModelProt
             .and_then(|v| v.r#type.clone());
         // ONNX Runtime needs an element type for every graph output: an undeclared tensor's
         // is inferred from the graph (shapes are left to ONNX Runtime).
-        let ty = declared.unwrap_or_else(|| TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: types.get(name.as_str()).copied(),
-                shape: None,
-            })),
-            denotation: None,
-        });
+        let ty = declared.unwrap_or_else(|| tensor_type(types.get(name.as_str()).copied()));
         g.output.push(ValueInfoProto {
             name: Some(name.clone()),
             r#type: Some(ty),
@@ -244,13 +238,28 @@ fn is_last_axis(axis: i64, rank: Option<usize>) -> bool {
     axis == -1 || rank.is_some_and(|r| r >= 1 && axis == r as i64 - 1)
 }
 
-/// The model's opset for the default ONNX domain (13 when it does not say).
-fn opset(m: &ModelProto) -> i64 {
+/// A tensor type of element type `elem` (an ONNX `DataType` number), its shape left open.
+pub(crate) fn tensor_type(elem: Option<i32>) -> TypeProto {
+    TypeProto {
+        value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+            elem_type: elem,
+            shape: None,
+        })),
+        denotation: None,
+    }
+}
+
+/// The model's declared opset for the default ONNX domain, if it declares one.
+pub(crate) fn declared_opset(m: &ModelProto) -> Option<i64> {
     m.opset_import
         .iter()
         .find(|o| o.domain.as_deref().unwrap_or("").is_empty())
         .and_then(|o| o.version)
-        .unwrap_or(13)
+}
+
+/// The model's opset for the default ONNX domain (13 when it does not say).
+fn opset(m: &ModelProto) -> i64 {
+    declared_opset(m).unwrap_or(13)
 }
 
 fn int_attr(n: &crate::onnx::NodeProto, name: &str) -> Option<i64> {

@@ -51,6 +51,11 @@ impl Halt<'_> {
     fn halted(&self) -> bool {
         self.failed.load(Ordering::Relaxed) || self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
     }
+
+    /// The reader stops at a halt and also while the pipeline drains after a failed batch.
+    fn reading_stopped(&self) -> bool {
+        self.halted() || self.draining.load(Ordering::Relaxed)
+    }
 }
 
 /// Runs the shards `todo` through reader → sessions → post-processing → writer.
@@ -118,7 +123,7 @@ pub(super) fn run_pipeline(
                 let mut injected = None;
                 let r = corpus.read_each(range, o.batch_size, |batch| {
                     n += 1;
-                    if halt.halted() || halt.draining.load(Ordering::Relaxed) {
+                    if halt.reading_stopped() {
                         return false;
                     }
                     if faults.hit("reader", n) {
@@ -130,8 +135,7 @@ pub(super) fn run_pipeline(
                     job_tx.send(Job { tag, batch }).is_ok()
                 });
                 let failed = r.err().or(injected);
-                let stop =
-                    failed.is_some() || halt.halted() || halt.draining.load(Ordering::Relaxed);
+                let stop = failed.is_some() || halt.reading_stopped();
                 if count_tx.send((s, seq, failed)).is_err() || stop {
                     return;
                 }
